@@ -1,0 +1,1 @@
+"""Bridge: MIDI ports, clock, seed window, scheduler and the melodyd daemon (no torch, no onnxruntime)."""

@@ -1,0 +1,1 @@
+"""Engine: ONNX Runtime decoding with a KV cache, sampling, the zmq service."""

@@ -1,0 +1,1 @@
+"""Export: checkpoints to self-describing ONNX models, verified against PyTorch."""

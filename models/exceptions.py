@@ -1,0 +1,45 @@
+"""Exceptions of melodyd: one base class, one subclass per part.
+
+Commands catch ``MelodyError`` at the top and print its message on one line; anything
+else is a bug and keeps its traceback.
+"""
+
+
+class MelodyError(Exception):
+    """Base class of every error a user can meet and act on."""
+
+
+class ConfigError(MelodyError):
+    """A setting is unknown, of the wrong type or out of range."""
+
+
+class TokenizerError(MelodyError):
+    """A tokenizer configuration is invalid or does not match a model."""
+
+
+class DataError(MelodyError):
+    """A dataset is missing, malformed or cannot be built."""
+
+
+class ModelError(MelodyError):
+    """A checkpoint or model file is missing, corrupt or of an unknown kind."""
+
+
+class ExportError(MelodyError):
+    """Export to ONNX failed or the exported graph does not match PyTorch."""
+
+
+class EngineError(MelodyError):
+    """The engine cannot load a model or serve a request."""
+
+
+class ProtocolError(EngineError):
+    """A protocol message is malformed; carries the error code sent back to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BridgeError(MelodyError):
+    """The MIDI side cannot open ports, follow the clock or reach the engine."""

@@ -1,0 +1,189 @@
+"""Settings: ``config.toml`` loaded into one frozen dataclass per section.
+
+The repository's ``config.toml`` holds every default. A user file given with ``--config``
+is merged over it, and command-line flags override both (``overrides``). Every value is
+checked against the type and range declared on its field; a bad value names the key and
+the value received, and an unknown key gets a "did you mean".
+
+Torch-free: the engine and the bridge load their settings through this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from models.exceptions import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def setting(default: Any, *, low: float | None = None, high: float | None = None,
+            choices: tuple[Any, ...] | None = None) -> Any:
+    """Declare a dataclass field with an allowed range or set of values."""
+    meta = {"low": low, "high": high, "choices": choices}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults so settings stay immutable")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """``[data]``: how ``melody data build`` reads, filters and splits MIDI files."""
+
+    jobs: int = setting(0, low=0, high=256)
+    val_fraction: float = setting(0.1, low=0.0, high=0.5)
+    test_fraction: float = setting(0.1, low=0.0, high=0.5)
+    seed: int = setting(0, low=0)
+    transpose_min: int = setting(0, low=-12, high=0)
+    transpose_max: int = setting(0, low=0, high=12)
+    monophonic: bool = setting(False)
+    max_file_bytes: int = setting(4_000_000, low=1)
+    min_notes: int = setting(8, low=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokensSettings:
+    """``[tokens]``: the REMI-like vocabulary (see ``models.tokenizer``)."""
+
+    pitch_min: int = setting(21, low=0, high=127)
+    pitch_max: int = setting(108, low=0, high=127)
+    positions_per_beat: int = setting(12, low=1, high=48)
+    max_duration_beats: int = setting(8, low=1, high=32)
+    num_velocities: int = setting(16, low=1, high=127)
+    time_signatures: tuple[str, ...] = setting(
+        ("2/4", "3/4", "4/4", "5/4", "6/4", "3/8", "6/8", "9/8", "12/8", "2/2", "3/2"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All sections of ``config.toml``."""
+
+    data: DataSettings = dataclasses.field(default_factory=DataSettings)
+    tokens: TokensSettings = dataclasses.field(default_factory=TokensSettings)
+
+
+def default_config_path() -> Path:
+    """Where the packaged defaults live: beside this module in a wheel, else the repo root."""
+    installed = Path(__file__).with_name("config.toml")
+    if installed.is_file():
+        return installed
+    return Path(__file__).resolve().parent.parent / "config.toml"
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_value(where: str, field: dataclasses.Field, hint: Any, value: Any) -> Any:
+    """Coerce and range-check one value; raise ConfigError naming ``where`` and ``value``."""
+    origin = getattr(hint, "__origin__", None)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false (received {value!r})")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer (received {value!r})")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number (received {value!r})")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string (received {value!r})")
+    elif origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list (received {value!r})")
+        value = tuple(value)
+    meta = field.metadata
+    low, high, choices = meta.get("low"), meta.get("high"), meta.get("choices")
+    if choices is not None and value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ConfigError(f"{where} must be one of {allowed} (received {value!r})")
+    if low is not None and high is not None and not low <= value <= high:
+        raise ConfigError(f"{where} must be within {low} and {high} (received {value!r})")
+    if low is not None and value < low:
+        raise ConfigError(f"{where} must be at least {low} (received {value!r})")
+    if high is not None and value > high:
+        raise ConfigError(f"{where} must be at most {high} (received {value!r})")
+    return value
+
+
+def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown setting [{name}] {key}{_did_you_mean(key, list(fields))}")
+        kwargs[key] = _check_value(f"[{name}] {key}", fields[key], hints[key], value)
+    section = cls(**kwargs)
+    check = getattr(section, "check", None)
+    if check is not None:
+        check()  # cross-field rules, e.g. pitch_min <= pitch_max
+    return section
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file; a missing or malformed file raises ConfigError naming it."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file not found: {path}") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+
+
+def settings_from_dict(raw: Mapping[str, Any]) -> Settings:
+    """Validate a parsed config (sections of key/values) into ``Settings``."""
+    sections = {f.name: f for f in dataclasses.fields(Settings)}
+    hints = get_type_hints(Settings)
+    built = {}
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"unknown section [{name}]{_did_you_mean(name, list(sections))}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"[{name}] must be a table of settings (received {values!r})")
+        built[name] = _build_section(name, hints[name], values)
+    return Settings(**built)
+
+
+def load_settings(path: str | Path | None = None,
+                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Settings:
+    """Load the defaults, merge a user file and flag overrides, and validate everything.
+
+    Args:
+        path: a user config file merged over the packaged defaults.
+        overrides: ``{section: {key: value}}`` from command-line flags; ``None`` values
+            are ignored so that unset flags keep the file's value.
+
+    Raises:
+        ConfigError: a missing or malformed file, an unknown section or key, or a value
+            of the wrong type or out of range.
+    """
+    raw = read_toml(default_config_path())
+    if path is not None:
+        raw = _merge(raw, read_toml(Path(path)))
+    if overrides:
+        cleaned = {s: {k: v for k, v in kv.items() if v is not None} for s, kv in overrides.items()}
+        raw = _merge(raw, cleaned)
+    return settings_from_dict(raw)
