@@ -63,11 +63,25 @@ class TokensSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EngineSettings:
+    """``[engine]``: ONNX Runtime sessions and the decoder (see ``engine.model``)."""
+
+    provider: str = setting("cpu", choices=("cpu", "cuda"))
+    intra_op_threads: int = setting(1, low=0, high=64)
+    inter_op_threads: int = setting(1, low=0, high=64)
+    sink_tokens: int = setting(4, low=0, high=64)
+    slide_fraction: float = setting(0.25, low=0.01, high=0.9)
+    max_tokens_per_bar: int = setting(256, low=8, high=4096)
+    max_cached_sessions: int = setting(64, low=1, high=4096)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All sections of ``config.toml``."""
 
     data: DataSettings = dataclasses.field(default_factory=DataSettings)
     tokens: TokensSettings = dataclasses.field(default_factory=TokensSettings)
+    engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
 
 
 def default_config_path() -> Path:
