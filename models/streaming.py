@@ -182,11 +182,9 @@ class StreamingDetokenizer:
             self.position = -1
         elif kind == "TimeSig":
             self.time_signature = (info.numerator, info.denominator)
-            if self.bar < 0:
-                self.bar = 0
+            self.bar = max(self.bar, 0)
         elif kind == "Position":
-            if self.bar < 0:
-                self.bar = 0
+            self.bar = max(self.bar, 0)
             if info.value <= self.position:
                 self._skip(token, f"position {info.value} does not move forward from "
                                   f"{self.position} in this bar")

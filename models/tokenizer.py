@@ -14,9 +14,17 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+# MidiTok's __init__ imports its optional PyTorch helpers (miditok.pytorch_data), and so
+# torch itself (~1 s, ~200 MB), whenever torch is installed. The engine and the bridge must
+# not load torch, and nothing here uses those helpers: a None entry in sys.modules makes
+# that optional import fail the way MidiTok expects when torch is absent.
+if "miditok" not in sys.modules:
+    sys.modules.setdefault("miditok.pytorch_data", None)
 
 import miditok
 import numpy as np
@@ -173,7 +181,8 @@ class MelodyTokenizer:
         merged.tracks.append(track)
         return merged
 
-    def encode_score(self, score: symusic.Score, *, bos: bool = True, eos: bool = True) -> list[int]:
+    def encode_score(self, score: symusic.Score, *, bos: bool = True,
+                     eos: bool = True) -> list[int]:
         """Token ids of a score (tracks merged, drums dropped)."""
         merged = self.merge_tracks(score)
         if not merged.tracks[0].notes:
@@ -208,8 +217,8 @@ class MelodyTokenizer:
     def strip_specials(self, ids: Iterable[int]) -> list[int]:
         """Ids without PAD/BOS/EOS, stopping at the first EOS."""
         out = []
-        for token in ids:
-            token = int(token)
+        for raw in ids:
+            token = int(raw)
             if token == self.eos_id:
                 break
             if token in (self.pad_id, self.bos_id):
