@@ -43,3 +43,7 @@ class ProtocolError(EngineError):
 
 class BridgeError(MelodyError):
     """The MIDI side cannot open ports, follow the clock or reach the engine."""
+
+
+class ToolError(MelodyError):
+    """An offline tool (render, plot, evaluation) lacks a program, soundfont or library."""
