@@ -1,0 +1,104 @@
+"""``melody data``: build token datasets and list the bundled corpora.
+
+    melody data build --source SRC --out DIR [--jobs N] [--monophonic] [--transpose -5..6]
+                      [--val-fraction 0.1] [--seed 0] [--config PATH]
+    melody data corpora [--convert] [--jobs N]
+
+Defaults come from ``[data]`` (and ``[tokens]``) of config.toml; flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from models.dataset import SPLITS, build_dataset, format_skip_table, parse_transpose
+from models.settings import load_settings
+from models.tokenizer import MelodyTokenizer
+
+HELP = "build token datasets from MIDI folders or bundled corpora; list the corpora"
+
+# argparse takes "-5..6" for an option flag; let it through as a value.
+_NEGATIVE_VALUE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+\.\.-?\d+$")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``build`` and ``corpora`` subcommands."""
+    sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    build = sub.add_parser("build", help="tokenize MIDI files into a dataset folder")
+    build._negative_number_matcher = _NEGATIVE_VALUE  # see _NEGATIVE_VALUE
+    build.add_argument("--source", required=True,
+                       help="a folder of .mid/.midi files (recursive) or corpus:NAME")
+    build.add_argument("--out", required=True, help="dataset folder to write")
+    build.add_argument("--jobs", type=int, help="worker processes (0 = one per core)")
+    build.add_argument("--monophonic", action="store_true", default=None,
+                       help="skip pieces with more than one note sounding at once")
+    build.add_argument("--transpose", metavar="A..B",
+                       help="transpose training pieces by A..B semitones, e.g. -5..6")
+    build.add_argument("--val-fraction", type=float, help="fraction of pieces for validation")
+    build.add_argument("--test-fraction", type=float, help="fraction of pieces for test")
+    build.add_argument("--seed", type=int, help="seed of the piece split")
+    build.add_argument("--config", help="a config.toml merged over the defaults")
+    build.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    corpora = sub.add_parser("corpora", help="list the bundled corpora with their sizes")
+    corpora.add_argument("--convert", action="store_true",
+                         help="convert every corpus to MIDI now (cached; takes minutes)")
+    corpora.add_argument("--jobs", type=int, default=0, help="worker processes (0 = one per core)")
+    corpora.add_argument("--config", help="a config.toml merged over the defaults")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``data build`` or ``data corpora``."""
+    if args.data_command == "build":
+        return _build(args)
+    return _corpora(args)
+
+
+def _build(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        "jobs": args.jobs, "monophonic": args.monophonic, "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction, "seed": args.seed,
+    }
+    if args.transpose is not None:
+        overrides["transpose_min"], overrides["transpose_max"] = parse_transpose(args.transpose)
+    settings = load_settings(args.config, overrides={"data": overrides})
+    tokenizer = MelodyTokenizer(settings.tokens)
+    manifest = build_dataset(args.source, args.out, settings.data, tokenizer,
+                             progress=not args.no_progress)
+    for line in format_skip_table(manifest):
+        print(line)
+    print(f"dataset {args.out} ({manifest['build_seconds']:.1f} s, "
+          f"hash {manifest['content_hash'][:12]})")
+    print(f"  {'split':<11}{'pieces':>8}{'sequences':>11}{'notes':>12}{'tokens':>13}")
+    for split in SPLITS:
+        info = manifest["splits"][split]
+        print(f"  {split:<11}{info['num_pieces']:>8}{info['num_sequences']:>11}"
+              f"{info['notes']:>12}{info['tokens']:>13}")
+    return 0
+
+
+def _corpora(args: argparse.Namespace) -> int:
+    from models.corpus import CORPORA, convert_collections, corpus_summary  # noqa: PLC0415
+
+    settings = load_settings(args.config)
+    if args.convert:
+        names = sorted({c for spec in CORPORA.values() for c in spec.collections})
+        convert_collections(names, args.jobs or settings.data.jobs)
+    print(f"{'corpus':<20}{'pieces':>8}{'notes':>11}  description")
+    rows = corpus_summary()
+    for row in rows:
+        if row["converted"]:
+            counts = f"{row['pieces']:>8}{row['notes']:>11}"
+        else:
+            counts = f"{'not converted yet':>19}"
+        print(f"{row['name']:<20}{counts}  {row['description']}")
+    print("\nmusic21 collections of each corpus:")
+    for row in rows:
+        print(f"  {row['name']:<20}{', '.join(row['collections'])}")
+    if not all(row["converted"] for row in rows):
+        print("\n(`melody data corpora --convert` converts them now; `melody data build "
+              "--source corpus:NAME` converts what it needs)")
+    return 0

@@ -1,0 +1,520 @@
+"""Token datasets: MIDI files -> train/validation/test token arrays on disk.
+
+``build_dataset`` tokenizes every file of a folder (or a bundled ``corpus:NAME``) in
+worker processes, skips bad input with a recorded reason, splits the pieces into
+train / validation / test (by piece, never by token position, so no piece leaks across
+splits), adds transposed copies of the training pieces, and writes per split
+``{split}.tokens.npy`` (uint16, pieces concatenated, each ``BOS ... EOS``) and
+``{split}.offsets.npy`` (int64, ``n + 1`` start offsets), plus ``manifest.json``.
+``TokenDataset`` opens them again as memory maps.
+
+Torch-free: the training loop wraps ``TokenDataset`` in its own torch dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.exceptions import DataError
+from models.settings import DataSettings, TokensSettings
+from models.tokenizer import MelodyTokenizer
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "melodyd-dataset"
+MANIFEST_VERSION = 1
+SPLITS = ("train", "validation", "test")
+MIDI_SUFFIXES = (".mid", ".midi")
+CORPUS_PREFIX = "corpus:"
+
+# Reasons a file is skipped (the keys of the manifest's skip table).
+SKIP_PARSE = "fails to parse"
+SKIP_EMPTY = "empty"
+SKIP_TOO_LARGE = "too large"
+SKIP_POLYPHONIC = "polyphonic"
+
+
+@dataclasses.dataclass(frozen=True)
+class PieceResult:
+    """What a worker made of one file: tokens, or the reason it was skipped."""
+
+    name: str
+    tokens: np.ndarray | None  # uint16 ids, BOS ... EOS
+    notes: int = 0
+    reason: str | None = None
+    detail: str = ""
+
+
+# ----------------------------------------------------------------- sources
+def resolve_source(source: str, jobs: int = 0, *,
+                   progress: bool = True) -> tuple[Path, list[Path]]:
+    """The root folder and sorted MIDI files of a folder or ``corpus:NAME``.
+
+    Raises:
+        DataError: the folder does not exist or holds no MIDI file, or the corpus is unknown.
+    """
+    if source.startswith(CORPUS_PREFIX):
+        from models.corpus import corpus_midi_files  # noqa: PLC0415 - music21 only when needed
+
+        return corpus_midi_files(source[len(CORPUS_PREFIX):], jobs, progress=progress)
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise DataError(f"source folder not found: {root} (give a folder of MIDI files "
+                        f"or corpus:NAME, see `melody data corpora`)")
+    files = sorted(p for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in MIDI_SUFFIXES)
+    if not files:
+        raise DataError(f"no .mid or .midi files under {root}")
+    return root, files
+
+
+# ----------------------------------------------------------------- one file (in a worker)
+def is_polyphonic(score: Any, tolerance_ticks: int) -> bool:
+    """Whether more than one note sounds at once once tracks are merged (drums ignored).
+
+    Overlaps of up to ``tolerance_ticks`` (legato playing, rounding in the file) are
+    not counted.
+    """
+    spans = sorted((n.time, n.time + n.duration) for track in score.tracks
+                   if not track.is_drum for n in track.notes)
+    sounding_until = None
+    for start, end in spans:
+        if sounding_until is not None and start < sounding_until - tolerance_ticks:
+            return True
+        sounding_until = end if sounding_until is None else max(sounding_until, end)
+    return False
+
+
+def tokenize_file(path: Path, name: str, tokenizer: MelodyTokenizer,
+                  settings: DataSettings) -> PieceResult:
+    """Tokenize one MIDI file, or say why it is skipped. Never raises on bad input."""
+    import symusic  # noqa: PLC0415 - imported by the tokenizer anyway
+
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        return PieceResult(name, None, reason=SKIP_PARSE, detail=str(err))
+    if size > settings.max_file_bytes:
+        return PieceResult(name, None, reason=SKIP_TOO_LARGE,
+                           detail=f"{size} bytes > max_file_bytes {settings.max_file_bytes}")
+    try:
+        score = symusic.Score(str(path))
+    except (RuntimeError, ValueError, OSError) as err:  # symusic's errors on bad files
+        return PieceResult(name, None, reason=SKIP_PARSE, detail=str(err)[:200])
+    if settings.monophonic:
+        # One grid step of tolerance: a legato overlap is still one line of melody.
+        tolerance = score.ticks_per_quarter // tokenizer.settings.positions_per_beat
+        if is_polyphonic(score, tolerance):
+            return PieceResult(name, None, reason=SKIP_POLYPHONIC,
+                               detail="notes overlap after merging tracks")
+    try:
+        ids = tokenizer.encode_score(score)
+    except (RuntimeError, ValueError, IndexError, KeyError) as err:
+        # MidiTok can trip on odd files (e.g. a time signature it cannot represent).
+        return PieceResult(name, None, reason=SKIP_PARSE, detail=f"tokenizer: {err}"[:200])
+    tokens = np.asarray(ids, dtype=np.uint16)
+    notes = int(np.isin(tokens, _pitch_ids(tokenizer)).sum())
+    if notes < settings.min_notes:
+        return PieceResult(name, None, notes=notes, reason=SKIP_EMPTY,
+                           detail=f"{notes} notes < min_notes {settings.min_notes}")
+    return PieceResult(name, tokens, notes=notes)
+
+
+def _pitch_ids(tokenizer: MelodyTokenizer) -> np.ndarray:
+    return np.array([i for i, t in enumerate(tokenizer.tokens) if t.startswith("Pitch_")])
+
+
+# Per-process state of the workers, set once by the pool initializer (building the
+# MidiTok vocabulary per file would dominate the run time).
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokens_settings: dict[str, Any], data_settings: dict[str, Any]) -> None:
+    _WORKER["tokenizer"] = MelodyTokenizer(_tokens_from_dict(tokens_settings))
+    _WORKER["settings"] = DataSettings(**data_settings)
+
+
+def _work(item: tuple[str, str]) -> tuple[str, bytes | None, int, str | None, str]:
+    """Worker entry: plain values in and out (ids as raw uint16 bytes)."""
+    path, name = item
+    result = tokenize_file(Path(path), name, _WORKER["tokenizer"], _WORKER["settings"])
+    raw = None if result.tokens is None else result.tokens.tobytes()
+    return result.name, raw, result.notes, result.reason, result.detail
+
+
+def _tokens_from_dict(values: dict[str, Any]) -> TokensSettings:
+    return TokensSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def tokenize_files(root: Path, files: Sequence[Path], tokenizer: MelodyTokenizer,
+                   settings: DataSettings, *, progress: bool = True) -> list[PieceResult]:
+    """Tokenize files in ``settings.jobs`` worker processes, in input order."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    items = [(str(f), f.relative_to(root).as_posix()) for f in files]
+    jobs = settings.jobs or os.cpu_count() or 1
+    tokens_dict = dataclasses.asdict(tokenizer.settings)
+    bar = tqdm(total=len(items), unit="file", desc="tokenizing", disable=not progress)
+    results = []
+    with bar:
+        if jobs == 1:
+            _init_worker(tokens_dict, dataclasses.asdict(settings))
+            outputs = map(_work, items)
+            for out in outputs:
+                results.append(out)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(jobs, initializer=_init_worker,
+                                     initargs=(tokens_dict, dataclasses.asdict(settings))) as pool:
+                for out in pool.map(_work, items, chunksize=8):
+                    results.append(out)
+                    bar.update()
+    return [PieceResult(name, None if raw is None else np.frombuffer(raw, dtype=np.uint16),
+                        notes, reason, detail)
+            for name, raw, notes, reason, detail in results]
+
+
+# ----------------------------------------------------------------- splits and augmentation
+def split_pieces(names: Sequence[str], val_fraction: float, test_fraction: float,
+                 seed: int) -> dict[str, list[str]]:
+    """Assign whole pieces to splits: sorted, shuffled with ``seed``, cut by fractions.
+
+    With at least three pieces, validation and test each get at least one piece when
+    their fraction is above zero.
+    """
+    ordered = sorted(names)
+    order = np.random.default_rng(seed).permutation(len(ordered))
+    shuffled = [ordered[i] for i in order]
+    n = len(shuffled)
+
+    def size(fraction: float) -> int:
+        count = round(n * fraction)
+        return max(count, 1) if fraction > 0 and n >= 3 else count
+
+    n_test, n_val = size(test_fraction), size(val_fraction)
+    return {
+        "test": sorted(shuffled[:n_test]),
+        "validation": sorted(shuffled[n_test:n_test + n_val]),
+        "train": sorted(shuffled[n_test + n_val:]),
+    }
+
+
+def transpose_tokens(tokens: np.ndarray, semitones: int,
+                     tokenizer: MelodyTokenizer) -> np.ndarray | None:
+    """The piece moved by ``semitones``, or ``None`` if a note would leave the pitch range.
+
+    Working on ids is exact: MidiTok orders simultaneous notes by pitch, which a shift
+    of every pitch keeps.
+    """
+    if semitones == 0:
+        return tokens
+    table = _pitch_table(tokenizer)
+    pitches = table[tokens]
+    mask = pitches >= 0
+    moved = pitches[mask] + semitones
+    low, high = tokenizer.settings.pitch_min, tokenizer.settings.pitch_max
+    if moved.size and (moved.min() < low or moved.max() > high):
+        return None
+    out = tokens.copy()
+    out[mask] = _pitch_id_of(tokenizer)[moved]
+    return out
+
+
+_TABLES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _tables(tokenizer: MelodyTokenizer) -> tuple[np.ndarray, np.ndarray]:
+    key = tokenizer.fingerprint
+    if key not in _TABLES:
+        pitch_of_id = np.full(tokenizer.vocab_size, -1, dtype=np.int64)
+        id_of_pitch = np.full(128, -1, dtype=np.int64)
+        for index, text in enumerate(tokenizer.tokens):
+            if text.startswith("Pitch_"):
+                pitch = int(text.split("_")[1])
+                pitch_of_id[index] = pitch
+                id_of_pitch[pitch] = index
+        _TABLES[key] = (pitch_of_id, id_of_pitch)
+    return _TABLES[key]
+
+
+def _pitch_table(tokenizer: MelodyTokenizer) -> np.ndarray:
+    return _tables(tokenizer)[0]
+
+
+def _pitch_id_of(tokenizer: MelodyTokenizer) -> np.ndarray:
+    return _tables(tokenizer)[1]
+
+
+def parse_transpose(text: str) -> tuple[int, int]:
+    """``"-5..6"`` -> ``(-5, 6)``; a single number ``"3"`` means ``-3..3``.
+
+    Raises:
+        DataError: the text is not such a range or its bounds are out of -12..12.
+    """
+    try:
+        if ".." in text:
+            low_text, high_text = text.split("..", 1)
+            low, high = int(low_text), int(high_text)
+        else:
+            high = abs(int(text))
+            low = -high
+    except ValueError as err:
+        raise DataError(f"--transpose must look like -5..6 (received {text!r})") from err
+    if not -12 <= low <= 0 <= high <= 12:
+        raise DataError(f"--transpose must run from -12..0 to 0..12 semitones "
+                        f"(received {text!r})")
+    return low, high
+
+
+# ----------------------------------------------------------------- writing
+@dataclasses.dataclass
+class SplitData:
+    """The sequences of one split: each piece with its transposed copies."""
+
+    pieces: list[str] = dataclasses.field(default_factory=list)
+    transpositions: list[list[int]] = dataclasses.field(default_factory=list)
+    sequences: list[np.ndarray] = dataclasses.field(default_factory=list)
+    notes: int = 0
+
+
+def _assemble(results: dict[str, PieceResult], names: list[str], shifts: Sequence[int],
+              tokenizer: MelodyTokenizer) -> SplitData:
+    data = SplitData()
+    for name in names:
+        result = results[name]
+        assert result.tokens is not None  # only kept pieces reach the splits
+        applied = []
+        for shift in shifts:
+            moved = transpose_tokens(result.tokens, shift, tokenizer)
+            if moved is None:
+                continue  # a note would leave the vocabulary: skip this transposition
+            applied.append(shift)
+            data.sequences.append(moved)
+            data.notes += result.notes
+        data.pieces.append(name)
+        data.transpositions.append(applied)
+    return data
+
+
+def _write_split(out: Path, split: str, data: SplitData, digest: Any) -> int:
+    """Write one split's arrays (streamed through memory maps); return its token count."""
+    lengths = np.array([len(s) for s in data.sequences], dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    tokens_path = out / f"{split}.tokens.npy"
+    tokens = np.lib.format.open_memmap(tokens_path, mode="w+", dtype=np.uint16,
+                                       shape=(total,))
+    for start, sequence in zip(offsets[:-1], data.sequences, strict=True):
+        tokens[start:start + len(sequence)] = sequence
+    tokens.flush()
+    digest.update(np.ascontiguousarray(tokens).tobytes())
+    del tokens
+    np.save(out / f"{split}.offsets.npy", offsets)
+    digest.update(offsets.tobytes())
+    return total
+
+
+def _skip_table(results: Sequence[PieceResult]) -> dict[str, list[dict[str, str]]]:
+    table: dict[str, list[dict[str, str]]] = {}
+    for result in results:
+        if result.reason is not None:
+            table.setdefault(result.reason, []).append(
+                {"file": result.name, "detail": result.detail})
+    return table
+
+
+def build_dataset(source: str, out: str | Path, settings: DataSettings,
+                  tokenizer: MelodyTokenizer | None = None, *,
+                  progress: bool = True) -> dict[str, Any]:
+    """Build a dataset folder from MIDI files and return its manifest.
+
+    Args:
+        source: a folder of MIDI files (searched recursively) or ``corpus:NAME``.
+        out: the dataset folder (created; earlier arrays in it are replaced).
+        settings: the ``[data]`` values (with command-line overrides applied).
+        tokenizer: the vocabulary; ``[tokens]`` defaults when omitted.
+        progress: show tqdm bars.
+
+    Raises:
+        DataError: no source files, no piece survives the filters, or the output folder
+            cannot be written. Bad files never raise: they are skipped with a reason.
+    """
+    started = time.monotonic()
+    tokenizer = tokenizer or MelodyTokenizer()
+    root, files = resolve_source(source, settings.jobs, progress=progress)
+    results = tokenize_files(root, files, tokenizer, settings, progress=progress)
+    kept = {r.name: r for r in results if r.tokens is not None}
+    if not kept:
+        reasons = Counter(r.reason for r in results)
+        raise DataError(f"no usable piece among {len(results)} files of {source} "
+                        f"(skipped: {dict(reasons)})")
+    splits = split_pieces(list(kept), settings.val_fraction, settings.test_fraction,
+                          settings.seed)
+    # Train gets shift 0 first, then the others in order; held-out splits stay untouched.
+    train_shifts = [0] + [s for s in range(settings.transpose_min, settings.transpose_max + 1)
+                          if s != 0]
+    out = Path(out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST_NAME).unlink(missing_ok=True)  # no manifest while arrays change
+    except OSError as err:
+        raise DataError(f"cannot write the dataset folder {out}: {err}") from err
+    digest = hashlib.sha256()
+    manifest_splits: dict[str, Any] = {}
+    for split in SPLITS:
+        shifts = train_shifts if split == "train" else [0]
+        data = _assemble(kept, splits[split], shifts, tokenizer)
+        total = _write_split(out, split, data, digest)
+        digest.update(json.dumps([data.pieces, data.transpositions]).encode())
+        manifest_splits[split] = {
+            "pieces": data.pieces,
+            "transpositions": data.transpositions,
+            "num_pieces": len(data.pieces),
+            "num_sequences": len(data.sequences),
+            "tokens": total,
+            "notes": data.notes,
+        }
+    skipped = _skip_table(results)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "source": source,
+        "source_root": str(root),
+        "tokenizer": tokenizer.to_dict(),
+        "settings": dataclasses.asdict(settings),
+        "files": len(results),
+        "splits": manifest_splits,
+        "skipped": skipped,
+        "skipped_counts": {reason: len(v) for reason, v in skipped.items()},
+        "content_hash": digest.hexdigest(),
+        "build_seconds": round(time.monotonic() - started, 2),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    logger.info("dataset written to %s in %.1f s", out, manifest["build_seconds"])
+    return manifest
+
+
+# ----------------------------------------------------------------- reading
+def load_manifest(directory: str | Path) -> dict[str, Any]:
+    """Read and check a dataset's ``manifest.json``.
+
+    Raises:
+        DataError: the folder or manifest is missing, or the manifest is malformed.
+    """
+    folder = Path(directory).expanduser()
+    hint = f"build one with `melody data build --source SRC --out {folder}`"
+    if not folder.is_dir():
+        raise DataError(f"dataset folder not found: {folder}; {hint}")
+    path = folder / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise DataError(f"{folder} has no {MANIFEST_NAME} (not a dataset, or its build "
+                        f"did not finish); {hint}") from err
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path}: {err}; {hint}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DataError(f"{path} is not a melodyd dataset manifest; {hint}")
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise DataError(f"{path} has manifest version {manifest.get('version')!r}, this "
+                        f"melodyd reads version {MANIFEST_VERSION}; {hint}")
+    splits = manifest.get("splits")
+    if (not isinstance(splits, dict) or not all(isinstance(splits.get(s), dict) for s in SPLITS)
+            or not isinstance(manifest.get("tokenizer"), dict)):
+        raise DataError(f"{path} lacks its splits or tokenizer; {hint}")
+    return manifest
+
+
+class TokenDataset:
+    """One split of a built dataset, as memory maps.
+
+    Attributes:
+        directory: the dataset folder.
+        split: ``train``, ``validation`` or ``test``.
+        manifest: the parsed ``manifest.json``.
+        tokens: uint16 ids of every sequence, concatenated (read-only memmap).
+        offsets: int64 start of each sequence, plus the total length at the end.
+    """
+
+    def __init__(self, directory: str | Path, split: str) -> None:
+        """Open a split.
+
+        Raises:
+            DataError: unknown split, missing manifest or arrays, or arrays that do not
+                agree with each other or with the manifest.
+        """
+        if split not in SPLITS:
+            raise DataError(f"split must be one of {', '.join(SPLITS)} (received {split!r})")
+        self.directory = Path(directory).expanduser()
+        self.split = split
+        self.manifest = load_manifest(self.directory)
+        self.tokens = self._load(f"{split}.tokens.npy", np.uint16)
+        self.offsets = self._load(f"{split}.offsets.npy", np.int64)
+        info = self.manifest["splits"][split]
+        if (self.offsets.ndim != 1 or len(self.offsets) < 1 or self.offsets[0] != 0
+                or int(self.offsets[-1]) != len(self.tokens)
+                or len(self.offsets) - 1 != info.get("num_sequences")):
+            raise DataError(f"{self.directory}: {split} arrays do not match each other or "
+                            f"the manifest; rebuild with `melody data build`")
+
+    def _load(self, name: str, dtype: type) -> np.ndarray:
+        path = self.directory / name
+        try:
+            array = np.load(path, mmap_mode="r")
+        except FileNotFoundError as err:
+            raise DataError(f"{path} is missing; rebuild with `melody data build`") from err
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path} is not a readable array ({err}); rebuild with "
+                            f"`melody data build`") from err
+        if array.dtype != dtype:
+            raise DataError(f"{path} holds {array.dtype}, expected {np.dtype(dtype)}")
+        return array
+
+    def __len__(self) -> int:
+        """Number of sequences (pieces and their transposed copies)."""
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        """Token ids of one sequence, ``BOS ... EOS``."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sequence {index} out of range (0..{len(self) - 1})")
+        index %= len(self)
+        return self.tokens[self.offsets[index]:self.offsets[index + 1]]
+
+    @property
+    def tokenizer(self) -> MelodyTokenizer:
+        """The vocabulary the dataset was built with."""
+        return MelodyTokenizer.from_dict(self.manifest["tokenizer"])
+
+
+def format_skip_table(manifest: dict[str, Any], limit: int = 5) -> list[str]:
+    """Lines of a table of skipped files by reason (at most ``limit`` examples each)."""
+    skipped = manifest.get("skipped", {})
+    if not skipped:
+        return ["skipped: none"]
+    lines = [f"skipped {sum(len(v) for v in skipped.values())} of {manifest['files']} files:"]
+    width = max(len(reason) for reason in skipped)
+    for reason, entries in sorted(skipped.items()):
+        lines.append(f"  {reason:<{width}}  {len(entries):>6}")
+        for entry in entries[:limit]:
+            lines.append(f"      {entry['file']}: {entry['detail']}")
+        if len(entries) > limit:
+            lines.append(f"      ... and {len(entries) - limit} more (see manifest.json)")
+    return lines
+
+
