@@ -1,0 +1,342 @@
+"""Incremental decoding of one style: prefill, KV-cached steps, batching, streaming notes.
+
+The service calls :meth:`StyleDecoder.start` for each ``generate`` request, then
+:meth:`StyleDecoder.step` over all running generations of the style, once per token:
+one batched ONNX Runtime call advances every generation by one token. Each generation
+samples under its own grammar and constraints and streams each note as soon as its
+``Duration`` is sampled (:meth:`Generation.drain_notes`).
+
+Caches:
+- per session, the cache of the last generation is kept (least recently used sessions are
+  dropped); a new request whose tokens share a prefix with it reuses that prefix and
+  prefills only the rest;
+- running generations of a style share one left-padded batch cache that is rebuilt only
+  when the set of generations changes, so a steady jam copies no cache between steps;
+- when a cache reaches the context length, the oldest entries after a few "sink" tokens
+  are dropped in one slide and positions keep counting (RoPE is relative).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.cache import Cache, CacheOps
+from engine.grammar import Grammar, VocabularyMasks
+from engine.model import LoadedModel, ort_errors
+from engine.prompt import build_prompt
+from engine.requests import GenerateRequest
+from engine.sampling import make_rng, sample
+from models.exceptions import EngineError
+from models.notes import Note
+from models.settings import EngineSettings
+
+logger = logging.getLogger(__name__)
+
+REASONS = ("complete", "eos", "cancelled", "max_tokens")
+
+
+class Generation:
+    """One response being decoded.
+
+    Attributes:
+        id: the caller's request id (or a generated one).
+        session_key: the session whose cache this generation reads and refreshes.
+        request: what was asked.
+        done: whether the generation has ended.
+        reason: why it ended (one of ``REASONS``), ``None`` while running.
+        tokens: generated tokens sampled so far.
+        prefill_tokens: prompt tokens run through the model at the start.
+        reused_tokens: prompt tokens taken from the session's cache instead.
+        notes_emitted: notes produced so far.
+    """
+
+    def __init__(self, gen_id: str, session_key: Hashable, request: GenerateRequest, *,
+                 grammar: Grammar, end_bar: int, max_tokens: int) -> None:
+        self.id = gen_id
+        self.session_key = session_key
+        self.request = request
+        self.done = False
+        self.reason: str | None = None
+        self.tokens = 0
+        self.prefill_tokens = 0
+        self.reused_tokens = 0
+        self.notes_emitted = 0
+        self.grammar = grammar
+        self.end_bar = end_bar
+        self.max_tokens = max_tokens
+        self.rng = make_rng(request.sampling)
+        self._notes: list[Note] = []
+        self._started = time.perf_counter()
+        self._finished: float | None = None
+        # Decoding state: the stream the cache holds, the cache (None while it lives in
+        # the style's batch), the next token's absolute position and the next logits.
+        self.stream: list[int] = []
+        self.cache: Cache | None = None
+        self.cache_len = 0
+        self.next_position = 0
+        self.slid = False
+        self.logits: np.ndarray | None = None
+        self.pending: int | None = None
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds from the start to the end (or to now while running)."""
+        end = self._finished if self._finished is not None else time.perf_counter()
+        return end - self._started
+
+    def drain_notes(self) -> list[Note]:
+        """The notes completed since the last call, on the caller's timeline."""
+        notes, self._notes = self._notes, []
+        return notes
+
+    def _finish(self, reason: str) -> None:
+        self.done = True
+        self.reason = reason
+        self._finished = time.perf_counter()
+
+
+@dataclass
+class _SessionCache:
+    """What a finished generation leaves for the next request of its session."""
+
+    stream: list[int]
+    cache: Cache
+    next_position: int
+    slid: bool
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n
+
+
+class StyleDecoder:
+    """Decodes every generation of one loaded model.
+
+    Attributes:
+        model: the loaded ONNX model.
+        settings: the ``[engine]`` settings (window, bounds, session cache size).
+        tokenizer: the model's vocabulary.
+        vocab: per-kind masks of that vocabulary, shared by every grammar.
+        allow_eos: whether the model may end a response early with ``EOS`` (off for tests
+            and offline generation that must fill the bars asked for).
+    """
+
+    def __init__(self, model: LoadedModel, settings: EngineSettings | None = None, *,
+                 allow_eos: bool = True) -> None:
+        self.model = model
+        self.allow_eos = allow_eos
+        self.settings = settings or EngineSettings()
+        self.tokenizer = model.tokenizer
+        self.vocab = VocabularyMasks.build(model.tokenizer)
+        self.ops = CacheOps(model.card.cache)
+        self._session = model.session
+        self._outputs = list(model.card.output_names)
+        self._cache_inputs = list(model.card.cache.inputs)
+        self._sessions: OrderedDict[Hashable, _SessionCache] = OrderedDict()
+        self._ids = itertools.count(1)
+        # The batch cache of the running generations (in this order) and their padding.
+        self._batch: list[Generation] = []
+        self._batch_cache: Cache | None = None
+        self._batch_pads: list[int] = []
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def style(self) -> str:
+        """The style this decoder serves."""
+        return self.model.style
+
+    @property
+    def cached_sessions(self) -> int:
+        """Sessions whose cache is kept for their next request."""
+        return len(self._sessions)
+
+    def drop_session(self, session_key: Hashable) -> None:
+        """Forget a session's cache (its client left)."""
+        self._sessions.pop(session_key, None)
+
+    def start(self, session_key: Hashable, request: GenerateRequest,
+              request_id: str | None = None) -> Generation:
+        """Encode a request, reuse the session's cached prefix and prefill the rest.
+
+        Raises:
+            EngineError: the request cannot be encoded for this model (time signature not
+                in the vocabulary, no pitch left by the constraints) or the model fails.
+        """
+        context = self.model.context_length
+        prompt = build_prompt(self.tokenizer, self.vocab, request,
+                              max_tokens=max(8, context - context // 4),
+                              allow_eos=self.allow_eos)
+        gen = Generation(request_id or f"g{next(self._ids)}", session_key, request,
+                         grammar=prompt.grammar, end_bar=prompt.end_bar,
+                         max_tokens=self.settings.max_tokens_per_bar * request.bars)
+        tokens = prompt.tokens
+        reuse, cache = self._reusable(session_key, tokens)
+        new = tokens[reuse:]
+        positions = np.arange(reuse, len(tokens), dtype=np.int64)[None, :]
+        logits, cache = self._run(np.asarray([new], dtype=np.int64), positions,
+                                  np.ones((1, len(tokens)), dtype=np.int64), cache)
+        gen.stream = list(tokens)
+        gen.cache = cache
+        gen.cache_len = len(tokens)
+        gen.next_position = len(tokens)
+        gen.logits = logits[0, -1]
+        gen.prefill_tokens = len(new)
+        gen.reused_tokens = reuse
+        logger.debug("%s: prompt %d tokens (%d reused), bars %d-%d of the stream",
+                     gen.id, len(tokens), reuse, prompt.start_bar, prompt.end_bar)
+        return gen
+
+    def step(self, generations: Sequence[Generation]) -> None:
+        """Advance every running generation by one token with one batched model call.
+
+        Raises:
+            EngineError: the model call fails.
+        """
+        active = [g for g in generations if not g.done]
+        for gen in active:
+            self._sample(gen)
+        running = [g for g in active if not g.done]
+        for gen in active:
+            if gen.done:
+                self._retire(gen)
+        if running:
+            self._forward(running)
+
+    def cancel(self, generation: Generation) -> None:
+        """End a generation now (reason ``cancelled``); its cache stays with its session."""
+        if not generation.done:
+            generation._finish("cancelled")
+            self._retire(generation)
+
+    # ----------------------------------------------------------------- decoding
+    def _reusable(self, session_key: Hashable, tokens: list[int]) -> tuple[int, Cache]:
+        """How many leading tokens the session's cache already holds, and that cache."""
+        cached = self._sessions.pop(session_key, None)
+        if cached is None or cached.slid:
+            return 0, self.ops.empty()
+        # At least one token must run to give the next logits.
+        reuse = min(common_prefix(cached.stream, tokens), len(tokens) - 1)
+        if self.ops.is_kv:
+            if reuse > 0:
+                return reuse, self.ops.prefix(cached.cache, reuse)
+        elif reuse == len(cached.stream):  # a recurrent state only holds its whole stream
+            return reuse, cached.cache
+        return 0, self.ops.empty()
+
+    def _sample(self, gen: Generation) -> None:
+        """Draw the next token under the grammar; end the generation where it should."""
+        if gen.tokens >= gen.max_tokens:
+            gen._finish("max_tokens")
+            return
+        token = sample(gen.logits, gen.request.sampling, gen.rng, gen.grammar.allowed())
+        kind = self.vocab.infos[token].kind
+        if kind == "EOS":
+            gen._finish("eos")
+            return
+        if kind == "Bar" and gen.grammar.bar + 1 >= gen.end_bar:
+            gen._finish("complete")
+            return
+        note = gen.grammar.feed(token)
+        if note is not None:
+            gen._notes.append(note)
+            gen.notes_emitted += 1
+        gen.pending = token
+        gen.tokens += 1
+
+    def _retire(self, gen: Generation) -> None:
+        """Take a finished generation out of the batch and keep its cache for its session."""
+        if gen in self._batch:
+            self._unbatch()
+        if gen.cache is None:
+            return
+        self._sessions[gen.session_key] = _SessionCache(gen.stream, gen.cache,
+                                                        gen.next_position, gen.slid)
+        self._sessions.move_to_end(gen.session_key)
+        while len(self._sessions) > self.settings.max_cached_sessions:
+            self._sessions.popitem(last=False)
+        gen.cache = None
+        gen.logits = None
+
+    def _unbatch(self) -> None:
+        """Give each generation of the batch its own cache back."""
+        if self._batch_cache is not None:
+            rows = self.ops.unstack(self._batch_cache, self._batch_pads)
+            for gen, cache in zip(self._batch, rows, strict=True):
+                gen.cache = cache
+        self._batch, self._batch_cache, self._batch_pads = [], None, []
+
+    def _slide_if_full(self, running: Sequence[Generation]) -> None:
+        """Slide the cache of every generation that would pass the context length."""
+        if not self.ops.is_kv:
+            return
+        context = self.model.context_length
+        full = [g for g in running if g.cache_len + 1 > context]
+        if not full:
+            return
+        self._unbatch()
+        sink = min(self.settings.sink_tokens, context // 4)
+        drop = max(1, int(context * self.settings.slide_fraction))
+        for gen in full:
+            drop_now = min(drop, gen.cache_len - sink)
+            gen.cache = self.ops.slide(gen.cache, sink, drop_now)
+            gen.cache_len -= drop_now
+            gen.slid = True
+            logger.debug("%s: slid the cache window by %d tokens", gen.id, drop_now)
+
+    def _forward(self, running: list[Generation]) -> None:
+        """One model call on the pending token of every running generation."""
+        self._slide_if_full(running)
+        if self._batch != running:
+            self._unbatch()
+            self._batch_cache, self._batch_pads = self.ops.stack([g.cache for g in running])
+            self._batch = list(running)
+            for gen in running:
+                gen.cache = None
+        batch = len(running)
+        input_ids = np.fromiter((g.pending for g in running), dtype=np.int64,
+                                count=batch).reshape(batch, 1)
+        positions = np.fromiter((g.next_position for g in running), dtype=np.int64,
+                                count=batch).reshape(batch, 1)
+        mask = None
+        if self.ops.is_kv:
+            width = self.ops.length(self._batch_cache) + 1
+            mask = np.ones((batch, width), dtype=np.int64)
+            for row, pad in enumerate(self._batch_pads):
+                mask[row, :pad] = 0
+        logits, self._batch_cache = self._run(input_ids, positions, mask, self._batch_cache)
+        for row, gen in enumerate(running):
+            gen.logits = logits[row, -1]
+            gen.stream.append(gen.pending)
+            gen.pending = None
+            gen.next_position += 1
+            gen.cache_len += 1
+
+    def _run(self, input_ids: np.ndarray, position_ids: np.ndarray,
+             attention_mask: np.ndarray | None, cache: Cache) -> tuple[np.ndarray, Cache]:
+        """One ONNX Runtime call: logits [B, S, V] and the new cache.
+
+        Raises:
+            EngineError: ONNX Runtime rejects the inputs or fails.
+        """
+        feeds = {"input_ids": input_ids}
+        if self.ops.is_kv:
+            feeds["position_ids"] = position_ids
+            feeds["attention_mask"] = attention_mask
+        feeds.update(zip(self._cache_inputs, cache, strict=True))
+        try:
+            outputs = self._session.run(self._outputs, feeds)
+        except ort_errors() as err:
+            raise EngineError(f"model {self.model.path.name} failed: {err}") from err
+        return outputs[0], outputs[1:]

@@ -1,0 +1,112 @@
+"""From a request to the token stream the model continues.
+
+The seed notes are re-based so that the first bar of the seed window is the stream's bar 0,
+encoded with the request's time signature, and then the start of the response is forced
+into the stream: ``Bar TimeSig`` up to the start bar and a ``Position`` for the start beat.
+The model therefore starts exactly where the caller asked, on the caller's bar grid.
+
+A seed longer than the model's budget loses whole bars from its start (never a cut in the
+middle of a note), so the model always sees a well-formed piece.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from engine.grammar import Grammar, VocabularyMasks
+from engine.requests import GenerateRequest
+from models.exceptions import EngineError
+from models.notes import Note
+from models.tokenizer import MelodyTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Prompt:
+    """The stream to prefill and where the response lies in it.
+
+    Attributes:
+        tokens: ``BOS``, the encoded seed and the forced start tokens.
+        grammar: the stream's grammar, already fed with ``tokens``.
+        first_bar: the caller's bar index of the stream's bar 0.
+        start_bar: stream bar in which the response starts.
+        end_bar: stream bar at whose start the response ends.
+        seed_notes: seed notes the prompt holds (after trimming).
+    """
+
+    tokens: list[int]
+    grammar: Grammar
+    first_bar: int
+    start_bar: int
+    end_bar: int
+    seed_notes: int
+
+
+def _grid(beats: float, step: float) -> int:
+    """Grid index of a time in beats (rounded like the tokenizer's quantization)."""
+    return math.floor(beats / step + 0.5)
+
+
+def build_prompt(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, request: GenerateRequest,
+                 max_tokens: int, *, allow_eos: bool = True) -> Prompt:
+    """Encode a request's seed and force its start.
+
+    Args:
+        tokenizer: the model's vocabulary.
+        vocab: the per-kind masks of that vocabulary.
+        request: the seed, start beat, bars, time signature and constraints.
+        max_tokens: most prompt tokens; earlier seed bars are dropped to fit.
+        allow_eos: whether the response may end with ``EOS`` before its last bar.
+
+    Raises:
+        EngineError: the time signature is not in the vocabulary, the constraints leave no
+            pitch, or the start alone does not fit in ``max_tokens``.
+    """
+    numerator, denominator = request.time_signature
+    bar_length = request.bar_length
+    ppb = tokenizer.settings.positions_per_beat
+    step = (4.0 / denominator) / ppb                 # quarter notes per grid step
+    per_bar = numerator * ppb                        # grid steps per bar
+    start = _grid(request.start_beat, step)
+    start_bar_abs, start_position = divmod(start, per_bar)
+    # Notes at or after the start are the response's business, not the seed's.
+    seed = sorted((n for n in request.seed if _grid(n.onset, step) < start),
+                  key=lambda n: (n.onset, n.pitch))
+    first_bar = min((_grid(n.onset, step) // per_bar for n in seed), default=start_bar_abs)
+    while True:
+        window = [n for n in seed if _grid(n.onset, step) >= first_bar * per_bar]
+        shifted = [Note(max(0.0, n.onset - first_bar * bar_length), n.duration, n.pitch,
+                        n.velocity) for n in window]
+        tokens = tokenizer.encode_notes(shifted, (numerator, denominator), bos=True, eos=False)
+        grammar = Grammar(tokenizer, vocab, request.constraints, (numerator, denominator),
+                          offset=first_bar * bar_length, allow_eos=allow_eos)
+        for token in tokens:
+            grammar.feed(token)
+        start_bar = start_bar_abs - first_bar
+        while grammar.bar < start_bar:
+            for token in (tokenizer.bar_id, vocab.time_signature[(numerator, denominator)]):
+                tokens.append(token)
+                grammar.feed(token)
+        if start_position > grammar.position:
+            token = tokenizer.vocab.get(f"Position_{start_position}")
+            if token is None:
+                raise EngineError(f"start position {start_position} is not in the vocabulary")
+            tokens.append(token)
+            grammar.feed(token)
+        if len(tokens) <= max_tokens:
+            break
+        if first_bar >= start_bar_abs:
+            raise EngineError(f"the response start needs {len(tokens)} tokens, more than "
+                              f"the model's budget of {max_tokens}")
+        # Drop enough whole bars from the start to fit, estimated from the mean bar.
+        bars = max(1, start_bar_abs - first_bar + 1)
+        excess = len(tokens) - max_tokens
+        first_bar = min(start_bar_abs, first_bar + max(1, math.ceil(excess * bars / len(tokens))))
+    if grammar.detok.skipped:
+        logger.warning("the seed encoded into %d tokens the grammar does not follow: %s",
+                       grammar.detok.skipped, grammar.detok.problems[-3:])
+    return Prompt(tokens=tokens, grammar=grammar, first_bar=first_bar, start_bar=start_bar,
+                  end_bar=start_bar + request.bars, seed_notes=len(window))
