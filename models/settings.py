@@ -76,12 +76,41 @@ class EngineSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """``[train]``: defaults of ``melody train``, ``fine-tune`` and ``lr-find``."""
+
+    arch: str = setting("gpt", choices=("gpt", "lstm", "gru"))
+    size: str = setting("small", choices=("tiny", "small", "medium"))
+    steps: int = setting(20_000, low=1)
+    batch_size: int = setting(16, low=1, high=4096)
+    lr: float = setting(1e-3, low=0.0, high=1.0)
+    min_lr_ratio: float = setting(0.1, low=0.0, high=1.0)
+    warmup_steps: int = setting(200, low=0)
+    weight_decay: float = setting(0.1, low=0.0, high=1.0)
+    beta1: float = setting(0.9, low=0.0, high=0.999999)
+    beta2: float = setting(0.95, low=0.0, high=0.999999)
+    grad_clip: float = setting(1.0, low=0.0)
+    dropout: float = setting(0.1, low=0.0, high=0.9)
+    eval_every: int = setting(500, low=1)
+    eval_batches: int = setting(40, low=1)
+    log_every: int = setting(10, low=1)
+    seed: int = setting(0, low=0)
+    threads: int = setting(0, low=0, high=256)
+    time_budget: float = setting(0.0, low=0.0)
+    device: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    freeze: int = setting(2, low=0, high=64)
+    finetune_steps: int = setting(2_000, low=1)
+    finetune_lr: float = setting(3e-4, low=0.0, high=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """All sections of ``config.toml``."""
 
     data: DataSettings = dataclasses.field(default_factory=DataSettings)
     tokens: TokensSettings = dataclasses.field(default_factory=TokensSettings)
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+    train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
 
 
 def default_config_path() -> Path:
