@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "melodyd-corpus-index"
 # Bump when the conversion changes, so old caches are converted again.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 # Score formats music21 reads; .rntxt (roman-numeral analyses) and Finale files are not music.
 SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
 
@@ -171,13 +172,26 @@ def music21_corpus_dir() -> Path:
 
 
 def source_files(collection: Collection) -> list[Path]:
-    """Score files of a collection, sorted, relative to music21's corpus folder."""
+    """Score files of a collection, sorted, relative to music21's corpus folder.
+
+    music21 ships some scores twice (``bwv277.krn`` and ``bwv277.mxl``): only the first
+    format in ``SCORE_SUFFIXES`` order is kept, so that one piece cannot land in two
+    dataset splits.
+    """
     base = music21_corpus_dir()
     folder = base / collection.name
     if not folder.is_dir():
         return []
-    return sorted(p.relative_to(base) for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in SCORE_SUFFIXES)
+    chosen: dict[Path, Path] = {}
+    for path in folder.rglob("*"):
+        suffix = path.suffix.lower()
+        if not path.is_file() or suffix not in SCORE_SUFFIXES:
+            continue
+        stem = path.relative_to(base).with_name(path.name[:-len(suffix)])
+        held = chosen.get(stem)
+        if held is None or SCORE_SUFFIXES.index(suffix) < SCORE_SUFFIXES.index(held.suffix.lower()):
+            chosen[stem] = path.relative_to(base)
+    return sorted(chosen.values())
 
 
 # ----------------------------------------------------------------- conversion (workers)
@@ -243,7 +257,8 @@ def convert_source(source: str, out_root: str, tunes_per_file: int | None) -> li
     from music21 import converter, stream  # noqa: PLC0415 - heavy, only in workers
 
     src = music21_corpus_dir() / source
-    rel = Path(source).with_suffix("")
+    # Not with_suffix(): "bwv112.5.mxl" must become "bwv112.5.mid", not "bwv112.mid".
+    rel = Path(source).with_name(Path(source).stem)
     records: list[dict[str, Any]] = []
     try:
         parsed = converter.parse(str(src))
@@ -260,7 +275,7 @@ def convert_source(source: str, out_root: str, tunes_per_file: int | None) -> li
             items.append((f"{source}#{number or index}", score,
                           rel.parent / f"{rel.name}-{index:04d}.mid"))
     else:
-        items = [(source, parsed, rel.with_suffix(".mid"))]
+        items = [(source, parsed, rel.with_name(rel.name + ".mid"))]
     for name, score, midi in items:
         try:
             notes = _write_midi(score, Path(out_root) / midi)
@@ -329,6 +344,9 @@ def convert_collections(names: Sequence[str], jobs: int = 0, *,
         out_root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DataError(f"cannot create the corpus cache {out_root}: {err}") from err
+    for collection in todo:
+        # Start clean: files of an older or interrupted conversion must not linger.
+        shutil.rmtree(out_root / collection.name, ignore_errors=True)
     units = [(c, str(src)) for c in todo for src in source_files(c)]
     started = time.monotonic()
     records: dict[str, list[dict[str, Any]]] = {c.name: [] for c in todo}
@@ -386,8 +404,8 @@ def corpus_midi_files(name: str, jobs: int = 0, *,
     spec = get_corpus(name)
     indexes = convert_collections(spec.collections, jobs, progress=progress)
     root = corpus_root()
-    files = sorted(root / r["midi"] for index in indexes.values()
-                   for r in index["pieces"] if r["midi"])
+    files = sorted({root / r["midi"] for index in indexes.values()
+                    for r in index["pieces"] if r["midi"]})
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise DataError(f"{len(missing)} cached MIDI files of corpus:{name} are gone "
