@@ -9,7 +9,9 @@ stream sampled under these masks always decodes with ``skipped == 0``:
 - after ``Bar`` only the ``TimeSig`` in force (the request's);
 - ``Position`` strictly increases within a bar and stays inside the bar;
 - ``Pitch`` only after a ``Position`` of the current bar, inside the pitch range and
-  scale, and only while fewer than ``max_polyphony`` notes sound at the current time;
+  scale, not a pitch already played at this position (a duplicate note is no music and
+  lets a greedy model loop forever), and only while fewer than ``max_polyphony`` notes
+  sound at the current time;
 - never ``PAD``/``BOS``; ``EOS`` only when allowed.
 
 The masks are built from per-kind arrays precomputed once per vocabulary
@@ -131,6 +133,8 @@ class Grammar:
         self.max_polyphony = constraints.max_polyphony
         self._pitches = vocab.pitch_mask(constraints)
         self._last_kind = ""
+        # Pitch ids already played at the current position.
+        self._here: list[int] = []
         # Ends (beats, detokenizer timeline) of notes that may still sound, kept sorted.
         self._ends: list[float] = []
         self._cache: dict[tuple, np.ndarray] = {}
@@ -169,6 +173,10 @@ class Grammar:
         note = self.detok.feed(token)
         if kind not in ("PAD", "BOS"):
             self._last_kind = kind
+        if kind == "Pitch":
+            self._here.append(token)
+        elif kind in ("Position", "Bar"):
+            self._here.clear()
         if note is not None and self.max_polyphony is not None:
             bisect.insort(self._ends, note.end)
             # Forget notes long over so the list stays short during a long jam.
@@ -199,6 +207,9 @@ class Grammar:
         if mask is None:
             mask = self._event_mask(*key)
             self._cache[key] = mask
+        if pitches and self._here:
+            mask = mask.copy()
+            mask[self._here] = False
         return mask
 
     def _event_mask(self, position: int, positions_per_bar: int, pitches: bool,
