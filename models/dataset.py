@@ -41,6 +41,7 @@ MIDI_SUFFIXES = (".mid", ".midi")
 CORPUS_PREFIX = "corpus:"
 
 # Reasons a file is skipped (the keys of the manifest's skip table).
+SKIP_NOT_MIDI = "not MIDI"
 SKIP_PARSE = "fails to parse"
 SKIP_EMPTY = "empty"
 SKIP_TOO_LARGE = "too large"
@@ -110,6 +111,15 @@ def tokenize_file(path: Path, name: str, tokenizer: MelodyTokenizer,
     if size > settings.max_file_bytes:
         return PieceResult(name, None, reason=SKIP_TOO_LARGE,
                            detail=f"{size} bytes > max_file_bytes {settings.max_file_bytes}")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(12)
+    except OSError as err:
+        return PieceResult(name, None, reason=SKIP_PARSE, detail=str(err))
+    # Standard MIDI files start with MThd; RIFF "RMID" files wrap one.
+    if not (head.startswith(b"MThd") or (head.startswith(b"RIFF") and head[8:12] == b"RMID")):
+        return PieceResult(name, None, reason=SKIP_NOT_MIDI,
+                           detail=f"starts with {head[:4]!r}, not a MIDI header")
     try:
         score = symusic.Score(str(path))
     except (RuntimeError, ValueError, OSError) as err:  # symusic's errors on bad files

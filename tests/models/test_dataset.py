@@ -1,0 +1,341 @@
+"""``melody data build`` on small folders of generated MIDI files (plus bad ones)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import symusic
+
+from models.cli import main
+from models.dataset import (
+    SKIP_EMPTY,
+    SKIP_NOT_MIDI,
+    SKIP_PARSE,
+    SKIP_POLYPHONIC,
+    SKIP_TOO_LARGE,
+    SPLITS,
+    TokenDataset,
+    build_dataset,
+    load_manifest,
+    parse_transpose,
+    split_pieces,
+)
+from models.exceptions import ConfigError, DataError
+from models.settings import DataSettings, load_settings
+from models.tokenizer import MelodyTokenizer
+
+TPQ = 480
+
+
+def write_midi(path: Path, notes: list[tuple[float, float, int, int]]) -> Path:
+    """A one-track MIDI file of (onset beats, duration beats, pitch, velocity) notes."""
+    score = symusic.Score(TPQ)
+    score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+    track = symusic.Track(name="melody", program=0, is_drum=False)
+    for onset, duration, pitch, velocity in notes:
+        track.notes.append(symusic.Note(round(onset * TPQ), round(duration * TPQ), pitch,
+                                        velocity))
+    score.tracks.append(track)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    score.dump_midi(str(path))
+    return path
+
+
+def melody(seed: int, length: int = 16, low: int = 55, high: int = 80) -> list[tuple]:
+    """A deterministic monophonic line of eighths and quarters."""
+    rng = random.Random(seed)
+    notes, time = [], 0.0
+    for _ in range(length):
+        duration = rng.choice([0.5, 1.0])
+        notes.append((time, duration, rng.randint(low, high), rng.randint(40, 110)))
+        time += duration
+    return notes
+
+
+@pytest.fixture
+def midi_folder(tmp_path: Path) -> Path:
+    """Twenty monophonic pieces in two subfolders."""
+    root = tmp_path / "midi"
+    for i in range(20):
+        write_midi(root / f"set{i % 2}" / f"tune{i:02d}.mid", melody(i))
+    return root
+
+
+@pytest.fixture
+def bad_folder(midi_folder: Path) -> Path:
+    """The good pieces plus one corrupt, one empty, one non-MIDI and one polyphonic file."""
+    good = (midi_folder / "set0" / "tune00.mid").read_bytes()
+    (midi_folder / "corrupt.mid").write_bytes(good[:30])
+    write_midi(midi_folder / "empty.mid", [])
+    (midi_folder / "notes.midi").write_text("these are not the notes you are looking for\n")
+    chords = [(float(b), 1.0, p, 80) for b in range(8) for p in (60, 64, 67)]
+    write_midi(midi_folder / "chords.mid", chords)
+    return midi_folder
+
+
+def settings(**changes) -> DataSettings:
+    """In-process parsing (jobs=1) keeps these tests quick; one test covers the pool."""
+    values = {"jobs": 1, "seed": 0, "val_fraction": 0.1, "test_fraction": 0.1}
+    values.update(changes)
+    return DataSettings(**values)
+
+
+def build(source: Path, out: Path, **changes) -> dict:
+    return build_dataset(str(source), out, settings(**changes), progress=False)
+
+
+def all_pieces(manifest: dict) -> dict[str, list[str]]:
+    return {split: manifest["splits"][split]["pieces"] for split in SPLITS}
+
+
+def test_bad_files_are_skipped_with_their_own_reason(bad_folder: Path, tmp_path: Path) -> None:
+    manifest = build(bad_folder, tmp_path / "out")
+    reasons = {entry["file"]: reason for reason, entries in manifest["skipped"].items()
+               for entry in entries}
+    assert reasons == {"corrupt.mid": SKIP_PARSE, "empty.mid": SKIP_EMPTY,
+                       "notes.midi": SKIP_NOT_MIDI}
+    kept = sum(manifest["splits"][s]["num_pieces"] for s in SPLITS)
+    assert kept == 21  # the twenty tunes and the chords
+    assert manifest["files"] == 24
+    on_disk = load_manifest(tmp_path / "out")
+    assert on_disk["skipped_counts"] == {SKIP_PARSE: 1, SKIP_EMPTY: 1, SKIP_NOT_MIDI: 1}
+
+
+def test_monophonic_skips_a_polyphonic_file(bad_folder: Path, tmp_path: Path) -> None:
+    manifest = build(bad_folder, tmp_path / "out", monophonic=True)
+    polyphonic = [e["file"] for e in manifest["skipped"][SKIP_POLYPHONIC]]
+    assert polyphonic == ["chords.mid"]
+    pieces = {p for split in all_pieces(manifest).values() for p in split}
+    assert "chords.mid" not in pieces
+    assert "set0/tune00.mid" in pieces
+
+
+def test_a_legato_overlap_shorter_than_a_grid_step_is_still_monophonic(tmp_path: Path) -> None:
+    notes = [(b * 1.0, 1.02, 60 + b, 80) for b in range(10)]  # each overlaps the next a bit
+    write_midi(tmp_path / "src" / "legato.mid", notes)
+    write_midi(tmp_path / "src" / "other.mid", melody(1))
+    manifest = build(tmp_path / "src", tmp_path / "out", monophonic=True,
+                     val_fraction=0.0, test_fraction=0.0)
+    assert manifest["skipped"] == {}
+
+
+def test_too_large_files_are_skipped(midi_folder: Path, tmp_path: Path) -> None:
+    write_midi(midi_folder / "long.mid", melody(99, length=400))
+    manifest = build(midi_folder, tmp_path / "out", max_file_bytes=1000)
+    assert [e["file"] for e in manifest["skipped"][SKIP_TOO_LARGE]] == ["long.mid"]
+
+
+def test_no_piece_appears_in_two_splits(midi_folder: Path, tmp_path: Path) -> None:
+    manifest = build(midi_folder, tmp_path / "out", val_fraction=0.2, test_fraction=0.2)
+    splits = all_pieces(manifest)
+    seen = [p for pieces in splits.values() for p in pieces]
+    assert len(seen) == len(set(seen)) == 20
+    assert len(splits["validation"]) == len(splits["test"]) == 4
+
+
+def test_the_same_seed_gives_the_same_split_and_bytes(midi_folder: Path, tmp_path: Path) -> None:
+    first = build(midi_folder, tmp_path / "a", seed=7)
+    second = build(midi_folder, tmp_path / "b", seed=7)
+    other = build(midi_folder, tmp_path / "c", seed=8)
+    assert all_pieces(first) == all_pieces(second)
+    assert first["content_hash"] == second["content_hash"]
+    for split in SPLITS:
+        a = np.load(tmp_path / "a" / f"{split}.tokens.npy")
+        b = np.load(tmp_path / "b" / f"{split}.tokens.npy")
+        assert np.array_equal(a, b)
+    assert all_pieces(other) != all_pieces(first)
+    assert other["content_hash"] != first["content_hash"]
+
+
+def test_split_pieces_ignores_input_order() -> None:
+    names = [f"piece{i}.mid" for i in range(30)]
+    shuffled = names[::-1]
+    assert split_pieces(names, 0.1, 0.1, 3) == split_pieces(shuffled, 0.1, 0.1, 3)
+
+
+def test_transposition_only_adds_train_sequences(midi_folder: Path, tmp_path: Path) -> None:
+    plain = build(midi_folder, tmp_path / "plain")
+    augmented = build(midi_folder, tmp_path / "aug", transpose_min=-2, transpose_max=3)
+    assert all_pieces(plain) == all_pieces(augmented)
+    for split in ("validation", "test"):
+        assert np.array_equal(np.load(tmp_path / "plain" / f"{split}.tokens.npy"),
+                              np.load(tmp_path / "aug" / f"{split}.tokens.npy"))
+        assert augmented["splits"][split]["transpositions"] == [
+            [0]] * augmented["splits"][split]["num_pieces"]
+    train = augmented["splits"]["train"]
+    assert train["num_sequences"] == 6 * train["num_pieces"]
+    assert train["transpositions"][0] == [0, -2, -1, 1, 2, 3]
+    # The first sequence of every piece is the untransposed piece itself.
+    plain_train = TokenDataset(tmp_path / "plain", "train")
+    aug_train = TokenDataset(tmp_path / "aug", "train")
+    assert np.array_equal(aug_train[0], plain_train[0])
+    tokenizer = aug_train.tokenizer
+    up = tokenizer.decode_notes(aug_train[5])
+    assert [n.pitch for n in up] == [n.pitch + 3 for n in tokenizer.decode_notes(plain_train[0])]
+
+
+def test_a_transposition_leaving_the_pitch_range_is_skipped(tmp_path: Path) -> None:
+    top = MelodyTokenizer().settings.pitch_max
+    for i in range(3):
+        write_midi(tmp_path / "src" / f"high{i}.mid", melody(i, low=top - 4, high=top))
+    manifest = build(tmp_path / "src", tmp_path / "out", val_fraction=0.0, test_fraction=0.0,
+                     transpose_min=-1, transpose_max=6)
+    for shifts in manifest["splits"]["train"]["transpositions"]:
+        assert 0 in shifts and -1 in shifts
+        assert 6 not in shifts
+    dataset = TokenDataset(tmp_path / "out", "train")
+    pitches = [n.pitch for i in range(len(dataset))
+               for n in dataset.tokenizer.decode_notes(dataset[i])]
+    assert max(pitches) <= top
+
+
+def test_arrays_hold_each_piece_between_bos_and_eos(midi_folder: Path, tmp_path: Path) -> None:
+    build(midi_folder, tmp_path / "out", transpose_min=-1, transpose_max=1)
+    for split in SPLITS:
+        dataset = TokenDataset(tmp_path / "out", split)
+        tokenizer = dataset.tokenizer
+        assert dataset.tokens.dtype == np.uint16 and dataset.offsets.dtype == np.int64
+        assert isinstance(dataset.tokens, np.memmap)
+        assert dataset.offsets[0] == 0 and dataset.offsets[-1] == len(dataset.tokens)
+        assert len(dataset) == dataset.manifest["splits"][split]["num_sequences"]
+        for i in range(len(dataset)):
+            sequence = dataset[i]
+            assert sequence[0] == tokenizer.bos_id and sequence[-1] == tokenizer.eos_id
+            assert tokenizer.eos_id not in sequence[:-1]
+
+
+def test_worker_processes_give_the_same_dataset(midi_folder: Path, tmp_path: Path) -> None:
+    serial = build(midi_folder, tmp_path / "one", jobs=1)
+    parallel = build(midi_folder, tmp_path / "two", jobs=2)
+    assert parallel["content_hash"] == serial["content_hash"]
+
+
+def test_a_folder_without_midi_files_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "readme.txt").write_text("nothing here")
+    with pytest.raises(DataError, match=r"no \.mid"):
+        build(tmp_path / "src", tmp_path / "out")
+    with pytest.raises(DataError, match="not found"):
+        build(tmp_path / "absent", tmp_path / "out")
+
+
+def test_only_bad_files_is_a_data_error_naming_the_reasons(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.mid").write_text("text")
+    with pytest.raises(DataError, match="not MIDI"):
+        build(tmp_path / "src", tmp_path / "out")
+
+
+@pytest.mark.parametrize("damage", ["no-folder", "no-manifest", "bad-json", "wrong-format",
+                                    "missing-array", "short-offsets"])
+def test_token_dataset_errors_tell_to_run_data_build(midi_folder: Path, tmp_path: Path,
+                                                     damage: str) -> None:
+    out = tmp_path / "out"
+    build(midi_folder, out)
+    if damage == "no-folder":
+        out = tmp_path / "nowhere"
+    elif damage == "no-manifest":
+        (out / "manifest.json").unlink()
+    elif damage == "bad-json":
+        (out / "manifest.json").write_text("{not json")
+    elif damage == "wrong-format":
+        (out / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    elif damage == "missing-array":
+        (out / "train.tokens.npy").unlink()
+    elif damage == "short-offsets":
+        np.save(out / "train.offsets.npy", np.zeros(2, dtype=np.int64))
+    with pytest.raises(DataError, match="melody data build"):
+        TokenDataset(out, "train")
+
+
+def test_token_dataset_rejects_an_unknown_split(midi_folder: Path, tmp_path: Path) -> None:
+    build(midi_folder, tmp_path / "out")
+    with pytest.raises(DataError, match="valid"):
+        TokenDataset(tmp_path / "out", "valid")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("-5..6", (-5, 6)), ("0..0", (0, 0)), ("3", (-3, 3)), ("-12..12", (-12, 12)),
+])
+def test_parse_transpose(text: str, expected: tuple[int, int]) -> None:
+    assert parse_transpose(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5..-6", "a..b", "-13..0", "1..2", "-5:6"])
+def test_parse_transpose_rejects_bad_ranges(text: str) -> None:
+    with pytest.raises(DataError, match=text.replace(".", r"\.")):
+        parse_transpose(text)
+
+
+def test_cli_builds_and_prints_split_sizes(bad_folder: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["data", "build", "--source", str(bad_folder), "--out", str(out),
+                 "--jobs", "1", "--transpose", "-2..1", "--val-fraction", "0.2", "--seed", "3",
+                 "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    manifest = load_manifest(out)
+    assert manifest["settings"]["transpose_min"] == -2
+    assert manifest["settings"]["val_fraction"] == 0.2
+    assert manifest["settings"]["seed"] == 3
+    for split in SPLITS:
+        info = manifest["splits"][split]
+        assert f"{split}" in printed and str(info["tokens"]) in printed
+    assert SKIP_NOT_MIDI in printed and "notes.midi" in printed
+
+
+def test_cli_reports_a_missing_source_on_one_line(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["data", "build", "--source", str(tmp_path / "nope"), "--out",
+                 str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_cli_flags_override_the_config_file(midi_folder: Path, tmp_path: Path) -> None:
+    config = tmp_path / "mine.toml"
+    config.write_text("[data]\nseed = 5\nval_fraction = 0.3\njobs = 1\n")
+    out = tmp_path / "out"
+    assert main(["data", "build", "--source", str(midi_folder), "--out", str(out),
+                 "--config", str(config), "--seed", "9", "--no-progress"]) == 0
+    used = load_manifest(out)["settings"]
+    assert used["seed"] == 9 and used["val_fraction"] == 0.3
+
+
+@pytest.mark.parametrize(("toml", "pieces"), [
+    pytest.param("[data]\nval_fractoin = 0.2\n", ["val_fractoin", "did you mean 'val_fraction'"],
+                 id="unknown-key"),
+    pytest.param("[data]\nval_fraction = 0.9\n", ["val_fraction", "0.9"], id="out-of-range"),
+    pytest.param("[data]\nmin_notes = 'many'\n", ["min_notes", "'many'"], id="wrong-type"),
+    pytest.param("[dta]\nseed = 1\n", ["[dta]", "did you mean 'data'"], id="unknown-section"),
+])
+def test_config_errors_name_the_key_and_the_value(tmp_path: Path, toml: str,
+                                                  pieces: list[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings(config)
+    for piece in pieces:
+        assert piece in str(info.value)
+
+
+def test_cli_config_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[data]\nseed = -4\n")
+    code = main(["data", "build", "--source", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed" in err and "-4" in err
+
+
+def test_flag_values_are_range_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["data", "build", "--source", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--val-fraction", "0.8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "val_fraction" in err and "0.8" in err
