@@ -1,0 +1,49 @@
+"""``melody generate`` continues a prime MIDI file into valid MIDI files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import symusic
+
+from models.cli import main
+from models.midifile import read_midi
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+
+
+def test_generate_continues_a_prime_into_midi_files(tiny_onnx_model, tmp_path, capsys):
+    prime = FIXTURES / "fur_elise_opening.mid"
+    code = main(["generate", "--model", str(tiny_onnx_model), "--prime", str(prime),
+                 "--bars", "2", "--num-files", "2", "--temperature", "0.9", "--seed", "5",
+                 "--program", "40", "-o", str(tmp_path / "out")])
+    assert code == 0
+    files = sorted((tmp_path / "out").glob("*.mid"))
+    assert len(files) == 2
+    assert [Path(line) for line in capsys.readouterr().out.split()] == files
+    original = read_midi(prime)
+    for path in files:
+        score = symusic.Score(str(path))
+        assert [t.name for t in score.tracks] == ["prime", "continuation"]
+        assert all(t.program == 40 for t in score.tracks)
+        written = read_midi(path)
+        (start, text), = written.markers
+        assert text == "continuation"
+        prime_track, continuation = score.tracks
+        assert len(prime_track.notes) == len([n for n in original.notes if n.onset < start])
+        tpq = score.ticks_per_quarter
+        onsets = [n.time / tpq for n in continuation.notes]
+        bar = written.bar_length
+        end = (start // bar + 2) * bar
+        assert onsets and min(onsets) == pytest.approx(start)
+        assert max(onsets) < end
+    # Different seeds give different continuations.
+    first, second = (symusic.Score(str(p)).tracks[1].notes for p in files)
+    assert [(n.time, n.pitch) for n in first] != [(n.time, n.pitch) for n in second]
+
+
+def test_generate_without_a_prime_or_data_is_one_clear_error(tiny_onnx_model, tmp_path, capsys):
+    code = main(["generate", "--model", str(tiny_onnx_model), "-o", str(tmp_path)])
+    assert code == 2
+    assert "--prime" in capsys.readouterr().err
