@@ -73,6 +73,14 @@ class EngineSettings:
     slide_fraction: float = setting(0.25, low=0.01, high=0.9)
     max_tokens_per_bar: int = setting(256, low=8, high=4096)
     max_cached_sessions: int = setting(64, low=1, high=4096)
+    # The zmq service (see ``engine.server`` and docs/protocol.md).
+    bind: str = setting("tcp://127.0.0.1:5757")
+    curve_server_secret: str = setting("")
+    curve_clients_dir: str = setting("")
+    max_message_bytes: int = setting(262_144, low=1024, high=16_777_216)
+    max_seed_notes: int = setting(2048, low=1, high=65_536)
+    max_active: int = setting(32, low=1, high=1024)
+    session_idle_s: float = setting(600.0, low=1.0, high=604_800.0)
 
 
 @dataclasses.dataclass(frozen=True)

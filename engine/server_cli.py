@@ -1,0 +1,140 @@
+"""``melodyd engine``: serve style models over zmq (also ``python -m engine``).
+
+Registered under the ``melodyd.commands`` entry-point group, so the bridge's ``melodyd``
+dispatcher reaches it without importing the engine. onnxruntime is imported only in
+``run`` (through ``engine.model``), so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.keys import CurveKeys, choose_security, make_keys
+from engine.server import EngineServer
+from models.cli import configure_logging, run_command
+from models.exceptions import EngineError
+from models.settings import EngineSettings, load_settings
+
+logger = logging.getLogger(__name__)
+
+HELP = "serve style models to bridges over zmq (the engine process)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``melodyd engine``."""
+    parser.add_argument("--bind", metavar="ADDR",
+                        help="zmq endpoint to bind (default: [engine] bind, "
+                             "tcp://127.0.0.1:5757)")
+    parser.add_argument("--style", metavar="S[,S...]", action="append", default=[],
+                        help="installed styles to serve (models/pretrained/<style>.onnx); "
+                             "default: every installed style when no --model is given")
+    parser.add_argument("--model", metavar="PATH", action="append", default=[],
+                        help="a melodyd ONNX file to serve under the style in its metadata "
+                             "(repeatable)")
+    parser.add_argument("--config", metavar="PATH", help="a config file merged over the defaults")
+    parser.add_argument("--curve-keys", metavar="DIR",
+                        help="serve with CURVE using DIR/server.key_secret and the public "
+                             "keys in DIR/authorized_clients")
+    parser.add_argument("--curve", action="store_true",
+                        help="require CURVE even on a loopback address")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback address without CURVE (trusted networks "
+                             "only)")
+    parser.add_argument("--make-keys", metavar="DIR",
+                        help="write a server and a client CURVE key pair into DIR and exit")
+
+
+def _configured_keys(args: argparse.Namespace, settings: EngineSettings) -> CurveKeys | None:
+    if args.curve_keys:
+        return CurveKeys.from_dir(args.curve_keys)
+    secret, clients = settings.curve_server_secret, settings.curve_clients_dir
+    if bool(secret) != bool(clients):
+        raise EngineError("[engine] curve_server_secret and curve_clients_dir must be set "
+                          "together")
+    if secret:
+        return CurveKeys(Path(secret).expanduser(), Path(clients).expanduser())
+    return None
+
+
+def _style_names(values: list[str]) -> list[str]:
+    names = [name.strip() for value in values for name in value.split(",")]
+    if any(not name for name in names):
+        raise EngineError(f"--style takes comma-separated names (received {values!r})")
+    return names
+
+
+def load_decoders(styles: list[str], models: list[str],
+                  settings: EngineSettings) -> dict[str, Any]:
+    """Load every requested model and build one decoder per style.
+
+    Raises:
+        EngineError: no style to serve, a style is not installed, a file is not a melodyd
+            model, or two models claim the same style.
+    """
+    # onnxruntime and miditok load here, so `melodyd --help` stays fast.
+    from engine.decoder import StyleDecoder  # noqa: PLC0415
+    from engine.model import installed_styles, load_model, resolve_model_path  # noqa: PLC0415
+
+    paths = [resolve_model_path(style=name) for name in styles]
+    paths += [resolve_model_path(model=path) for path in models]
+    if not paths:
+        paths = list(installed_styles().values())
+        if not paths:
+            raise EngineError("no style to serve: none is installed in models/pretrained/; "
+                              "pass --model PATH or --style NAME")
+    decoders: dict[str, Any] = {}
+    for path in paths:
+        model = load_model(path, settings)
+        if model.style in decoders:
+            raise EngineError(f"two models serve style {model.style!r} "
+                              f"({decoders[model.style].model.path} and {path})")
+        decoders[model.style] = StyleDecoder(model, settings)
+    return decoders
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM.
+
+    Raises:
+        EngineError: bad flags, unusable keys, a model that cannot be loaded, or an
+            address that needs CURVE keys.
+    """
+    if args.make_keys:
+        paths = make_keys(args.make_keys)
+        for name, path in paths.items():
+            print(f"{name:20s} {path}")
+        return 0
+    settings = load_settings(args.config, overrides={"engine": {"bind": args.bind}}).engine
+    keys = choose_security(settings.bind, _configured_keys(args, settings),
+                           insecure=args.insecure, force_curve=args.curve)
+    if keys is not None:
+        keys.load()  # fail on bad keys before spending seconds loading models
+    decoders = load_decoders(_style_names(args.style), args.model, settings)
+    server = EngineServer(decoders, settings, curve=keys)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        server.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.serve()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine``: the same command without the ``melodyd`` dispatcher."""
+    parser = argparse.ArgumentParser(prog="python -m engine", description=HELP)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    return run_command(sys.modules[__name__], args)

@@ -1,0 +1,513 @@
+"""engine.server: the zmq service on a real tiny ONNX model, real sockets, real threads.
+
+Every receive has a timeout and every socket lingers 0; each server runs in a thread on a
+free loopback port and is stopped in teardown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.auth
+
+from engine.decoder import StyleDecoder
+from engine.keys import CurveKeys, choose_security, is_local_endpoint, make_keys
+from engine.model import load_model
+from engine.protocol import parse_generate
+from engine.server import EngineServer
+from models.exceptions import EngineError
+from models.notes import Note
+from models.settings import EngineSettings
+
+RECV_TIMEOUT_MS = 20_000  # generous: the machine is shared; a hang still fails
+SEED = [{"onset": 0.0, "duration": 1.0, "pitch": 60, "velocity": 80},
+        {"onset": 1.0, "duration": 1.0, "pitch": 64, "velocity": 80},
+        {"onset": 2.0, "duration": 2.0, "pitch": 67, "velocity": 90}]
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+class Client:
+    """A DEALER with a timeout on every receive."""
+
+    def __init__(self, context: zmq.Context, endpoint: str, *, curve: dict | None = None
+                 ) -> None:
+        self.sock = context.socket(zmq.DEALER)
+        self.sock.linger = 0
+        for option, value in (curve or {}).items():
+            setattr(self.sock, option, value)
+        self.sock.connect(endpoint)
+
+    def send(self, message: Any) -> None:
+        data = message if isinstance(message, bytes) else json.dumps(message).encode()
+        self.sock.send(data)
+
+    def recv(self, timeout_ms: int = RECV_TIMEOUT_MS) -> dict[str, Any]:
+        if not self.sock.poll(timeout_ms, zmq.POLLIN):
+            raise TimeoutError(f"no reply within {timeout_ms} ms")
+        return json.loads(self.sock.recv())
+
+    def ask(self, message: Any) -> dict[str, Any]:
+        self.send(message)
+        return self.recv()
+
+    def stream(self, request_id: str) -> tuple[list[Note], dict[str, Any]]:
+        """Read one generate's notes until its ``done`` (other ids are not expected)."""
+        notes: list[Note] = []
+        while True:
+            message = self.recv()
+            assert message.get("id") == request_id, message
+            if message["type"] == "done":
+                return notes, message
+            assert message["type"] == "notes", message
+            notes.extend(Note(**n) for n in message["notes"])
+
+
+def generate(request_id: str, style: str, **fields: Any) -> dict[str, Any]:
+    message = {"v": 1, "type": "generate", "id": request_id, "session": "jam", "style": style,
+               "seed": SEED, "start_beat": 4.0, "bars": 2}
+    message.update(fields)
+    return message
+
+
+def alone(model_path: Path, style_request: dict[str, Any]) -> list[Note]:
+    """The notes a fresh decoder produces for one request with nobody else running."""
+    parsed = parse_generate(style_request)
+    decoder = StyleDecoder(load_model(model_path), EngineSettings())
+    generation = decoder.start(("solo", parsed.session), parsed.request, parsed.id)
+    notes = list(generation.drain_notes())
+    while not generation.done:
+        decoder.step([generation])
+        notes.extend(generation.drain_notes())
+    return notes
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context]:
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def start_server(tiny_onnx_model):
+    """Start servers in threads on free loopback ports; stop them all in teardown."""
+    started: list[tuple[EngineServer, threading.Thread]] = []
+
+    def start(settings: EngineSettings | None = None, *, curve: CurveKeys | None = None,
+              decoders: dict | None = None) -> EngineServer:
+        settings = settings or EngineSettings()
+        if decoders is None:
+            model = load_model(tiny_onnx_model, settings)
+            decoders = {model.style: StyleDecoder(model, settings)}
+        server = EngineServer(decoders, settings, bind="tcp://127.0.0.1:*", curve=curve)
+        thread = threading.Thread(target=server.serve, daemon=True)
+        thread.start()
+        assert server.ready.wait(30)
+        if server.startup_error is not None:
+            raise server.startup_error
+        started.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in started:
+        server.stop()
+        thread.join(30)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+@pytest.fixture
+def style(tiny_onnx_model) -> str:
+    return load_model(tiny_onnx_model).style
+
+
+# --- robustness --------------------------------------------------------------------------
+
+def test_bad_messages_get_errors_and_the_engine_keeps_answering(start_server, context, style):
+    server = start_server(dataclasses.replace(EngineSettings(), max_message_bytes=4096))
+    client = Client(context, server.endpoint)
+    cases = [
+        (b"{not json", "bad_json"),
+        (b"\xff\xfe\x00", "bad_json"),
+        (b"[1, 2, 3]", "bad_json"),
+        (b"12", "bad_json"),
+        (b"x" * 5000, "too_large"),
+        (json.dumps({"v": 1, "type": "generate", "pad": "x" * 5000}).encode(), "too_large"),
+        ({"type": "ping"}, "bad_version"),
+        ({"v": 2, "type": "ping"}, "bad_version"),
+        ({"v": 1, "type": "launch"}, "unknown_type"),
+        ({"v": 1, "type": "generate", "id": "g", "session": 3, "style": style,
+          "start_beat": 0}, "invalid"),
+        (generate("g", style, bars="two"), "invalid"),
+        (generate("g", style, seed=[{"onset": 0, "duration": 1, "pitch": 300,
+                                     "velocity": 80}]), "invalid"),
+        (generate("g", style, sampling={"temperature": "hot"}), "invalid"),
+        (generate("g", "no-such-style"), "unknown_style"),
+        (generate("g", style, time_signature=[7, 4]), "unsupported"),
+        ({"v": 1, "type": "cancel", "id": "c", "target": "nothing"}, "not_found"),
+    ]
+    for message, code in cases:
+        reply = client.ask(message)
+        assert reply["type"] == "error" and reply["code"] == code, (message, reply)
+        assert reply["message"]
+        assert client.ask({"v": 1, "type": "ping", "t": 7})["t"] == 7
+    # An error echoes the id when the request had a readable one.
+    reply = client.ask(generate("g42", style, bars=0))
+    assert reply["id"] == "g42" and "received 0" in reply["message"]
+    # A request of two frames is refused, not half-read.
+    client.sock.send_multipart([b'{"v":1,"type":"ping"}', b"extra"])
+    assert client.recv()["code"] == "bad_json"
+    stats = client.ask({"v": 1, "type": "stats"})
+    assert stats["errors"] == len(cases) + 2 and stats["active"] == 0
+
+
+def test_an_exception_in_handling_costs_one_request(start_server, context, style):
+    server = start_server()
+    decoder = server.decoders[style]
+    real_start = decoder.start
+
+    def flaky_start(session_key, request, request_id=None):
+        if request_id == "boom":
+            raise RuntimeError("simulated bug")
+        return real_start(session_key, request, request_id)
+
+    decoder.start = flaky_start
+    client = Client(context, server.endpoint)
+    reply = client.ask(generate("boom", style))
+    assert reply == {"v": 1, "type": "error", "id": "boom", "code": "internal",
+                     "message": "internal engine error; the request was dropped"}
+    client.send(generate("fine", style, sampling={"greedy": True}))
+    _, done = client.stream("fine")
+    assert done["reason"] in ("complete", "eos", "max_tokens")
+
+
+def test_hello_lists_styles_facts_and_limits(start_server, context, style):
+    server = start_server()
+    reply = Client(context, server.endpoint).ask({"v": 1, "type": "hello", "id": "h"})
+    assert reply["type"] == "hello" and reply["id"] == "h" and reply["protocol"] == 1
+    assert list(reply["styles"]) == [style]
+    facts = reply["styles"][style]
+    assert facts["arch"] == "gpt" and facts["context_length"] > 0 and facts["vocab_size"] > 0
+    assert reply["limits"]["max_message_bytes"] == EngineSettings().max_message_bytes
+
+
+# --- generation --------------------------------------------------------------------------
+
+def test_stream_equals_the_decoder_alone(start_server, context, style, tiny_onnx_model):
+    request = generate("g1", style, sampling={"greedy": True})
+    expected = alone(tiny_onnx_model, request)
+    server = start_server()
+    client = Client(context, server.endpoint)
+    client.send(request)
+    notes, done = client.stream("g1")
+    assert notes == expected
+    assert done["notes"] == len(notes) and done["tokens"] > 0
+    assert done["prefill_tokens"] > 0 and done["reused_tokens"] == 0
+    assert all(note.onset >= 4.0 - 1e-9 for note in notes)
+
+
+def test_two_clients_get_independent_correct_streams(start_server, context, style,
+                                                     tiny_onnx_model):
+    request_a = generate("same-id", style, sampling={"greedy": True})
+    request_b = generate("same-id", style, seed=SEED[:1], start_beat=8.0, bars=3,
+                         sampling={"seed": 11, "temperature": 1.2})
+    expected_a = alone(tiny_onnx_model, request_a)
+    expected_b = alone(tiny_onnx_model, request_b)
+    assert expected_a != expected_b
+    server = start_server()
+    a = Client(context, server.endpoint)
+    b = Client(context, server.endpoint)
+    # Same id and same session name on both clients: they must not collide.
+    a.send(request_a)
+    b.send(request_b)
+    results: dict[str, list[Note]] = {}
+
+    def read(name: str, client: Client) -> None:
+        results[name] = client.stream("same-id")[0]
+
+    readers = [threading.Thread(target=read, args=(n, c)) for n, c in (("a", a), ("b", b))]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join(60)
+    assert results["a"] == expected_a
+    assert results["b"] == expected_b
+    stats = a.ask({"v": 1, "type": "stats"})
+    assert stats["clients"] == 2 and stats["sessions"] == 2 and stats["requests"] == 2
+
+
+def test_sessions_of_one_style_share_one_step_per_iteration(start_server, context, style,
+                                                            tiny_onnx_model):
+    server = start_server()
+    decoder = server.decoders[style]
+    real_step, real_iterate = decoder.step, server._iterate
+    iteration = [0]
+    calls: list[tuple[int, int, int]] = []  # (iteration, batch size, generations running)
+
+    def counting_iterate() -> None:
+        iteration[0] += 1
+        real_iterate()
+
+    def counting_step(generations) -> None:
+        calls.append((iteration[0], len(generations), len(server._running)))
+        real_step(generations)
+
+    server._iterate, decoder.step = counting_iterate, counting_step
+    client = Client(context, server.endpoint)
+    requests = [generate(f"r{i}", style, session=f"s{i}", sampling={"seed": i})
+                for i in range(4)]
+    for request in requests:
+        client.send(request)
+    streams: dict[str, list[Note]] = {r["id"]: [] for r in requests}
+    finished = 0
+    while finished < len(requests):
+        message = client.recv()
+        if message["type"] == "notes":
+            streams[message["id"]].extend(Note(**n) for n in message["notes"])
+        else:
+            assert message["type"] == "done", message
+            finished += 1
+    iterations = [it for it, _, _ in calls]
+    assert len(iterations) == len(set(iterations)), "two steps in one loop iteration"
+    assert all(batch == running for _, batch, running in calls), "a generation was left out"
+    assert max(batch for _, batch, _ in calls) >= 2, "no two sessions were ever batched"
+    stats = client.ask({"v": 1, "type": "stats"})["styles"][style]
+    assert stats["steps"] == len(calls) and stats["rows"] == sum(b for _, b, _ in calls)
+    # Batched decoding gives what each request gives alone.
+    for request in requests:
+        assert streams[request["id"]] == alone(tiny_onnx_model, request), request["id"]
+
+
+def _long_request(model_path: Path, style: str) -> dict[str, Any]:
+    """A sampled request that runs long enough to be cancelled mid-stream."""
+    for seed in range(20):
+        request = generate("long", style, bars=64, sampling={"seed": seed})
+        if len(alone(model_path, {**request, "bars": 8})) >= 40:
+            return request
+    pytest.fail("no seed gave a long stream on the tiny model")
+
+
+def test_cancel_stops_a_stream(start_server, context, style, tiny_onnx_model):
+    request = _long_request(tiny_onnx_model, style)
+    server = start_server()
+    client = Client(context, server.endpoint)
+    client.send(request)
+    first = client.recv()
+    assert first["type"] == "notes" and first["id"] == "long"
+    # Another client cannot cancel it.
+    other = Client(context, server.endpoint)
+    assert other.ask({"v": 1, "type": "cancel", "id": "x", "target": "long"})["code"] == \
+        "not_found"
+    client.send({"v": 1, "type": "cancel", "id": "c1", "target": "long"})
+    while True:
+        message = client.recv()
+        assert message["id"] == "long", message
+        if message["type"] == "done":
+            break
+    assert message["reason"] == "cancelled"
+    # Replies are ordered: a note sent after `done` would arrive before this pong.
+    assert client.ask({"v": 1, "type": "ping", "id": "p"})["type"] == "pong"
+    assert client.ask({"v": 1, "type": "cancel", "id": "c2", "target": "long"}) == {
+        "v": 1, "type": "error", "id": "c2", "code": "not_found",
+        "message": "no running generate with id 'long'"}
+    assert client.ask({"v": 1, "type": "stats"})["active"] == 0
+
+
+def test_new_request_supersedes_the_running_one_of_its_session(start_server, context, style,
+                                                               tiny_onnx_model):
+    request = _long_request(tiny_onnx_model, style)
+    server = start_server()
+    client = Client(context, server.endpoint)
+    client.send(request)
+    assert client.recv()["id"] == "long"
+    client.send(generate("next", style, sampling={"greedy": True}))
+    reasons = {}
+    while len(reasons) < 2:
+        message = client.recv()
+        if message["type"] == "done":
+            reasons[message["id"]] = message
+    assert reasons["long"]["reason"] == "superseded"
+    assert reasons["next"]["reason"] in ("complete", "eos", "max_tokens")
+    # The superseded generation's cache served the new request's shared prefix.
+    assert reasons["next"]["reused_tokens"] > 0
+
+
+def test_busy_and_duplicate_id(start_server, context, style, tiny_onnx_model):
+    request = _long_request(tiny_onnx_model, style)
+    server = start_server(dataclasses.replace(EngineSettings(), max_active=1))
+    client = Client(context, server.endpoint)
+    client.send(request)
+    assert client.recv()["id"] == "long"
+    client.send({**request, "session": "other"})
+    duplicate = _next_of_type(client, "error")
+    assert duplicate["code"] == "duplicate_id"
+    client.send(generate("second", style, session="other"))
+    busy = _next_of_type(client, "error")
+    assert busy["code"] == "busy" and busy["id"] == "second"
+    client.send({"v": 1, "type": "cancel", "id": "c", "target": "long"})
+    assert _next_of_type(client, "done")["reason"] == "cancelled"
+    client.send(generate("third", style, session="other", sampling={"greedy": True}))
+    assert client.stream("third")[1]["type"] == "done"
+
+
+def _next_of_type(client: Client, kind: str) -> dict[str, Any]:
+    while True:
+        message = client.recv()
+        if message["type"] == kind:
+            return message
+        assert message["type"] == "notes", message
+
+
+def test_vanished_client_stops_its_generation(start_server, context, style, tiny_onnx_model):
+    request = _long_request(tiny_onnx_model, style)
+    server = start_server()
+    leaving = Client(context, server.endpoint)
+    leaving.send(request)
+    assert leaving.recv()["id"] == "long"
+    leaving.sock.close(linger=0)
+    watcher = Client(context, server.endpoint)
+    for _ in range(2000):
+        if watcher.ask({"v": 1, "type": "stats"})["active"] == 0:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the engine kept decoding for a client that left")
+
+
+def test_idle_engine_sleeps_and_expires_sessions(start_server, context, style):
+    settings = dataclasses.replace(EngineSettings(), session_idle_s=1.0)
+    server = start_server(settings)
+    client = Client(context, server.endpoint)
+    client.send(generate("g", style, sampling={"greedy": True}))
+    client.stream("g")
+    assert server.decoders[style].cached_sessions == 1
+    # Idle: the loop blocks in poll; a spinning loop would burn ~1 s of CPU here.
+    before = time.process_time()
+    time.sleep(1.0)
+    assert time.process_time() - before < 0.3
+    for _ in range(1000):
+        if client.ask({"v": 1, "type": "stats"})["sessions"] == 0:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("an idle session never expired")
+    assert server.decoders[style].cached_sessions == 0
+
+
+# --- security ----------------------------------------------------------------------------
+
+def _curve_options(keys_dir: Path, client_secret: Path) -> dict[str, bytes]:
+    server_public, _ = zmq.auth.load_certificate(keys_dir / "server.key")
+    public, secret = zmq.auth.load_certificate(client_secret)
+    return {"curve_serverkey": server_public, "curve_publickey": public,
+            "curve_secretkey": secret}
+
+
+def test_curve_lets_only_authorized_clients_in(start_server, context, tmp_path):
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    server = start_server(curve=CurveKeys.from_dir(keys))
+    good = Client(context, server.endpoint,
+                  curve=_curve_options(keys, keys / "client.key_secret"))
+    assert good.ask({"v": 1, "type": "ping", "t": 1})["type"] == "pong"
+    # A well-formed key pair the engine never authorized.
+    stranger_dir = tmp_path / "stranger"
+    stranger_dir.mkdir()
+    _, stranger_secret = zmq.auth.create_certificates(stranger_dir, "stranger")
+    stranger = Client(context, server.endpoint,
+                      curve=_curve_options(keys, Path(stranger_secret)))
+    stranger.send({"v": 1, "type": "ping", "t": 2})
+    with pytest.raises(TimeoutError):
+        stranger.recv(timeout_ms=1500)
+    plain = Client(context, server.endpoint)
+    plain.send({"v": 1, "type": "hello"})
+    with pytest.raises(TimeoutError):
+        plain.recv(timeout_ms=1500)
+    # The authorized client is still served.
+    assert good.ask({"v": 1, "type": "ping", "t": 3})["t"] == 3
+
+
+@pytest.mark.parametrize("endpoint, local", [
+    ("tcp://127.0.0.1:5757", True), ("tcp://127.1.2.3:1", True), ("tcp://[::1]:5", True),
+    ("tcp://localhost:5", True), ("ipc:///tmp/melodyd.sock", True),
+    ("tcp://0.0.0.0:5757", False), ("tcp://*:5757", False), ("tcp://192.168.1.2:5", False),
+    ("tcp://example.org:5", False), ("tcp://eth0:5", False), ("udp://127.0.0.1:5", False),
+])
+def test_local_endpoints(endpoint, local):
+    assert is_local_endpoint(endpoint) is local
+
+
+def test_choose_security(tmp_path):
+    keys = CurveKeys.from_dir(tmp_path)
+    assert choose_security("tcp://127.0.0.1:1", None) is None
+    assert choose_security("tcp://127.0.0.1:1", keys) is keys
+    assert choose_security("tcp://0.0.0.0:1", keys) is keys
+    assert choose_security("tcp://0.0.0.0:1", None, insecure=True) is None
+    with pytest.raises(EngineError, match="needs CURVE"):
+        choose_security("tcp://0.0.0.0:1", None)
+    with pytest.raises(EngineError, match="--curve needs keys"):
+        choose_security("tcp://127.0.0.1:1", None, force_curve=True)
+    with pytest.raises(EngineError, match="not found"):
+        keys.load()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _engine(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "engine", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_public_address_without_keys_refuses_to_start(tiny_onnx_model):
+    process = _engine("--bind", f"tcp://0.0.0.0:{_free_port()}", "--model", str(tiny_onnx_model))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2
+    assert stderr.startswith("error: ") and "needs CURVE" in stderr and "--insecure" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_insecure_public_address_serves_and_stops_on_sigterm(tiny_onnx_model, context):
+    port = _free_port()
+    process = _engine("--bind", f"tcp://0.0.0.0:{port}", "--insecure",
+                      "--model", str(tiny_onnx_model))
+    try:
+        client = Client(context, f"tcp://127.0.0.1:{port}")
+        reply = client.ask({"v": 1, "type": "hello"})  # waits out the model loading
+        assert reply["type"] == "hello"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert "WITHOUT authentication" in stderr and "engine stopped" in stderr
+
+
+def test_make_keys_writes_a_usable_layout(tmp_path):
+    paths = make_keys(tmp_path / "k")
+    assert (paths["authorized_clients"] / "client.key").is_file()
+    assert paths["server_secret"].stat().st_mode & 0o077 == 0
+    public, secret = CurveKeys.from_dir(tmp_path / "k").load()
+    assert len(public) == 40 and len(secret) == 40
+    with pytest.raises(EngineError, match="already holds keys"):
+        make_keys(tmp_path / "k")
+
