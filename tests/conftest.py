@@ -1,0 +1,64 @@
+"""Fixtures shared by every test package: tiny random models, real ONNX exports.
+
+The models are built once per test session (a few seconds) with random weights and the
+default vocabulary, exported through the same code as ``melody export`` and verified
+against PyTorch on the way. They need torch (the train extra): without it the tests that
+use them are skipped with a reason. The engine and bridge tests only read the resulting
+files, so their own code still never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+
+def _require_torch() -> None:
+    pytest.importorskip("torch", reason="tiny models are built with torch (the train extra)")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session-wide folder holding the tiny checkpoints and ONNX files."""
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model_dir: Path) -> Path:
+    """A melodyd checkpoint of a random ``tiny`` GPT (2 layers, 2 heads, width 64)."""
+    _require_torch()
+    from export.tiny import write_tiny_checkpoint  # noqa: PLC0415 - torch is optional
+
+    return write_tiny_checkpoint(tiny_model_dir / "tiny_gpt.pt", arch="gpt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_factory(tiny_model_dir: Path) -> Callable[[str], Path]:
+    """``make(arch)`` -> a verified fp32 ONNX file of a random tiny ``gpt``/``lstm``/``gru``.
+
+    Each architecture is exported once per session; its style name is ``tiny-<arch>``
+    and its checkpoint lies beside it as ``tiny-<arch>.pt``.
+    """
+    _require_torch()
+    from export.tiny import export_tiny_model  # noqa: PLC0415 - torch is optional
+
+    made: dict[str, Path] = {}
+
+    def make(arch: str = "gpt") -> Path:
+        if arch not in made:
+            made[arch] = export_tiny_model(tiny_model_dir / f"tiny-{arch}.onnx", arch=arch,
+                                           style=f"tiny-{arch}")
+        return made[arch]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_model(tiny_checkpoint: Path, tiny_model_dir: Path) -> Path:
+    """The fp32 ONNX export of ``tiny_checkpoint`` (style ``tiny``), with its metadata."""
+    from export.pipeline import export_checkpoint  # noqa: PLC0415 - torch is optional
+
+    return export_checkpoint(tiny_checkpoint, tiny_model_dir / "tiny.onnx", style="tiny",
+                             max_batch=3).path
