@@ -18,11 +18,12 @@ def make_rng(params: SamplingParams) -> np.random.Generator:
     return np.random.default_rng(params.seed)
 
 
-def filtered_logits(logits: np.ndarray, params: SamplingParams,
-                    allowed: np.ndarray | None = None) -> np.ndarray:
-    """Logits after masking, temperature and the top-k / top-p / min-p filters.
+def _weights(logits: np.ndarray, params: SamplingParams,
+             allowed: np.ndarray | None) -> np.ndarray:
+    """Unnormalized probabilities after masking, temperature and the filters.
 
-    Tokens removed by a filter are ``-inf``; the result is a new float64 array.
+    Working with ``exp(score - max)`` (the best token weighs 1) needs one ``exp`` per step
+    and turns min-p into a plain threshold on the weights.
 
     Raises:
         EngineError: the mask allows no token, or the temperature is not positive.
@@ -34,38 +35,32 @@ def filtered_logits(logits: np.ndarray, params: SamplingParams,
     if allowed is not None:
         if not allowed.any():
             raise EngineError("the grammar allows no next token")
-        scores = np.where(allowed, scores, -np.inf)
-    finite = np.isfinite(scores)
-    count = int(finite.sum())
-    if params.top_k and 0 < params.top_k < count:
+        scores[~allowed] = -np.inf
+    if params.top_k and 0 < params.top_k < scores.size:
         # The k-th largest score is the threshold; ties at it are kept.
         kth = np.partition(scores, -params.top_k)[-params.top_k]
-        scores = np.where(scores >= kth, scores, -np.inf)
+        scores[scores < kth] = -np.inf
+    weights = np.exp(scores - scores.max())  # masked and filtered tokens weigh 0
     if params.min_p > 0.0:
-        # p_i >= min_p * p_max  <=>  s_i >= s_max + log(min_p)
-        threshold = scores.max() + np.log(params.min_p)
-        scores = np.where(scores >= threshold, scores, -np.inf)
+        weights[weights < params.min_p] = 0.0  # p_i < min_p * p_max, as p_max weighs 1
     if params.top_p < 1.0:
-        order = np.argsort(-scores, kind="stable")
-        probs = _softmax(scores[order])
+        order = np.argsort(-weights, kind="stable")
+        mass = np.cumsum(weights[order])
         # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-        keep = int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1
-        dropped = order[keep:]
-        scores = scores.copy()
-        scores[dropped] = -np.inf
-    return scores
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-    top = scores.max()
-    weights = np.exp(scores - top)  # exp(-inf) = 0 for masked tokens
-    return weights / weights.sum()
+        keep = int(np.searchsorted(mass, params.top_p * mass[-1])) + 1
+        weights[order[keep:]] = 0.0
+    return weights
 
 
 def probabilities(logits: np.ndarray, params: SamplingParams,
                   allowed: np.ndarray | None = None) -> np.ndarray:
-    """The distribution the sampler draws from (float64, sums to 1)."""
-    return _softmax(filtered_logits(logits, params, allowed))
+    """The distribution the sampler draws from (float64, sums to 1).
+
+    Raises:
+        EngineError: the mask allows no token, or the temperature is not positive.
+    """
+    weights = _weights(logits, params, allowed)
+    return weights / weights.sum()
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
@@ -73,7 +68,7 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
     """Draw one token id from logits [V] under a mask of allowed ids.
 
     Raises:
-        EngineError: the mask allows no token.
+        EngineError: the mask allows no token, or the temperature is not positive.
     """
     if params.greedy:
         if allowed is None:
@@ -81,12 +76,12 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
         if not allowed.any():
             raise EngineError("the grammar allows no next token")
         return int(np.argmax(np.where(allowed, logits, -np.inf)))
-    probs = probabilities(logits, params, allowed)
+    weights = _weights(logits, params, allowed)
     # Inverse-CDF draw: one uniform number per token keeps seeded streams reproducible.
-    cdf = np.cumsum(probs)
+    cdf = np.cumsum(weights)
     index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
-    index = min(index, len(probs) - 1)
-    # Rounding can land on a zero-probability token at the end; step back to a real one.
-    while probs[index] == 0.0 and index > 0:
+    index = min(index, len(weights) - 1)
+    # Rounding can land on a zero-weight token at the end; step back to a real one.
+    while weights[index] == 0.0 and index > 0:
         index -= 1
     return index
