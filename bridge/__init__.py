@@ -1,1 +1,4 @@
-"""Bridge: MIDI ports, clock, seed window, scheduler and the melodyd daemon (no torch, no onnxruntime)."""
+"""Bridge: MIDI ports, clock, seed window, scheduler and the melodyd daemon.
+
+Never imports torch, onnxruntime, ``engine`` or ``export``: it talks to the engine over zmq.
+"""

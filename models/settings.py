@@ -81,6 +81,104 @@ class EngineSettings:
     max_seed_notes: int = setting(2048, low=1, high=65_536)
     max_active: int = setting(32, low=1, high=1024)
     session_idle_s: float = setting(600.0, low=1.0, high=604_800.0)
+    # Where `melodyd` finds an engine; empty = start a private engine child process.
+    connect: str = setting("")
+
+
+@dataclasses.dataclass(frozen=True)
+class MidiSettings:
+    """``[midi]``: the daemon's ports, output channel, lateness bound and CC controls."""
+
+    backend: str = setting("auto", choices=("auto", "alsa", "jack", "coremidi", "windows"))
+    in_port: str = setting("melodyd in")
+    out_port: str = setting("melodyd out")
+    connect_in: str = setting("")
+    connect_out: str = setting("")
+    input_channel: int = setting(0, low=0, high=16)
+    output_channel: int = setting(1, low=1, high=16)
+    late_drop_ms: float = setting(25.0, low=0.0, high=1000.0)
+    cc_temperature: int = setting(21, low=-1, high=127)
+    cc_length: int = setting(22, low=-1, high=127)
+    cc_mode: int = setting(23, low=-1, high=127)
+    cc_style: int = setting(24, low=-1, high=127)
+    cc_panic: int = setting(120, low=-1, high=127)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClockSettings:
+    """``[clock]``: the daemon's beat timeline (internal tempo or the DAW's MIDI clock)."""
+
+    source: str = setting("internal", choices=("internal", "midi"))
+    bpm: float = setting(120.0, low=20.0, high=400.0)
+    time_signature: str = setting("4/4")
+    smoothing_ticks: int = setting(24, low=2, high=96)
+
+    def check(self) -> None:
+        """Reject a time signature that is not ``N/D`` with D a power of two."""
+        parse_time_signature(self.time_signature)
+
+
+@dataclasses.dataclass(frozen=True)
+class InteractionSettings:
+    """``[interaction]``: when and how long the daemon answers (see ``bridge.policy``)."""
+
+    mode: str = setting("call", choices=("call", "accompany"))
+    silence_beats: float = setting(1.0, low=0.25, high=32.0)
+    response_bars: int = setting(2, low=1, high=64)
+    start_on: str = setting("bar", choices=("bar", "beat"))
+    min_lead_ms: float = setting(40.0, low=0.0, high=2000.0)
+    seed_bars: int = setting(4, low=1, high=64)
+    barge_in: bool = setting(True)
+    follow_dynamics: float = setting(0.7, low=0.0, high=1.0)
+    status_interval_s: float = setting(1.0, low=0.0, high=60.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """``[sampling]``: how the engine draws tokens and the musical limits it enforces."""
+
+    temperature: float = setting(1.0, low=0.05, high=5.0)
+    top_k: int = setting(0, low=0, high=100_000)
+    top_p: float = setting(0.95, low=0.0, high=1.0)
+    min_p: float = setting(0.0, low=0.0, high=1.0)
+    seed: int = setting(-1, low=-1)
+    pitch_min: int = setting(21, low=0, high=127)
+    pitch_max: int = setting(108, low=0, high=127)
+    scale: tuple[int, ...] = setting(())
+    max_polyphony: int = setting(0, low=0, high=16)
+
+    def check(self) -> None:
+        """Cross-field rules: an ordered pitch range and pitch classes 0-11."""
+        if self.pitch_min > self.pitch_max:
+            raise ConfigError(f"[sampling] pitch_min must be <= pitch_max "
+                              f"(received {self.pitch_min} > {self.pitch_max})")
+        bad = [pc for pc in self.scale if not isinstance(pc, int) or not 0 <= pc <= 11]
+        if bad:
+            raise ConfigError(f"[sampling] scale holds pitch classes 0-11 (received {bad!r})")
+
+
+@dataclasses.dataclass(frozen=True)
+class StylesSettings:
+    """``[styles]``: where installed style models live and which one plays by default."""
+
+    default: str = setting("romantic")
+    directory: str = setting("")
+
+
+def parse_time_signature(text: str) -> tuple[int, int]:
+    """``"6/8"`` -> ``(6, 8)``.
+
+    Raises:
+        ConfigError: not ``N/D`` with N in 1-32 and D a power of two up to 32.
+    """
+    num, _, den = text.partition("/")
+    try:
+        pair = int(num), int(den)
+    except ValueError as err:
+        raise ConfigError(f"time signature must look like 4/4 (received {text!r})") from err
+    if not 1 <= pair[0] <= 32 or pair[1] not in (1, 2, 4, 8, 16, 32):
+        raise ConfigError(f"time signature must look like 4/4 (received {text!r})")
+    return pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +217,11 @@ class Settings:
     tokens: TokensSettings = dataclasses.field(default_factory=TokensSettings)
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
     train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
+    midi: MidiSettings = dataclasses.field(default_factory=MidiSettings)
+    clock: ClockSettings = dataclasses.field(default_factory=ClockSettings)
+    interaction: InteractionSettings = dataclasses.field(default_factory=InteractionSettings)
+    sampling: SamplingSettings = dataclasses.field(default_factory=SamplingSettings)
+    styles: StylesSettings = dataclasses.field(default_factory=StylesSettings)
 
 
 def default_config_path() -> Path:

@@ -1,0 +1,228 @@
+"""``melodyd``: the jam daemon, and ``melodyd COMMAND`` for registered subcommands.
+
+``melodyd engine ...`` (and any other command in the ``melodyd.commands`` entry-point
+group) is dispatched without importing the engine here. Everything else starts the
+daemon: it opens MIDI ports, starts (or connects to) an engine, and plays until SIGINT or
+SIGTERM, releasing every note on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.cli import configure_logging, load_commands, run_command
+from models.exceptions import BridgeError, MelodyError
+from models.settings import Settings, load_settings, parse_time_signature
+
+logger = logging.getLogger(__name__)
+
+HOW_TO_MAKE = ("make one with `melody export CHECKPOINT -o models/pretrained/NAME.onnx "
+               "--style NAME`, or pass --model PATH.onnx")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The daemon's flags (each overrides its ``config.toml`` setting)."""
+    parser = argparse.ArgumentParser(
+        prog="melodyd",
+        description="Jam live: listen on a MIDI port, answer in a style at the DAW's tempo. "
+                    "`melodyd engine --help` shows the engine service.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log debug details, including every response")
+    parser.add_argument("--config", metavar="PATH", help="a config file merged over the defaults")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--style", metavar="NAME",
+                       help="an installed style (models/pretrained/NAME.onnx); default: "
+                            "[styles] default")
+    model.add_argument("--model", metavar="PATH.onnx", help="any exported melodyd model")
+    parser.add_argument("--engine", metavar="tcp://HOST:PORT",
+                        help="use a running engine instead of starting a private one")
+    parser.add_argument("--list-ports", action="store_true", help="list MIDI ports and exit")
+    parser.add_argument("--backend", choices=("auto", "alsa", "jack", "coremidi", "windows"),
+                        help="MIDI system (default: [midi] backend, auto)")
+    parser.add_argument("--in", dest="in_port", metavar="NAME",
+                        help="name of the virtual input port (default 'melodyd in')")
+    parser.add_argument("--out", dest="out_port", metavar="NAME",
+                        help="name of the virtual output port (default 'melodyd out')")
+    parser.add_argument("--connect-in", metavar="NAME", help="read from this existing port")
+    parser.add_argument("--connect-out", metavar="NAME", help="play into this existing port")
+    parser.add_argument("--clock", choices=("internal", "midi"),
+                        help="follow the internal tempo or the DAW's MIDI clock")
+    parser.add_argument("--bpm", type=float, help="tempo of the internal clock")
+    parser.add_argument("--time-signature", metavar="N/D", help="bar length, e.g. 4/4 or 6/8")
+    parser.add_argument("--mode", choices=("call", "accompany"),
+                        help="answer phrases (call) or play along (accompany)")
+    parser.add_argument("--bars", type=int, help="length of an answer in bars")
+    parser.add_argument("--temperature", type=float, help="sampling temperature")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Config file plus flag overrides.
+
+    Raises:
+        ConfigError: a bad file or value.
+    """
+    overrides: dict[str, dict[str, Any]] = {
+        "midi": {"backend": args.backend, "in_port": args.in_port, "out_port": args.out_port,
+                 "connect_in": args.connect_in, "connect_out": args.connect_out},
+        "clock": {"source": args.clock, "bpm": args.bpm, "time_signature": args.time_signature},
+        "interaction": {"mode": args.mode, "response_bars": args.bars},
+        "sampling": {"temperature": args.temperature},
+        "engine": {"connect": args.engine},
+    }
+    return load_settings(args.config, overrides)
+
+
+def styles_directory(settings: Settings) -> Path:
+    """Where installed styles live: ``[styles] directory`` or the package's pretrained."""
+    if settings.styles.directory:
+        return Path(settings.styles.directory).expanduser()
+    return Path(__file__).resolve().parent.parent / "models" / "pretrained"
+
+
+def choose_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str | None]:
+    """The ONNX file for the private engine and the style to ask for (``None``: its own).
+
+    Raises:
+        BridgeError: the file does not exist; the message says how to make one.
+    """
+    if args.model:
+        path = Path(args.model).expanduser()
+        if not path.is_file():
+            raise BridgeError(f"model file not found: {path}; {HOW_TO_MAKE}")
+        return path, None
+    style = args.style or settings.styles.default
+    directory = styles_directory(settings)
+    path = directory / f"{style}.onnx"
+    if not path.is_file():
+        installed = ", ".join(sorted(p.stem for p in directory.glob("*.onnx"))) or "none"
+        raise BridgeError(f"style {style!r} is not installed: {path} does not exist "
+                          f"(installed: {installed}); {HOW_TO_MAKE}")
+    return path, style
+
+
+def list_ports_command(settings: Settings) -> int:
+    """Print the MIDI ports of the chosen MIDI system."""
+    from bridge.ports import choose_backend, list_ports  # noqa: PLC0415 - loads rtmidi
+
+    backend = choose_backend(settings.midi.backend)
+    inputs, outputs = list_ports(backend)
+    print(f"MIDI system: {backend}")
+    print("inputs (melodyd can listen to):")
+    for name in inputs:
+        print(f"  {name}")
+    print("outputs (melodyd can play into):")
+    for name in outputs:
+        print(f"  {name}")
+    return 0
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    """Start the parts in order, serve, stop them in reverse.
+
+    Raises:
+        MelodyError: bad settings, no MIDI system, missing model, unreachable engine.
+    """
+    # Imported here so `melodyd engine` and `melodyd --help` never load MIDI libraries.
+    from bridge.client import EngineClient  # noqa: PLC0415
+    from bridge.clock import InternalClock, MidiClock  # noqa: PLC0415
+    from bridge.daemon import Daemon  # noqa: PLC0415
+    from bridge.engine_child import EngineChild  # noqa: PLC0415
+    from bridge.listener import InputQueue  # noqa: PLC0415
+    from bridge.ports import choose_backend, open_ports  # noqa: PLC0415
+
+    settings = settings_from_args(args)
+    if args.list_ports:
+        return list_ports_command(settings)
+    signature = parse_time_signature(settings.clock.time_signature)
+    child = None
+    if settings.engine.connect:
+        address, style = settings.engine.connect, args.style
+    else:
+        model, style = choose_model(args, settings)
+        child = EngineChild([model], verbose=args.verbose)
+    midi = settings.midi
+    backend = choose_backend(midi.backend)
+    inputs = InputQueue()
+    ports = None
+    try:
+        if child is not None:
+            child.start()  # loads while we open ports
+            address = child.address
+        ports = open_ports(backend, in_name=midi.in_port, out_name=midi.out_port,
+                           connect_in=midi.connect_in, connect_out=midi.connect_out,
+                           callback=inputs.callback)
+        if settings.clock.source == "internal":
+            clock = InternalClock(settings.clock.bpm, signature)
+            origin = time.monotonic()
+            clock.start(origin)
+            logger.info("clock: internal, %.1f BPM, %d/%d, beat 0 at monotonic %.6f",
+                        settings.clock.bpm, *signature, origin)
+        else:
+            clock = MidiClock(signature, settings.clock.smoothing_ticks, settings.clock.bpm)
+            logger.info("clock: following MIDI clock on %r (%d/%d); start the DAW's transport",
+                        ports.input.name, *signature)
+        daemon = Daemon(settings, clock, output=ports.output, client=EngineClient(address),
+                        style=style, inputs=inputs)
+        if child is not None:
+            daemon.supervise = child.check
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            logger.info("received %s, stopping", signal.Signals(signum).name)
+            daemon.stop()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            daemon.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    finally:
+        if ports is not None:
+            ports.close()
+        if child is not None:
+            child.stop()
+        inputs.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``melodyd``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        commands = load_commands("melodyd.commands")
+        if argv[0] in commands:
+            module = commands[argv[0]]
+            parser = argparse.ArgumentParser(prog=f"melodyd {argv[0]}", description=module.HELP)
+            parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+            module.add_arguments(parser)
+            args = parser.parse_args(argv[1:])
+            configure_logging(args.verbose)
+            return run_command(module, args)
+        known = ", ".join(sorted(commands)) or "none"
+        print(f"error: unknown command {argv[0]!r} (commands: {known}; "
+              "without a command melodyd runs the daemon)", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        return run_daemon(args)
+    except MelodyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # the daemon's one catch-all: log it; `finally`s released the notes
+        logger.exception("melodyd stopped on an unexpected error")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The zmq client of the engine (docs/protocol.md): a DEALER owned by one thread.
+
+The daemon's thread polls ``socket`` together with its own wake-up pipe, then calls
+``receive`` and ``service``. Heartbeats: a ping every second; three seconds without any
+reply means the engine is lost, and the client reports it, throws the socket away (so no
+stale request is delivered to a restarted engine) and keeps pinging on a fresh one until
+the engine answers again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from models.exceptions import BridgeError
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+PING_INTERVAL_S = 1.0  # the protocol's heartbeat period
+LOSS_TIMEOUT_S = 3.0  # the protocol's "engine lost" silence
+MAX_REPLY_BYTES = 4 * 1024 * 1024  # a notes reply is small; anything huge is not our engine
+
+
+class EngineClient:
+    """Requests to one engine, replies as dicts, and the engine's up/lost state.
+
+    Attributes:
+        address: the engine's zmq address, e.g. ``tcp://127.0.0.1:5757``.
+        state: ``"connecting"`` (never answered), ``"up"`` or ``"lost"``.
+        on_up: called when the engine answers for the first time or after a loss.
+        on_lost: called when the engine stops answering.
+    """
+
+    def __init__(self, address: str, context: zmq.Context | None = None,
+                 ping_interval: float = PING_INTERVAL_S, loss_timeout: float = LOSS_TIMEOUT_S,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self.address = address
+        self.state = "connecting"
+        self.on_up: Callable[[], None] = lambda: None
+        self.on_lost: Callable[[], None] = lambda: None
+        self._context = context or zmq.Context.instance()
+        self._ping_interval = ping_interval
+        self._loss_timeout = loss_timeout
+        self._now = now
+        self._ids = itertools.count(1)
+        self._socket: zmq.Socket | None = None
+        self._last_reply = 0.0
+        self._next_ping = 0.0
+        self._opened_at = 0.0
+
+    @property
+    def socket(self) -> zmq.Socket:
+        """The DEALER socket (poll it for replies); replaced after a loss.
+
+        Raises:
+            BridgeError: the client is not open.
+        """
+        if self._socket is None:
+            raise BridgeError("engine client is not open")
+        return self._socket
+
+    def open(self) -> None:
+        """Create the DEALER and connect (zmq connects in the background).
+
+        Raises:
+            BridgeError: the address is malformed.
+        """
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # Never queue requests for an engine that is away: a restarted engine must not
+        # receive stale generates.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        try:
+            sock.connect(self.address)
+        except zmq.ZMQError as err:
+            sock.close()
+            raise BridgeError(f"cannot connect to the engine at {self.address!r}: {err}") from err
+        self._socket = sock
+        self._opened_at = self._now()
+        self._next_ping = self._opened_at
+
+    def close(self) -> None:
+        """Close the socket (pending requests are discarded)."""
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def send(self, kind: str, **fields: Any) -> str:
+        """Send one request; returns its ``id``. Dropped silently while the engine is away."""
+        request_id = fields.pop("id", None) or f"{kind[0]}{next(self._ids)}"
+        message = {"v": PROTOCOL_VERSION, "type": kind, "id": request_id, **fields}
+        try:
+            self.socket.send(json.dumps(message).encode(), zmq.NOBLOCK)
+        except zmq.Again:
+            logger.debug("engine not connected; %s %s not sent", kind, request_id)
+        return request_id
+
+    def generate(self, **fields: Any) -> str:
+        """Send a ``generate`` request (fields as in docs/protocol.md); returns its id."""
+        return self.send("generate", **fields)
+
+    def cancel(self, target: str) -> None:
+        """Ask the engine to stop the generate ``target``."""
+        self.send("cancel", target=target)
+
+    def receive(self) -> list[dict[str, Any]]:
+        """Every reply waiting on the socket (without blocking), as dicts."""
+        replies = []
+        while True:
+            try:
+                frame = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                if len(frame) > MAX_REPLY_BYTES:
+                    raise ValueError(f"reply of {len(frame)} bytes")
+                message = json.loads(frame)
+                if not isinstance(message, dict) or message.get("v") != PROTOCOL_VERSION:
+                    raise ValueError(f"not a protocol {PROTOCOL_VERSION} object")
+            except ValueError as err:
+                logger.warning("ignoring a malformed engine reply: %s", err)
+                continue
+            replies.append(message)
+        if replies:
+            self._last_reply = self._now()
+            if self.state != "up":
+                self.state = "up"
+                logger.info("engine at %s is up", self.address)
+                self.on_up()
+        return replies
+
+    def service(self) -> float:
+        """Send a due ping, detect a lost engine; returns seconds until the next call."""
+        now = self._now()
+        since = now - max(self._last_reply, self._opened_at)
+        if self.state == "up" and since > self._loss_timeout:
+            self.state = "lost"
+            logger.warning("engine at %s lost (no reply for %.1f s); reconnecting",
+                           self.address, since)
+            self.close()
+            self.open()
+            self.on_lost()
+            now = self._now()
+        if now >= self._next_ping:
+            self.send("ping", t=now)
+            self._next_ping = now + self._ping_interval
+        return max(0.0, self._next_ping - now)

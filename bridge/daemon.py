@@ -1,0 +1,350 @@
+"""The melodyd daemon's brain: one thread that listens, decides, asks and schedules.
+
+It owns the engine socket and everything that is not thread-safe (seed window, policy,
+requests). It sleeps in one ``zmq.Poller`` on the engine socket and the input queue's
+wake-up pipe, with a timeout at the next thing due (a heartbeat, the end of a phrase's
+silence, a bar line in accompany mode, the status line), so an idle daemon wakes only a
+few times a second. The scheduler thread plays what it schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import mido
+import zmq
+
+from bridge.client import EngineClient
+from bridge.clock import Clock, MidiClock
+from bridge.controls import ControlMap
+from bridge.listener import InputQueue
+from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
+from bridge.scheduler import Scheduler
+from bridge.seed import SeedWindow
+from bridge.status import Response, StatusLine, format_status
+from models.notes import Note
+from models.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CLOCK_MESSAGES = ("clock", "start", "stop", "continue", "songpos")
+MAX_WAIT_S = 5.0  # the poll never sleeps longer, so a missed wake-up costs at most this
+
+
+def follow_dynamics(velocity: int, player: float | None, amount: float) -> int:
+    """Blend a model velocity toward the player's recent mean (``amount`` 0-1)."""
+    if player is None or amount <= 0:
+        return velocity
+    return max(1, min(127, round((1 - amount) * velocity + amount * player)))
+
+
+class Daemon:
+    """Wires clock, seed window, policy, engine client and scheduler together.
+
+    Args:
+        settings: every section of the config (flags already applied).
+        clock: the beat timeline (an ``InternalClock`` already started, or a ``MidiClock``).
+        output: the port answers are played on.
+        client: the engine client (opened by ``run``).
+        style: the style to ask for; ``None`` takes the engine's first style.
+        inputs: the queue the input port's callback feeds.
+    """
+
+    def __init__(self, settings: Settings, clock: Clock, *, output: mido.ports.BaseOutput,
+                 client: EngineClient, style: str | None, inputs: InputQueue) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.client = client
+        self.inputs = inputs
+        self.style = style
+        self.styles: list[str] = []
+        self.mode = settings.interaction.mode
+        self.temperature = settings.sampling.temperature
+        self.session = f"melodyd-{os.getpid()}"
+        self.last_latency_ms: float | None = None
+        inter = settings.interaction
+        self.seed = SeedWindow(inter.seed_bars, clock.bar_length)
+        self.call = CallResponsePolicy(inter.silence_beats, inter.response_bars, inter.start_on,
+                                       clock.bar_length, inter.barge_in)
+        self.accompany = AccompanyPolicy(clock.bar_length, inter.seed_bars)
+        self.controls = ControlMap(settings.midi)
+        self.scheduler = Scheduler(output, clock, channel=settings.midi.output_channel - 1,
+                                   late_drop_s=settings.midi.late_drop_ms / 1000.0)
+        self.status = StatusLine()
+        self._responses: dict[str, Response] = {}
+        self._answer: str | None = None  # the running call-and-response answer
+        self._stop = threading.Event()
+        self._next_status = 0.0
+        # Called once per loop turn (at least every heartbeat), e.g. to restart a crashed
+        # engine child.
+        self.supervise: Callable[[], None] | None = None
+        client.on_up = self._engine_up
+        client.on_lost = self._engine_lost
+
+    # ----------------------------------------------------------------- lifecycle
+    def stop(self) -> None:
+        """Ask ``run`` to return (safe from signal handlers and other threads)."""
+        self._stop.set()
+        self.inputs.wake()
+
+    def run(self) -> None:
+        """Serve until ``stop``; every way out releases all notes."""
+        self.scheduler.start()
+        self.client.open()
+        try:
+            self._loop()
+        finally:
+            self.scheduler.stop()  # note-offs, CC 123, CC 64 = 0
+            self.client.close()
+            self.status.clear()
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.inputs.wake_fd, zmq.POLLIN)
+        registered = None
+        while not self._stop.is_set():
+            if registered is not self.client.socket:  # replaced after an engine loss
+                if registered is not None:
+                    poller.unregister(registered)
+                registered = self.client.socket
+                poller.register(registered, zmq.POLLIN)
+            timeout = min(self.client.service(), self._policy_wait(), self._status_wait())
+            poller.poll(max(0, math.ceil(timeout * 1000)))
+            for t, message in self.inputs.drain():
+                self._on_midi(t, message)
+            for reply in self.client.receive():
+                self._on_reply(reply)
+            self._check_policy()
+            self._show_status()
+            if self.supervise is not None:
+                self.supervise()
+
+    # ----------------------------------------------------------------- MIDI input
+    def _on_midi(self, t: float, msg: mido.Message) -> None:
+        if msg.type in CLOCK_MESSAGES:
+            self._on_clock(t, msg)
+            return
+        channel = self.settings.midi.input_channel
+        if channel and getattr(msg, "channel", channel - 1) != channel - 1:
+            return
+        if msg.type == "control_change":
+            self._on_control(msg.control, msg.value)
+            return
+        if msg.type not in ("note_on", "note_off"):
+            return
+        beat = self.clock.beat_at(t)
+        if beat is None:
+            return  # the DAW's transport is stopped: no timeline to put the note on
+        if msg.type == "note_on" and msg.velocity > 0:
+            self.seed.note_on(beat, msg.note, msg.velocity)
+            if self._policy().on_player_note() and self._answer is not None:
+                logger.info("barge-in: stopping response %s", self._answer)
+                self._end_request(self._answer)
+                self._answer = None
+        else:
+            self.seed.note_off(beat, msg.note)
+
+    def _on_clock(self, t: float, msg: mido.Message) -> None:
+        clock = self.clock
+        if not isinstance(clock, MidiClock):
+            return
+        if msg.type == "clock":
+            clock.tick(t)
+        elif msg.type == "start":
+            self._silence("transport start")
+            self.seed = SeedWindow(self.seed.bars, clock.bar_length)  # the song restarts
+            clock.start()
+        elif msg.type == "continue":
+            clock.resume()
+        elif msg.type == "stop":
+            clock.stop()
+            self._silence("transport stop")
+        elif msg.type == "songpos":
+            clock.song_position(msg.pos)
+
+    def _on_control(self, control: int, value: int) -> None:
+        action = self.controls.interpret(control, value, len(self.styles))
+        if action is None:
+            return
+        logger.info("control: %s = %s", action.kind, action.value)
+        if action.kind == "panic":
+            self._silence("panic")
+        elif action.kind == "temperature":
+            self.temperature = float(action.value)
+        elif action.kind == "length":
+            self.call.bars = int(action.value)
+        elif action.kind == "mode" and action.value != self.mode:
+            self._silence("mode change")
+            self.mode = str(action.value)
+        elif action.kind == "style" and self.styles:
+            self.style = self.styles[int(action.value)]
+
+    # ----------------------------------------------------------------- decisions
+    def _policy(self) -> CallResponsePolicy | AccompanyPolicy:
+        return self.call if self.mode == "call" else self.accompany
+
+    def _lead_beats(self) -> float:
+        bpm = self.clock.bpm or 120.0
+        return self.settings.interaction.min_lead_ms / 1000.0 * bpm / 60.0
+
+    def _policy_wait(self) -> float:
+        now = time.monotonic()
+        beat = self.clock.beat_at(now)
+        if beat is None:
+            return MAX_WAIT_S
+        when = self._policy().next_check(self.seed, beat)
+        wall = None if when is None else self.clock.time_at(when)
+        return MAX_WAIT_S if wall is None else min(MAX_WAIT_S, max(0.0, wall - now))
+
+    def _check_policy(self) -> None:
+        now = time.monotonic()
+        beat = self.clock.beat_at(now)
+        if beat is None:
+            return
+        if self._answer is not None and not self.call.answering:
+            self._responses.pop(self._answer, None)  # it played out
+            self._answer = None
+        if self.client.state != "up" or self.style is None:
+            return
+        trigger = self._policy().due(beat, self.seed, self._lead_beats())
+        if trigger is not None:
+            self._request(trigger, now, beat)
+
+    def _request(self, trigger: Trigger, now: float, beat: float) -> None:
+        sampling: dict[str, Any] = {
+            "temperature": self.temperature, "top_k": self.settings.sampling.top_k,
+            "top_p": self.settings.sampling.top_p, "min_p": self.settings.sampling.min_p,
+            "seed": None if self.settings.sampling.seed < 0 else self.settings.sampling.seed}
+        s = self.settings.sampling
+        constraints = {"pitch_min": s.pitch_min, "pitch_max": s.pitch_max,
+                       "scale": list(s.scale) or None,
+                       "max_polyphony": s.max_polyphony or None}
+        seed = self.seed.notes(beat, own_until=trigger.own_until)
+        request_id = self.client.generate(
+            session=self.session, style=self.style, seed=[n.to_json() for n in seed],
+            time_signature=list(self.clock.time_signature), start_beat=trigger.start_beat,
+            bars=trigger.bars, sampling=sampling, constraints=constraints)
+        self._responses[request_id] = Response(request_id, now, beat, trigger.start_beat,
+                                               trigger.bars)
+        if self.mode == "call":
+            self._answer = request_id
+        logger.debug("request %s at beat %.2f: start %g, %d bar(s), seed of %d notes",
+                     request_id, beat, trigger.start_beat, trigger.bars, len(seed))
+
+    # ----------------------------------------------------------------- engine replies
+    def _on_reply(self, reply: dict[str, Any]) -> None:
+        kind, request_id = reply.get("type"), reply.get("id")
+        if kind == "hello":
+            self._on_hello(reply)
+        elif kind == "notes":
+            self._on_notes(request_id, reply.get("notes"))
+        elif kind == "done":
+            response = self._responses.get(request_id)
+            if response is not None:
+                response.done = True
+                logger.debug("%s", response.describe(str(reply.get("reason"))))
+                if self.mode == "accompany":
+                    self._responses.pop(request_id, None)
+        elif kind == "error":
+            logger.warning("engine error %s: %s", reply.get("code"), reply.get("message"))
+            if request_id in self._responses:
+                self._end_request(request_id, tell_engine=False)
+
+    def _on_hello(self, reply: dict[str, Any]) -> None:
+        styles = reply.get("styles")
+        self.styles = sorted(styles) if isinstance(styles, dict) else []
+        if self.style not in self.styles:
+            if self.style is not None:
+                logger.warning("the engine does not serve style %r (it serves %s)",
+                               self.style, ", ".join(self.styles) or "nothing")
+            self.style = self.styles[0] if self.styles else None
+        logger.info("engine serves %s; playing %s", ", ".join(self.styles) or "nothing",
+                    self.style)
+
+    def _on_notes(self, request_id: str | None, raw: Any) -> None:
+        response = self._responses.get(request_id or "")
+        if response is None or not isinstance(raw, list):
+            return  # a cancelled or finished request's stragglers
+        notes = []
+        for item in raw:
+            try:
+                note = Note(float(item["onset"]), float(item["duration"]), int(item["pitch"]),
+                            int(item["velocity"]))
+            except (KeyError, TypeError, ValueError):
+                logger.warning("ignoring a malformed note from the engine: %r", item)
+                continue
+            if note.duration <= 0 or not 0 <= note.pitch <= 127:
+                continue
+            velocity = follow_dynamics(note.velocity, self.seed.recent_velocity(),
+                                       self.settings.interaction.follow_dynamics)
+            notes.append(Note(note.onset, note.duration, note.pitch, velocity))
+        if not notes:
+            return
+        now = time.monotonic()
+        if response.first_lead_ms is None:
+            due = self.clock.time_at(min(n.onset for n in notes))
+            response.first_lead_ms = None if due is None else (due - now) * 1000.0
+            response.latency_ms = (now - response.trigger_t) * 1000.0
+            self.last_latency_ms = response.latency_ms
+        response.notes.extend(notes)
+        self.scheduler.schedule(response.id, notes)
+        if self.mode == "accompany":
+            self.seed.add_own(notes)
+
+    # ----------------------------------------------------------------- safety
+    def _end_request(self, request_id: str, tell_engine: bool = True) -> None:
+        """Stop one response: the engine stops generating, its notes are released."""
+        if tell_engine and self.client.state == "up":
+            response = self._responses.get(request_id)
+            if response is not None and not response.done:
+                self.client.cancel(request_id)
+        self._responses.pop(request_id, None)
+        self.scheduler.cancel(request_id)
+        if request_id == self._answer:
+            self._answer = None
+            self.call.cancel()
+
+    def _silence(self, reason: str) -> None:
+        """Stop every response and release every note (panic, stop, engine loss)."""
+        for request_id in list(self._responses):
+            self._end_request(request_id)
+        self._answer = None
+        self.call.cancel()
+        self.accompany.cancel()
+        self.seed.clear_own()
+        self.scheduler.panic(reason)
+        logger.info("%s: all notes released", reason)
+
+    def _engine_up(self) -> None:
+        self.client.send("hello")
+
+    def _engine_lost(self) -> None:
+        self._responses.clear()  # the engine forgot them; nothing to cancel
+        self._silence("engine lost")
+
+    # ----------------------------------------------------------------- status
+    def _status_wait(self) -> float:
+        interval = self.settings.interaction.status_interval_s
+        if interval <= 0:
+            return MAX_WAIT_S
+        return max(0.0, self._next_status - time.monotonic())
+
+    def _show_status(self) -> None:
+        interval = self.settings.interaction.status_interval_s
+        now = time.monotonic()
+        if interval <= 0 or now < self._next_status:
+            return
+        self._next_status = now + interval
+        beat = self.clock.beat_at(now)
+        stats = self.scheduler.stats
+        self.status.show(format_status(
+            bpm=self.clock.bpm, mode=self.mode,
+            bar=None if beat is None else self.clock.bar_of(beat),
+            latency_ms=self.last_latency_ms, sent=stats.sent, dropped=stats.dropped,
+            engine=self.client.state, style=self.style or "-"))

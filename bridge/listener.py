@@ -1,0 +1,64 @@
+"""The MIDI input callback: timestamp, queue, wake the daemon's thread. Nothing else.
+
+rtmidi calls the callback on its own thread, where blocking would delay every later
+message (and, on JACK, the audio cycle). So it only reads ``time.monotonic()``, appends
+to a queue and writes one byte to a pipe that the daemon's ``zmq.Poller`` watches
+alongside the engine socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import time
+
+import mido
+
+
+class InputQueue:
+    """Timestamped MIDI messages from the callback thread to the daemon's thread.
+
+    Attributes:
+        wake_fd: the pipe's read end; readable whenever messages (or a wake-up) wait.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[float, mido.Message]] = queue.SimpleQueue()
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_w, False)
+
+    def callback(self, message: mido.Message) -> None:
+        """The port callback: stamp the arrival time and queue (never blocks)."""
+        self._queue.put((time.monotonic(), message))
+        self.wake()
+
+    def put(self, t: float, message: mido.Message) -> None:
+        """Queue a message with a given arrival time (tests and replays)."""
+        self._queue.put((t, message))
+        self.wake()
+
+    def wake(self) -> None:
+        """Make ``wake_fd`` readable (safe from any thread and from signal handlers)."""
+        # A full pipe already means "wake up", so a would-block write can be ignored.
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def drain(self) -> list[tuple[float, mido.Message]]:
+        """Every queued ``(arrival time, message)``, oldest first; clears the wake-up."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self.wake_fd, 4096):
+                pass
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def close(self) -> None:
+        """Close the pipe."""
+        for fd in (self.wake_fd, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)

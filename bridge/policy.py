@@ -1,0 +1,148 @@
+"""When to answer: call-and-response and accompany, as pure logic on the beat timeline.
+
+The daemon feeds the policy the player's activity (through the ``SeedWindow``) and the
+current beat; the policy says when a response is due, where it starts and how long it
+is, and whether the player just barged in. No clocks, ports or sockets here, so the
+rules are unit-tested with plain numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bridge.seed import SeedWindow
+
+EPS = 1e-6  # beats; keeps a phrase ending exactly on a bar line from skipping that bar
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A response to request.
+
+    Attributes:
+        start_beat: where its first note may sound (a bar or beat line).
+        bars: its length; it ends at the start of bar ``bar_of(start_beat) + bars``.
+        own_until: include the daemon's own notes before this beat in the seed
+            (accompany mode), or ``None`` for the player's notes only.
+    """
+
+    start_beat: float
+    bars: int
+    own_until: float | None = None
+
+
+def next_line(beat: float, step: float) -> float:
+    """The first multiple of ``step`` at or after ``beat``."""
+    return math.ceil(beat / step - EPS) * step
+
+
+class CallResponsePolicy:
+    """Answer after ``silence_beats`` of silence, for ``bars`` bars, on the next bar or beat.
+
+    Attributes:
+        silence_beats: beats with nothing held and nothing pressed that end a phrase.
+        bars: response length in bars (a live control may change it).
+        start_on: ``"bar"`` or ``"beat"``: the grid the answer's start snaps to.
+        bar_length: beats per bar.
+        barge_in: whether playing during an answer stops it.
+    """
+
+    def __init__(self, silence_beats: float, bars: int, start_on: str, bar_length: float,
+                 barge_in: bool = True) -> None:
+        self.silence_beats = silence_beats
+        self.bars = bars
+        self.start_on = start_on
+        self.bar_length = bar_length
+        self.barge_in = barge_in
+        self._armed = False  # the player played since the last answer was triggered
+        self._answer_end: float | None = None  # beat where the running answer ends
+
+    @property
+    def answering(self) -> bool:
+        """Whether an answer is running (requested and not yet over)."""
+        return self._answer_end is not None
+
+    def on_player_note(self) -> bool:
+        """The player pressed a key. Returns whether the running answer must stop."""
+        self._armed = True
+        if self._answer_end is not None and self.barge_in:
+            self._answer_end = None
+            return True
+        return False
+
+    def due(self, now: float, window: SeedWindow, lead_beats: float) -> Trigger | None:
+        """The response to request at beat ``now``, if the phrase just ended.
+
+        Args:
+            now: the current beat.
+            window: the player's notes and last activity.
+            lead_beats: the least time between now and the answer's first note.
+        """
+        if self._answer_end is not None and now >= self._answer_end - EPS:
+            self._answer_end = None  # the answer has played out
+        if not self._armed or self._answer_end is not None or window.held_count:
+            return None
+        if window.last_activity is None or now < window.last_activity + self.silence_beats - EPS:
+            return None
+        step = self.bar_length if self.start_on == "bar" else 1.0
+        start = next_line(now + lead_beats, step)
+        bar = math.floor(start / self.bar_length + EPS)
+        self._answer_end = (bar + self.bars) * self.bar_length
+        self._armed = False
+        return Trigger(start, self.bars)
+
+    def next_check(self, window: SeedWindow, now: float) -> float | None:
+        """The beat at which ``due`` may next fire (``None``: only after new input)."""
+        del now  # the silence is counted from the window's last activity
+        if self._answer_end is not None:
+            return self._answer_end
+        if not self._armed or window.held_count or window.last_activity is None:
+            return None
+        return window.last_activity + self.silence_beats
+
+    def cancel(self) -> None:
+        """Forget the running answer (engine lost, panic, mode change)."""
+        self._answer_end = None
+
+
+class AccompanyPolicy:
+    """Keep one bar queued ahead, conditioned on the player and the daemon's own notes.
+
+    While the player has played within the last ``listen_bars`` bars, each bar line
+    requests the bar after the coming one, so the engine always has a bar of time.
+
+    Attributes:
+        bar_length: beats per bar.
+        listen_bars: how long after the player's last note accompaniment goes on.
+    """
+
+    def __init__(self, bar_length: float, listen_bars: int) -> None:
+        self.bar_length = bar_length
+        self.listen_bars = listen_bars
+        self._requested_bar = -1  # the last bar already requested
+
+    def on_player_note(self) -> bool:
+        """Accompaniment never stops for the player; returns ``False``."""
+        return False
+
+    def due(self, now: float, window: SeedWindow, lead_beats: float) -> Trigger | None:
+        """The next bar to request at beat ``now``, if one is due."""
+        if not window.player_active_since(now - self.listen_bars * self.bar_length):
+            return None
+        target = math.floor((now + lead_beats) / self.bar_length + EPS) + 1
+        if target <= self._requested_bar:
+            return None
+        self._requested_bar = target
+        start = target * self.bar_length
+        return Trigger(start, 1, own_until=start)
+
+    def next_check(self, window: SeedWindow, now: float) -> float | None:
+        """The next bar line, while the player is active (``None`` otherwise)."""
+        if not window.player_active_since(now - self.listen_bars * self.bar_length):
+            return None
+        return (math.floor(now / self.bar_length + EPS) + 1) * self.bar_length
+
+    def cancel(self) -> None:
+        """Forget what was requested, so the next bar line requests again."""
+        self._requested_bar = -1

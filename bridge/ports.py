@@ -1,0 +1,180 @@
+"""MIDI ports through mido and python-rtmidi: pick the MIDI system, open or find ports.
+
+The input callback given to ``open_ports`` runs on rtmidi's thread; the daemon's callback
+only timestamps and queues (see ``bridge.listener``). Errors from the MIDI system become
+``BridgeError`` with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import mido
+import rtmidi
+
+from models.exceptions import BridgeError
+
+logger = logging.getLogger(__name__)
+
+# Our names for MIDI systems -> python-rtmidi's API names (mido's backend suffixes).
+APIS = {"alsa": "LINUX_ALSA", "jack": "UNIX_JACK", "coremidi": "MACOSX_CORE",
+        "windows": "WINDOWS_MM"}
+CLIENT_NAME = "melodyd"
+NO_MIDI_SYSTEM = ("no MIDI system available: the ALSA sequencer is missing (load it with "
+                  "`sudo modprobe snd-seq`) and no JACK server is running (start one, e.g. "
+                  "with QjackCtl or `jackd -d alsa`, then run melodyd --backend jack)")
+WINDOWS_NO_VIRTUAL = ("Windows has no virtual MIDI ports: create two loopMIDI ports (e.g. "
+                      "'melodyd in' and 'melodyd out') and run melodyd --connect-in "
+                      "'melodyd in' --connect-out 'melodyd out'")
+
+
+@dataclass
+class Ports:
+    """The daemon's two ports and the MIDI system they live on."""
+
+    backend: str
+    input: mido.ports.BaseInput
+    output: mido.ports.BaseOutput
+
+    def close(self) -> None:
+        """Close both ports (the input first, so no callback runs on a closed output)."""
+        for port in (self.input, self.output):
+            with contextlib.suppress(Exception):  # closing at exit: nothing left to save
+                port.close()
+
+
+@contextlib.contextmanager
+def _quiet_c_stderr() -> Iterator[None]:
+    """Silence the C libraries (ALSA, JACK) while probing: their warnings are ours to word."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _api_works(api: str) -> bool:
+    """Whether a client of ``api`` can be created (ALSA sequencer present, JACK running)."""
+    try:
+        with _quiet_c_stderr():
+            probe = rtmidi.MidiIn(rtapi=getattr(rtmidi, f"API_{api}"))
+            probe.delete()
+    except (rtmidi.RtMidiError, RuntimeError, AttributeError):
+        return False
+    return True
+
+
+def choose_backend(name: str) -> str:
+    """Our name of a working MIDI system for ``name`` (``auto`` picks the platform's).
+
+    Raises:
+        BridgeError: the system is not compiled into python-rtmidi or not running.
+    """
+    # Never let libjack launch a server behind the musician's back.
+    os.environ.setdefault("JACK_NO_START_SERVER", "1")
+    compiled_ids = rtmidi.get_compiled_api()
+    compiled = {api for api in APIS.values() if getattr(rtmidi, f"API_{api}", -1) in compiled_ids}
+    if name != "auto":
+        api = APIS[name]
+        if api not in compiled:
+            raise BridgeError(f"python-rtmidi here has no {name} support "
+                              f"(compiled in: {', '.join(sorted(compiled)) or 'none'})")
+        if not _api_works(api):
+            fix = ("start a JACK server first" if name == "jack"
+                   else "load the ALSA sequencer: `sudo modprobe snd-seq`" if name == "alsa"
+                   else "check the system's MIDI setup")
+            raise BridgeError(f"the {name} MIDI system is not available: {fix}")
+        return name
+    if sys.platform == "darwin":
+        order = ["coremidi"]
+    elif sys.platform.startswith("win"):
+        order = ["windows"]
+    else:
+        order = ["alsa", "jack"]
+    for candidate in order:
+        if APIS[candidate] in compiled and _api_works(APIS[candidate]):
+            return candidate
+    raise BridgeError(NO_MIDI_SYSTEM)
+
+
+def open_backend(name: str) -> mido.Backend:
+    """The mido backend for one of our MIDI system names (no probing)."""
+    return mido.Backend(f"mido.backends.rtmidi/{APIS[name]}", load=True)
+
+
+def list_ports(backend: str) -> tuple[list[str], list[str]]:
+    """Names of the ports melodyd could read from and send to on ``backend``."""
+    mido_backend = open_backend(backend)
+    try:
+        return mido_backend.get_input_names(), mido_backend.get_output_names()
+    except (rtmidi.RtMidiError, OSError) as err:
+        raise BridgeError(f"cannot list {backend} MIDI ports: {err}") from err
+
+
+def find_port(wanted: str, names: list[str], kind: str) -> str:
+    """The port called ``wanted``, or the only one whose name contains it.
+
+    Raises:
+        BridgeError: no port or several ports match; the message lists what exists.
+    """
+    if wanted in names:
+        return wanted
+    matches = [n for n in names if wanted.lower() in n.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    listing = ", ".join(repr(n) for n in names) or "none"
+    what = "several" if matches else "no"
+    raise BridgeError(f"{what} {kind} ports match {wanted!r} (available: {listing})")
+
+
+def open_ports(backend: str, *, in_name: str, out_name: str, connect_in: str, connect_out: str,
+               callback: Callable[[mido.Message], None]) -> Ports:
+    """Open the daemon's input (with ``callback``) and output port.
+
+    Args:
+        backend: one of ``APIS``.
+        in_name, out_name: names of the virtual ports to create.
+        connect_in, connect_out: existing ports to connect to instead (non-empty wins).
+        callback: called on rtmidi's thread with each incoming message.
+
+    Raises:
+        BridgeError: a port cannot be found or opened, or virtual ports are asked for
+            where the system has none (Windows).
+    """
+    if backend == "windows" and not (connect_in and connect_out):
+        raise BridgeError(WINDOWS_NO_VIRTUAL)
+    mido_backend = open_backend(backend)
+    inp = out = None
+    try:
+        if connect_in:
+            name = find_port(connect_in, mido_backend.get_input_names(), "input")
+            inp = mido_backend.open_input(name, callback=callback)
+        else:
+            inp = mido_backend.open_input(in_name, virtual=True, client_name=CLIENT_NAME,
+                                          callback=callback)
+        if connect_out:
+            name = find_port(connect_out, mido_backend.get_output_names(), "output")
+            out = mido_backend.open_output(name)
+        else:
+            out = mido_backend.open_output(out_name, virtual=True, client_name=CLIENT_NAME)
+    except (OSError, rtmidi.RtMidiError, BridgeError) as err:
+        for port in (inp, out):
+            if port is not None:
+                port.close()
+        if isinstance(err, BridgeError):
+            raise
+        raise BridgeError(f"cannot open {backend} MIDI ports: {err}") from err
+    logger.info("listening on %r, playing on %r (%s)", inp.name, out.name, backend)
+    return Ports(backend, inp, out)

@@ -1,0 +1,149 @@
+"""The engine client against a small real zmq ROUTER, and the CC control map."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import zmq
+
+from bridge.client import EngineClient
+from bridge.controls import ControlMap
+from models.settings import MidiSettings
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def router():
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    yield sock, f"tcp://127.0.0.1:{port}"
+    sock.close()
+
+
+def recv(sock: zmq.Socket, timeout_ms: int = 3000) -> tuple[bytes, dict]:
+    assert sock.poll(timeout_ms), "no message within the timeout"
+    identity, frame = sock.recv_multipart()
+    return identity, json.loads(frame)
+
+
+def pump(client: EngineClient, timeout: float = 3.0) -> list[dict]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if client.socket.poll(50):
+            return client.receive()
+    return []
+
+
+def test_ping_generate_cancel_and_replies(router):
+    sock, address = router
+    fake = FakeClock()
+    client = EngineClient(address, now=fake)
+    ups = []
+    client.on_up = lambda: ups.append(client.state)
+    client.open()
+    try:
+        for _ in range(10):  # heartbeats until the connection is up
+            client.service()
+            if sock.poll(300):
+                break
+            fake.t += 1.0
+        identity, ping = recv(sock)
+        assert ping["v"] == 1 and ping["type"] == "ping" and ping["t"] >= 1000.0
+        pong = {"v": 1, "type": "pong", "t": ping["t"]}
+        sock.send_multipart([identity, json.dumps(pong).encode()])
+        assert pump(client)[0]["type"] == "pong"
+        assert client.state == "up" and ups == ["up"]
+        request_id = client.generate(session="s", style="x", seed=[], start_beat=4, bars=1)
+        _, generate = recv(sock)
+        assert generate["type"] == "generate" and generate["id"] == request_id
+        assert generate["start_beat"] == 4
+        client.cancel(request_id)
+        _, cancel = recv(sock)
+        assert cancel == {"v": 1, "type": "cancel", "id": cancel["id"], "target": request_id}
+        # Malformed replies are skipped, not fatal.
+        sock.send_multipart([identity, b"not json"])
+        sock.send_multipart([identity, json.dumps({"v": 2, "type": "pong"}).encode()])
+        sock.send_multipart([identity, json.dumps({"v": 1, "type": "done", "id": request_id,
+                                                   "reason": "cancelled"}).encode()])
+        time.sleep(0.1)
+        replies = pump(client)
+        assert [r["type"] for r in replies] == ["done"]
+    finally:
+        client.close()
+
+
+def test_engine_loss_and_recovery(router):
+    sock, address = router
+    fake = FakeClock()
+    client = EngineClient(address, now=fake)
+    events = []
+    client.on_up = lambda: events.append("up")
+    client.on_lost = lambda: events.append("lost")
+    client.open()
+    try:
+        for _ in range(10):
+            client.service()
+            if sock.poll(300):
+                break
+            fake.t += 1.0
+        identity, _ = recv(sock)
+        sock.send_multipart([identity, json.dumps({"v": 1, "type": "pong"}).encode()])
+        pump(client)
+        old_socket = client.socket
+        fake.t += 1.5
+        client.service()  # a ping, no loss yet
+        recv(sock)
+        fake.t += 2.0  # 3.5 s without a reply
+        client.service()
+        assert events == ["up", "lost"] and client.state == "lost"
+        assert client.socket is not old_socket  # fresh socket: no stale requests
+        # The new socket pings every second; the first may go before it has connected.
+        for _ in range(10):
+            if sock.poll(300):
+                break
+            fake.t += 1.0
+            client.service()
+        identity, ping = recv(sock)
+        assert ping["type"] == "ping"
+        sock.send_multipart([identity, json.dumps({"v": 1, "type": "pong"}).encode()])
+        pump(client)
+        assert events == ["up", "lost", "up"] and client.state == "up"
+    finally:
+        client.close()
+
+
+def test_requests_while_engine_absent_are_dropped():
+    client = EngineClient("tcp://127.0.0.1:1")  # nothing listens there
+    client.open()
+    try:
+        client.generate(session="s", style="x", seed=[], start_beat=0)  # must not block
+        assert client.state == "connecting"
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(("cc", "value", "kind", "expected"), [
+    (21, 0, "temperature", 0.2), (21, 127, "temperature", 2.0), (22, 0, "length", 1),
+    (22, 127, "length", 8), (23, 10, "mode", "call"), (23, 100, "mode", "accompany"),
+    (24, 127, "style", 2), (24, 0, "style", 0), (120, 0, "panic", None),
+], ids=str)
+def test_control_map(cc, value, kind, expected):
+    control = ControlMap(MidiSettings()).interpret(cc, value, n_styles=3)
+    assert control is not None and control.kind == kind and control.value == expected
+
+
+def test_unmapped_and_disabled_controls():
+    controls = ControlMap(MidiSettings(cc_panic=-1))
+    assert controls.interpret(1, 64) is None
+    assert controls.interpret(120, 0) is None

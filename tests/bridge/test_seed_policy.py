@@ -1,0 +1,115 @@
+"""Seed window and interaction policies, on plain beat numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge.policy import AccompanyPolicy, CallResponsePolicy, next_line
+from bridge.seed import SeedWindow
+from models.notes import Note
+
+
+def play(window: SeedWindow, notes: list[tuple[float, float, int]], velocity: int = 80) -> None:
+    events = []
+    for onset, duration, pitch in notes:
+        events.append((onset, 1, pitch))
+        events.append((onset + duration, 0, pitch))
+    for beat, on, pitch in sorted(events):
+        if on:
+            window.note_on(beat, pitch, velocity)
+        else:
+            window.note_off(beat, pitch)
+
+
+def test_seed_keeps_last_bars_and_held_notes():
+    window = SeedWindow(bars=2, bar_length=4.0)
+    play(window, [(0.0, 1.0, 60), (5.0, 0.5, 62), (9.0, 1.0, 64)])
+    window.note_on(10.5, 67, 100)  # still held
+    notes = window.notes(now=11.0)
+    # Window = beats 3..11: the note at beat 0 is gone; the held one lasts until now.
+    assert notes == [Note(5.0, 0.5, 62, 80), Note(9.0, 1.0, 64, 80), Note(10.5, 0.5, 67, 100)]
+    assert window.held_count == 1
+    assert window.last_activity == 10.5
+    assert window.recent_velocity() == pytest.approx((3 * 80 + 100) / 4)
+
+
+def test_seed_repress_and_unmatched_release():
+    window = SeedWindow(bars=4, bar_length=4.0)
+    window.note_off(0.5, 60)  # released before we saw it pressed: ignored
+    window.note_on(1.0, 60, 90)
+    window.note_on(2.0, 60, 70)  # re-press ends the first
+    window.note_off(3.0, 60)
+    assert window.notes(4.0) == [Note(1.0, 1.0, 60, 90), Note(2.0, 1.0, 60, 70)]
+
+
+def test_seed_own_notes_only_when_asked():
+    window = SeedWindow(bars=1, bar_length=4.0)
+    play(window, [(1.0, 1.0, 60)])
+    window.add_own([Note(2.0, 1.0, 72, 64), Note(4.5, 1.0, 74, 64), Note(9.0, 1.0, 76, 64)])
+    assert [n.pitch for n in window.notes(4.0)] == [60]
+    assert [n.pitch for n in window.notes(4.0, own_until=8.0)] == [60, 72, 74]
+
+
+@pytest.mark.parametrize(("beat", "step", "expected"), [
+    (7.2, 4.0, 8.0), (8.0, 4.0, 8.0), (8.0000001, 4.0, 8.0), (8.01, 4.0, 12.0), (5.5, 1.0, 6.0),
+])
+def test_next_line(beat, step, expected):
+    assert next_line(beat, step) == pytest.approx(expected)
+
+
+def test_call_answers_after_silence_on_next_bar():
+    window = SeedWindow(4, 4.0)
+    policy = CallResponsePolicy(silence_beats=1.0, bars=2, start_on="bar", bar_length=4.0)
+    assert policy.due(0.5, window, 0.1) is None  # nothing played yet
+    play(window, [(0.0, 0.5, 60), (1.0, 0.5, 62), (2.0, 0.9, 64)])
+    for _ in range(3):
+        policy.on_player_note()
+    assert policy.next_check(window, 3.0) == pytest.approx(3.9)
+    assert policy.due(3.5, window, 0.1) is None  # only 0.6 beats of silence
+    trigger = policy.due(3.95, window, 0.1)
+    # 3.95 + 0.1 lead passes the bar line at 4, so the answer starts on the next bar.
+    assert trigger is not None and trigger.start_beat == 8.0 and trigger.bars == 2
+    assert policy.answering
+    assert policy.due(5.0, window, 0.1) is None  # one answer per phrase
+    assert policy.due(16.0, window, 0.1) is None  # the answer played out; no new phrase
+    assert not policy.answering
+
+
+def test_call_start_on_beat_and_held_notes_block():
+    window = SeedWindow(4, 4.0)
+    policy = CallResponsePolicy(1.0, 1, "beat", 4.0)
+    window.note_on(0.0, 60, 80)
+    policy.on_player_note()
+    assert policy.due(3.0, window, 0.0) is None  # a held note is not silence
+    window.note_off(3.0, 60)
+    trigger = policy.due(4.2, window, 0.05)
+    assert trigger is not None and trigger.start_beat == 5.0
+
+
+def test_call_barge_in():
+    window = SeedWindow(4, 4.0)
+    policy = CallResponsePolicy(1.0, 2, "bar", 4.0, barge_in=True)
+    play(window, [(0.0, 1.0, 60)])
+    policy.on_player_note()
+    assert policy.due(2.5, window, 0.0) is not None
+    assert policy.on_player_note() is True  # the player plays over the answer
+    assert not policy.answering
+    patient = CallResponsePolicy(1.0, 2, "bar", 4.0, barge_in=False)
+    patient.on_player_note()
+    assert patient.due(2.5, window, 0.0) is not None
+    assert patient.on_player_note() is False and patient.answering
+
+
+def test_accompany_requests_each_next_bar_while_player_active():
+    window = SeedWindow(2, 4.0)
+    policy = AccompanyPolicy(bar_length=4.0, listen_bars=2)
+    assert policy.due(1.0, window, 0.1) is None
+    play(window, [(1.0, 0.5, 60)])
+    first = policy.due(1.6, window, 0.1)
+    assert first is not None and first.start_beat == 4.0 and first.bars == 1
+    assert first.own_until == 4.0
+    assert policy.due(2.0, window, 0.1) is None  # bar 1 already asked for
+    assert policy.next_check(window, 2.0) == 4.0
+    second = policy.due(4.0, window, 0.1)
+    assert second is not None and second.start_beat == 8.0
+    assert policy.due(12.0, window, 0.1) is None  # player silent for 2 bars: stop
