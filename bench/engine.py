@@ -1,0 +1,354 @@
+"""Engine benchmark: cached decode latency, prefill, recompute and PyTorch ratios, batching.
+
+Run with ``melody bench engine --model M.onnx`` (or ``python -m bench.engine M.onnx``).
+Everything is measured on the engine's own code path (``StyleDecoder.step``: the ONNX
+call, the grammar mask, sampling and the streaming detokenizer), so the numbers are what
+a jam gets. Caches are filled with random keys/values of the wanted length: timing does
+not depend on their content.
+
+PyTorch is imported lazily and only for the eager comparison; the engine never imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.decoder import Generation, StyleDecoder
+from engine.model import LoadedModel, load_model
+from engine.requests import GenerateRequest, SamplingParams
+from models.notes import Note
+from models.settings import EngineSettings
+
+logger = logging.getLogger(__name__)
+
+# Steps between two resets of a cache to its nominal length ("decode at past P" means
+# past P to P + _RESET - 1).
+_RESET = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to measure.
+
+    Attributes:
+        pasts: cache lengths of the per-token decode latency.
+        prefills: prompt lengths of the prefill timing.
+        batches: session counts of the batched step timing.
+        batch_past: cache length of each session in the batched timing.
+        steps: timed decode steps per measurement.
+        realtime_rate: tokens per second a session needs to keep up with playback.
+        torch: also time PyTorch eager with its cache (when torch is installed).
+    """
+
+    pasts: tuple[int, ...] = (64, 256, 512, 1000)
+    prefills: tuple[int, ...] = (256, 512)
+    batches: tuple[int, ...] = (1, 8, 32)
+    batch_past: int = 256
+    steps: int = 200
+    realtime_rate: float = 40.0
+    torch: bool = True
+
+
+def rss_mib() -> float:
+    """Resident memory of this process in MiB (Linux ``/proc``; 0 where unavailable)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def stats_ms(samples: Sequence[float]) -> dict[str, float]:
+    """p50, p99 and mean of durations in seconds, as milliseconds."""
+    ms = np.asarray(samples, dtype=np.float64) * 1e3
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)),
+            "mean": float(ms.mean()), "n": len(ms)}
+
+
+def _timed(fn: Callable[[], Any], reps: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _random_tokens(model: LoadedModel, count: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(4, model.tokenizer.vocab_size, size=(1, count), dtype=np.int64)
+
+
+def _random_cache(decoder: StyleDecoder, batch: int, past: int, seed: int = 0) -> list[np.ndarray]:
+    spec = decoder.model.card.cache
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal((batch, spec.num_heads, past, spec.head_dim), dtype=np.float32)
+            for _ in spec.inputs]
+
+
+def _generation(decoder: StyleDecoder, key: str) -> Generation:
+    """A running generation that never ends by itself (a huge bar count)."""
+    seed = tuple(Note(0.5 * i, 0.5, 60 + (i * 7) % 12, 80) for i in range(8))
+    request = GenerateRequest(seed=seed, start_beat=4.0, bars=100_000,
+                              sampling=SamplingParams(seed=1, temperature=1.0, top_p=0.95))
+    return decoder.start(key, request)
+
+
+def _set_past(decoder: StyleDecoder, gens: Sequence[Generation], past: int) -> None:
+    """Give each generation a random cache of length ``past`` (outside any timing)."""
+    decoder._unbatch()
+    for index, gen in enumerate(gens):
+        gen.cache = _random_cache(decoder, 1, past, seed=index)
+        gen.cache_len = past
+        gen.next_position = past
+
+
+def _step_times(decoder: StyleDecoder, gens: list[Generation], past: int,
+                steps: int) -> list[float]:
+    samples: list[float] = []
+    for _ in range(3):  # warm-up: first calls allocate ONNX Runtime's buffers
+        decoder.step(gens)
+    while len(samples) < steps:
+        _set_past(decoder, gens, past)
+        decoder.step(gens)  # the first step after a reset restacks the batch: untimed
+        for _ in range(min(_RESET - 1, steps - len(samples))):
+            start = time.perf_counter()
+            decoder.step(gens)
+            samples.append(time.perf_counter() - start)
+    return samples
+
+
+def bench_decode(decoder: StyleDecoder, past: int, steps: int) -> dict[str, float]:
+    """Latency of one engine step of one session at cache length ``past``."""
+    gen = _generation(decoder, f"decode{past}")
+    result = stats_ms(_step_times(decoder, [gen], past, steps))
+    decoder.cancel(gen)
+    return result
+
+
+def bench_model_call(decoder: StyleDecoder, past: int, steps: int) -> dict[str, float]:
+    """The bare ONNX call of one cached token (no grammar, no sampling)."""
+    cache = _random_cache(decoder, 1, past)
+    ids = _random_tokens(decoder.model, 1)
+    pos = np.array([[past]], dtype=np.int64)
+    mask = np.ones((1, past + 1), dtype=np.int64)
+    return stats_ms(_timed(lambda: decoder._run(ids, pos, mask, cache), steps))
+
+
+def bench_recompute(decoder: StyleDecoder, past: int, reps: int) -> dict[str, float]:
+    """The same next token computed without a cache: the whole ``past + 1`` tokens."""
+    ids = _random_tokens(decoder.model, past + 1)
+    pos = np.arange(past + 1, dtype=np.int64)[None, :]
+    mask = np.ones((1, past + 1), dtype=np.int64)
+    empty = decoder.ops.empty()
+    return stats_ms(_timed(lambda: decoder._run(ids, pos, mask, empty), reps, 1))
+
+
+def bench_prefill(decoder: StyleDecoder, length: int, reps: int) -> dict[str, float]:
+    """Prefilling ``length`` prompt tokens into an empty cache."""
+    return bench_recompute(decoder, length - 1, reps)
+
+
+def bench_torch(model: LoadedModel, past: int, steps: int, threads: int) -> dict[str, float]:
+    """PyTorch eager, one cached token at ``past``, same architecture, random weights."""
+    import torch  # noqa: PLC0415 - only the comparison needs it
+
+    from models.checkpoint import build_model  # noqa: PLC0415
+
+    if threads:
+        torch.set_num_threads(threads)
+    net = build_model(model.card.arch, model.card.model_config).eval()
+    spec = model.card.cache
+    past_kv = [(torch.randn(1, spec.num_heads, past, spec.head_dim),
+                torch.randn(1, spec.num_heads, past, spec.head_dim))
+               for _ in range(spec.num_layers)]
+    ids = torch.tensor([[5]])
+    pos = torch.tensor([[past]])
+    mask = torch.ones(1, past + 1, dtype=torch.long)
+
+    def call() -> None:
+        with torch.inference_mode():
+            net(ids, past_kv, pos, mask)
+
+    return stats_ms(_timed(call, steps, warmup=5))
+
+
+def bench_batched(decoder: StyleDecoder, sessions: int, past: int,
+                  steps: int) -> dict[str, float]:
+    """One batched step of ``sessions`` generations, each at cache length ``past``."""
+    gens = [_generation(decoder, f"batch{sessions}-{i}") for i in range(sessions)]
+    result = stats_ms(_step_times(decoder, gens, past, steps))
+    for gen in gens:
+        decoder.cancel(gen)
+    for gen in gens:
+        decoder.drop_session(gen.session_key)
+    return result
+
+
+def run_benchmark(path: str | Path, settings: EngineSettings | None = None,
+                  config: BenchConfig | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure everything and return a JSON-ready dict.
+
+    Raises:
+        EngineError: the model cannot be loaded or run.
+    """
+    settings = settings or EngineSettings()
+    config = config or BenchConfig()
+    note = progress or (lambda _: None)
+    before = rss_mib()
+    model = load_model(path, settings)
+    loaded = rss_mib()
+    decoder = StyleDecoder(model, settings, allow_eos=False)
+    if model.cache_kind != "kv":
+        raise ValueError("the engine benchmark measures KV-cache (gpt) models")
+    note("warm-up")
+    bench_decode(decoder, 64, 20)
+    warm = rss_mib()
+    results: dict[str, Any] = {
+        "model": str(path), "style": model.style, "arch": model.card.arch,
+        "model_config": model.card.model_config, "context_length": model.context_length,
+        "file_mib": Path(path).stat().st_size / 2**20, "providers": model.providers,
+        "threads": {"intra_op": settings.intra_op_threads,
+                    "inter_op": settings.inter_op_threads},
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": list(os.getloadavg()),
+                    "python": platform.python_version(), "platform": platform.platform()},
+        "memory_mib": {"before_load": before, "after_load": loaded, "after_warmup": warm,
+                       "model_resident": warm - before},
+        "decode": {}, "model_call": {}, "recompute": {}, "torch_eager": {}, "prefill": {},
+        "batched": {},
+    }
+    for past in config.pasts:
+        note(f"decode at past {past}")
+        results["decode"][past] = bench_decode(decoder, past, config.steps)
+        results["model_call"][past] = bench_model_call(decoder, past, config.steps)
+        results["recompute"][past] = bench_recompute(decoder, past, max(5, config.steps // 20))
+    for length in config.prefills:
+        note(f"prefill {length}")
+        results["prefill"][length] = bench_prefill(decoder, length, max(5, config.steps // 20))
+    if config.torch:
+        try:
+            import torch  # noqa: F401, PLC0415 - probe only
+        except ImportError:
+            results["torch_eager"] = None
+        else:
+            for past in config.pasts:
+                note(f"PyTorch eager at past {past}")
+                results["torch_eager"][past] = bench_torch(
+                    model, past, config.steps, settings.intra_op_threads)
+    for sessions in config.batches:
+        note(f"{sessions} sessions batched")
+        results["batched"][sessions] = bench_batched(decoder, sessions, config.batch_past,
+                                                     max(30, config.steps // 4))
+    results["realtime"] = realtime_sessions(results["batched"], config.realtime_rate)
+    results["realtime"]["past"] = config.batch_past
+    results["targets"] = targets(results)
+    results["load_avg_at_end"] = list(os.getloadavg())
+    return results
+
+
+def realtime_sessions(batched: dict[int, dict[str, float]], rate: float) -> dict[str, Any]:
+    """How many sessions one batched step keeps at ``rate`` tokens per second each.
+
+    Measured counts are checked directly; between and beyond them, the step time is
+    fitted as a line in the session count (fixed call cost + per-session cost).
+    """
+    budget_ms = 1e3 / rate
+    counts = sorted(batched)
+    measured = [n for n in counts if batched[n]["mean"] <= budget_ms]
+    estimate = max(measured, default=0)
+    if len(counts) >= 2:
+        slope, intercept = np.polyfit(counts, [batched[n]["mean"] for n in counts], 1)
+        if slope > 0:
+            estimate = max(estimate, int((budget_ms - intercept) / slope))
+    return {"rate": rate, "budget_ms": budget_ms, "measured_max": max(measured, default=0),
+            "estimated_max": estimate}
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets and whether this run met them."""
+    out: dict[str, Any] = {}
+    decode = results["decode"]
+    far = max(decode)
+    out["decode_p99_le_1ms"] = {"past": far, "value_ms": decode[far]["p99"],
+                                "met": decode[far]["p99"] <= 1.0}
+    ratio = results["recompute"][far]["p50"] / decode[far]["p50"]
+    out["recompute_ratio_ge_60"] = {"past": far, "value": ratio, "met": ratio >= 60}
+    if results.get("torch_eager"):
+        ratio = results["torch_eager"][far]["p50"] / decode[far]["p50"]
+        out["torch_ratio_ge_2"] = {"past": far, "value": ratio, "met": ratio >= 2}
+    sessions = results["realtime"]["estimated_max"]
+    out["sessions_ge_20"] = {"value": sessions, "measured_max": results["realtime"]["measured_max"],
+                             "met": sessions >= 20}
+    out["resident_mib_per_model"] = results["memory_mib"]["model_resident"]
+    return out
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A plain-text table of the results."""
+    lines = [f"engine benchmark: {results['style']} ({results['arch']}, "
+             f"{results['model_config'].get('n_layer')} layers x "
+             f"{results['model_config'].get('n_embd')}, context {results['context_length']}), "
+             f"threads {results['threads']['intra_op']}/{results['threads']['inter_op']}, "
+             f"load avg {results['machine']['load_avg_at_start'][0]:.1f}",
+             "",
+             f"{'past':>6} {'step p50':>9} {'step p99':>9} {'onnx p50':>9} {'recompute':>10} "
+             f"{'x':>6} {'torch p50':>10} {'x':>6}"]
+    for past, step in results["decode"].items():
+        call = results["model_call"][past]
+        full = results["recompute"][past]
+        eager = (results.get("torch_eager") or {}).get(past)
+        torch_cells = (f"{eager['p50']:>8.3f}ms {eager['p50'] / step['p50']:>5.1f}x"
+                       if eager else f"{'-':>10} {'-':>6}")
+        lines.append(f"{past:>6} {step['p50']:>7.3f}ms {step['p99']:>7.3f}ms "
+                     f"{call['p50']:>7.3f}ms {full['p50']:>8.2f}ms "
+                     f"{full['p50'] / step['p50']:>5.1f}x {torch_cells}")
+    lines.append("")
+    for length, value in results["prefill"].items():
+        lines.append(f"prefill {length:>4} tokens: p50 {value['p50']:.2f} ms "
+                     f"({length / value['p50'] * 1e3:,.0f} tokens/s)")
+    lines.append("")
+    lines.append(f"batched step (each session at past {results['realtime']['past']}):")
+    for sessions, value in results["batched"].items():
+        per_session = sessions / value["mean"] * 1e3 / sessions
+        lines.append(f"  {sessions:>3} sessions: mean {value['mean']:.2f} ms, "
+                     f"p99 {value['p99']:.2f} ms -> {per_session:,.0f} tokens/s per session")
+    realtime = results["realtime"]
+    lines.append(f"sessions real-time at {realtime['rate']:.0f} tokens/s: measured >= "
+                 f"{realtime['measured_max']}, estimated {realtime['estimated_max']}")
+    memory = results["memory_mib"]
+    lines.append(f"resident memory: {memory['before_load']:.0f} MiB before load, "
+                 f"{memory['after_load']:.0f} after load, {memory['after_warmup']:.0f} after "
+                 f"warm-up: {memory['model_resident']:.0f} MiB for this model "
+                 f"(file {results['file_mib']:.1f} MiB)")
+    lines.append("")
+    lines.append("targets:")
+    for name, value in results["targets"].items():
+        if isinstance(value, dict):
+            shown = value.get("value_ms", value.get("value"))
+            lines.append(f"  {name:<24} {shown:>9.3f}  {'met' if value['met'] else 'NOT met'}")
+        else:
+            lines.append(f"  {name:<24} {value:>9.1f}")
+    return "\n".join(lines)
+
+
+def write_json(results: dict[str, Any], path: str | Path) -> Path:
+    """Write the results as JSON (dict keys become strings)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=float) + "\n")
+    return path
