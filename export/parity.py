@@ -171,7 +171,7 @@ def check_parity(model: nn.Module, arch: str, onnx_lm: OnnxLM, *, batch: int = 3
                          max_prefill=max_prefill, steps=steps, report=report, progress=bar)
     finally:
         torch.set_num_threads(threads)
-    logger.info("parity: %s", report.summary())
+    logger.debug("parity: %s", report.summary())
     if LOGITS not in report.max_diff:
         raise ExportError("parity check compared no logits")
     return report

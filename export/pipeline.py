@@ -153,7 +153,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, int8: bool 
             else:
                 windows, source = music21_windows(tokenizer)
             quant = compare_models(fp32, OnnxLM(final), windows, source, show_progress)
-            logger.info("int8: %s", quant.summary())
+            logger.debug("int8: %s", quant.summary())
             check_thresholds(quant, min_agreement, max_kl)
         fp32_size = fp32_path.stat().st_size
         os.replace(final, output)

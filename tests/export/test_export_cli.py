@@ -137,3 +137,42 @@ def test_int8_reports_agreement_and_refuses_below_threshold(
     assert code == 2
     assert "int8 model refused: mean KL" in _error_line(capsys)
     assert not refused.exists()
+
+
+def _tiny_dataset(tmp_path: Path, tokenizer) -> Path:
+    """A real dataset folder (melody data build's format) of five random melodies."""
+    import numpy as np  # noqa: PLC0415 - only this test needs it
+
+    from models.dataset import build_dataset  # noqa: PLC0415
+    from models.notes import Note  # noqa: PLC0415
+    from models.settings import DataSettings  # noqa: PLC0415
+
+    source = tmp_path / "midi"
+    source.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(5):
+        notes = [Note(onset=k * 0.5, duration=0.5, pitch=int(rng.integers(48, 80)), velocity=80)
+                 for k in range(32)]
+        tokenizer.notes_to_score(notes).dump_midi(str(source / f"piece{index}.mid"))
+    out = tmp_path / "data"
+    build_dataset(str(source), out, DataSettings(val_fraction=0.2, test_fraction=0.2, jobs=1),
+                  tokenizer, progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_int8_checks_against_a_datasets_validation_split(
+        tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from models.settings import TokensSettings  # noqa: PLC0415
+    from models.tokenizer import MelodyTokenizer  # noqa: PLC0415
+
+    data = _tiny_dataset(tmp_path, MelodyTokenizer())
+    out = tmp_path / "q.onnx"
+    assert main(["export", str(tiny_checkpoint), "-o", str(out), "--int8",
+                 "--data", str(data)]) == 0
+    assert f"of {data} validation" in capsys.readouterr().out
+    # A dataset of another vocabulary cannot judge this model.
+    other = _tiny_dataset(tmp_path / "other", MelodyTokenizer(TokensSettings(pitch_min=40)))
+    assert main(["export", str(tiny_checkpoint), "-o", str(out), "--int8",
+                 "--data", str(other)]) == 2
+    assert "different vocabulary" in _error_line(capsys)
