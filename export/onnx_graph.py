@@ -13,13 +13,14 @@ Recurrent models: input_ids, past_state.h (and .c) [layers, batch, hidden] -> lo
 present_state.h (and .c).
 
 Exporter choice: torch 2.13 offers the new ``dynamo=True`` exporter and the older
-TorchScript one (``dynamo=False``, deprecated but present). Both give correct graphs for
-these models; we use the TorchScript exporter because it names dynamic axes exactly as
+TorchScript one (``dynamo=False``, deprecated but present). Both passed the parity check
+on the tiny GPT (max difference 4.8e-7 with dynamo, 3.6e-7 with TorchScript, zero-length
+past included). We use the TorchScript exporter because it names dynamic axes exactly as
 the contract does (``batch``, ``seq``, ``past``, ``past_seq``; torch.export invents
-``s39``-style names and cannot express ``past_seq = past + seq`` as an input relation),
-and it exports in under a second where the dynamo path takes several seconds of a 2-core
-machine for the same toy model. The parity check, not the exporter, is what makes an
-export trustworthy, so switching later only means changing ``_export``.
+``s11``-style names and cannot declare ``past_seq = past + seq`` on an input), and it
+exported the tiny GPT in 0.7 s where dynamo took 23 s on the busy 2-core machine. The
+parity check, not the exporter, is what makes an export trustworthy, so switching when
+the TorchScript path is removed only means changing ``_export``.
 """
 
 from __future__ import annotations
