@@ -50,17 +50,21 @@ class Collection:
         tunes_per_file: keep at most this many tunes of each multi-tune (ABC opus) file,
             the first ones in file order, so that huge folk collections stay quick to
             convert; ``None`` keeps all.
+        voices_as_tunes: the ABC files store each voice of one piece as its own tune
+            (X: field); the voices are put back together into one score.
     """
 
     name: str
     description: str
     tunes_per_file: int | None = None
+    voices_as_tunes: bool = False
 
 
 COLLECTIONS: dict[str, Collection] = {c.name: c for c in (
     # Renaissance and earlier vocal polyphony.
     Collection("palestrina", "Giovanni Pierluigi da Palestrina: mass movements (Humdrum)"),
-    Collection("josquin", "Josquin des Prez: masses and motets (ABC)"),
+    Collection("josquin", "Josquin des Prez: chansons and motets (ABC, one voice per tune)",
+               voices_as_tunes=True),
     Collection("monteverdi", "Claudio Monteverdi: madrigals, books 3-5"),
     Collection("lusitano", "Vicente Lusitano: motet"),
     Collection("trecento", "Italian trecento songs (14th century)"),
@@ -248,7 +252,19 @@ def _write_midi(score: Any, target: Path) -> int:
     return _count_notes(target)
 
 
-def convert_source(source: str, out_root: str, tunes_per_file: int | None) -> list[dict[str, Any]]:
+def _join_voices(opus: Any) -> Any:
+    """One score holding the parts of every score of an opus, all starting together."""
+    from music21 import stream  # noqa: PLC0415
+
+    joined = stream.Score()
+    for score in opus.scores:
+        for part in score.parts:
+            joined.insert(0, part)
+    return joined
+
+
+def convert_source(source: str, out_root: str, tunes_per_file: int | None,
+                   voices_as_tunes: bool = False) -> list[dict[str, Any]]:
     """Convert one score file (every tune of an ABC opus) into MIDI files.
 
     Runs in a worker process and returns plain records (JSON-ready), one per piece:
@@ -265,6 +281,8 @@ def convert_source(source: str, out_root: str, tunes_per_file: int | None) -> li
     except Exception as err:  # music21 raises many types; a bad score is data
         return [{"source": source, "midi": None, "notes": 0,
                  "error": f"parse: {type(err).__name__}: {err}"[:300]}]
+    if isinstance(parsed, stream.Opus) and voices_as_tunes:
+        parsed = _join_voices(parsed)
     if isinstance(parsed, stream.Opus):
         scores = list(parsed.scores)
         if tunes_per_file is not None:
@@ -305,6 +323,7 @@ def load_index(collection: Collection) -> dict[str, Any] | None:
     if (not isinstance(index, dict) or index.get("format") != INDEX_FORMAT
             or index.get("converter_version") != CONVERTER_VERSION
             or index.get("tunes_per_file") != collection.tunes_per_file
+            or index.get("voices_as_tunes", False) != collection.voices_as_tunes
             or not isinstance(index.get("pieces"), list)):
         return None
     return index
@@ -355,7 +374,8 @@ def convert_collections(names: Sequence[str], jobs: int = 0, *,
     with ProcessPoolExecutor(max_workers=_resolve_jobs(jobs)) as pool, \
             tqdm(total=len(units), unit="file", desc="music21 -> MIDI",
                  disable=not progress) as bar:
-        futures = {pool.submit(convert_source, src, str(out_root), c.tunes_per_file): c.name
+        futures = {pool.submit(convert_source, src, str(out_root), c.tunes_per_file,
+                               c.voices_as_tunes): c.name
                    for c, src in units}
         for future in as_completed(futures):
             records[futures[future]].extend(future.result())
@@ -368,6 +388,7 @@ def convert_collections(names: Sequence[str], jobs: int = 0, *,
             "converter_version": CONVERTER_VERSION,
             "collection": collection.name,
             "tunes_per_file": collection.tunes_per_file,
+            "voices_as_tunes": collection.voices_as_tunes,
             "music21_version": _music21_version(),
             "pieces": pieces,
             "converted": sum(1 for r in pieces if r["midi"]),

@@ -1,0 +1,201 @@
+"""Bundled corpora: definitions, the MIDI cache, conversion and ``melody data corpora``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import symusic
+
+from models import corpus
+from models.cli import main
+from models.corpus import (
+    COLLECTIONS,
+    CORPORA,
+    Collection,
+    CorpusSpec,
+    cache_dir,
+    convert_collections,
+    convert_source,
+    corpus_midi_files,
+    corpus_summary,
+    get_corpus,
+    load_index,
+    source_files,
+)
+from models.dataset import SPLITS, TokenDataset, build_dataset
+from models.exceptions import DataError
+from models.settings import DataSettings
+
+pytest.importorskip("music21", reason="the bundled corpora come from music21 (train extra)")
+
+STYLES = ("bach", "baroque", "renaissance", "classical", "romantic", "folk")
+# Three short scores, so that converting them in a test takes a second or two.
+TINY = CorpusSpec("tiny", "three short scores for tests", ("lusitano", "verdi", "handel"))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own empty cache, never the user's."""
+    monkeypatch.setenv("MELODYD_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def tiny(monkeypatch: pytest.MonkeyPatch) -> CorpusSpec:
+    monkeypatch.setitem(CORPORA, "tiny", TINY)
+    return TINY
+
+
+@pytest.fixture(scope="module")
+def tiny_converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny corpus converted once per module (music21 is slow); tests copy it."""
+    cache = tmp_path_factory.mktemp("tiny-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MELODYD_CACHE", str(cache))
+        patch.setitem(CORPORA, "tiny", TINY)
+        corpus_midi_files("tiny", jobs=1, progress=False)
+    return cache / "corpus"
+
+
+@pytest.fixture
+def tiny_cached(tiny: CorpusSpec, tiny_converted: Path, private_cache: Path) -> CorpusSpec:
+    """The tiny corpus, already converted into this test's private cache."""
+    shutil.copytree(tiny_converted, private_cache / "corpus")
+    return tiny
+
+
+def test_cache_dir_follows_the_environment(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MELODYD_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("MELODYD_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "melodyd"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "melodyd"
+
+
+@pytest.mark.parametrize("name", [*STYLES, "all"])
+def test_every_named_corpus_has_scores(name: str) -> None:
+    spec = get_corpus(name)
+    assert spec.description
+    for collection in spec.collections:
+        assert source_files(COLLECTIONS[collection]), f"{collection} is empty in music21"
+
+
+def test_all_is_the_union_of_the_styles() -> None:
+    styles = {c for name in STYLES for c in CORPORA[name].collections}
+    everything = set(CORPORA["all"].collections)
+    assert styles <= everything
+    assert everything == set(COLLECTIONS)
+    assert len(CORPORA["all"].collections) == len(everything)
+
+
+def test_an_unknown_corpus_lists_the_known_ones() -> None:
+    with pytest.raises(DataError, match="corpus:bach"):
+        get_corpus("bahc")
+
+
+def test_a_score_shipped_in_two_formats_is_taken_once() -> None:
+    bach = [str(p) for p in source_files(COLLECTIONS["bach"])]
+    assert "bach/bwv277.mxl" in bach and "bach/bwv277.krn" not in bach
+    assert len(bach) == len(set(bach))
+    assert not any(p.endswith(".rntxt") for p in bach)
+
+
+def test_each_tune_of_an_abc_file_becomes_its_own_midi(tmp_path: Path) -> None:
+    records = convert_source("josquin/oVenusBant.abc", str(tmp_path), 2)
+    assert [r["midi"] for r in records] == [
+        "josquin/oVenusBant-0001.mid", "josquin/oVenusBant-0002.mid"]
+    assert all(r["notes"] > 0 and r["error"] is None for r in records)
+    assert len({r["source"] for r in records}) == 2
+
+
+def test_voices_stored_as_tunes_are_joined_into_one_piece(tmp_path: Path) -> None:
+    assert COLLECTIONS["josquin"].voices_as_tunes
+    [record] = convert_source("josquin/oVenusBant.abc", str(tmp_path), None, True)
+    assert record["midi"] == "josquin/oVenusBant.mid" and record["error"] is None
+    score = symusic.Score(str(tmp_path / record["midi"]))
+    assert len(score.tracks) == 3
+    assert record["notes"] == sum(len(t.notes) for t in score.tracks)
+
+
+def test_dotted_score_names_keep_their_whole_stem(tmp_path: Path) -> None:
+    [record] = convert_source("bach/bwv66.6.mxl", str(tmp_path), None)
+    assert record["midi"] == "bach/bwv66.6.mid"
+    assert (tmp_path / "bach" / "bwv66.6.mid").stat().st_size > 0
+
+
+def test_a_failed_conversion_is_recorded_not_fatal(tiny: CorpusSpec, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    real = corpus.source_files
+
+    def with_a_broken_file(collection: Collection) -> list[Path]:
+        extra = [Path(collection.name) / "missing.mxl"] if collection.name == "verdi" else []
+        return real(collection) + extra
+
+    monkeypatch.setattr(corpus, "source_files", with_a_broken_file)
+    indexes = convert_collections(["verdi"], jobs=1, progress=False)
+    verdi = indexes["verdi"]
+    assert verdi["converted"] == 1 and verdi["failed"] == 1
+    [failure] = [r for r in verdi["pieces"] if r["error"]]
+    assert failure["source"] == "verdi/missing.mxl" and failure["midi"] is None
+
+
+def test_conversion_is_cached_and_counted(tiny: CorpusSpec, private_cache: Path) -> None:
+    [row] = corpus_summary(["tiny"])
+    assert row["converted"] is False and row["pieces"] is None
+    root, files = corpus_midi_files("tiny", jobs=2, progress=False)
+    assert root == private_cache / "corpus"
+    assert [f.relative_to(root).parts[0] for f in files] == ["handel", "lusitano", "verdi"]
+    [row] = corpus_summary(["tiny"])
+    assert row["converted"] is True and row["pieces"] == 3 and row["failed"] == 0
+    assert row["notes"] > 100
+    stamp = {f: f.stat().st_mtime_ns for f in files}
+    _, again = corpus_midi_files("tiny", progress=False)
+    assert again == files and {f: f.stat().st_mtime_ns for f in again} == stamp
+
+
+def test_a_damaged_index_means_convert_again(tiny_cached: CorpusSpec,
+                                             private_cache: Path) -> None:
+    index_path = private_cache / "corpus" / "verdi" / "index.json"
+    index_path.write_text("{broken")
+    assert load_index(COLLECTIONS["verdi"]) is None
+    index_path.write_text(json.dumps({"format": "melodyd-corpus-index", "converter_version": -1,
+                                      "pieces": []}))
+    assert load_index(COLLECTIONS["verdi"]) is None
+    corpus_midi_files("tiny", jobs=1, progress=False)
+    assert load_index(COLLECTIONS["verdi"])["converted"] == 1
+
+
+def test_a_dataset_builds_from_a_corpus_name(tiny_cached: CorpusSpec, tmp_path: Path) -> None:
+    manifest = build_dataset("corpus:tiny", tmp_path / "out",
+                             DataSettings(jobs=1, val_fraction=0.34, test_fraction=0.34),
+                             progress=False)
+    pieces = sorted(p for s in SPLITS for p in manifest["splits"][s]["pieces"])
+    assert pieces == ["handel/rinaldo/Lascia_chio_pianga.mid",
+                      "lusitano/allor_che_ignuda.mid", "verdi/laDonnaEMobile.mid"]
+    assert manifest["source"] == "corpus:tiny"
+    assert len(TokenDataset(tmp_path / "out", "train")) == 1
+
+
+def test_cli_lists_corpora_not_converted_yet(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "corpora"]) == 0
+    out = capsys.readouterr().out
+    for name in [*STYLES, "all"]:
+        line = next(x for x in out.splitlines() if x.startswith(f"corpus:{name} "))
+        assert "not converted yet" in line
+    assert "--convert" in out
+
+
+def test_cli_lists_counts_once_converted(tiny_cached: CorpusSpec,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    [row] = corpus_summary(["tiny"])
+    assert main(["data", "corpora"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("corpus:tiny "))
+    assert str(row["pieces"]) in line and str(row["notes"]) in line
+    assert "not converted" not in line
