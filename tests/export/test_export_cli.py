@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,25 @@ def test_int8_checks_against_a_datasets_validation_split(
     assert main(["export", str(tiny_checkpoint), "-o", str(out), "--int8",
                  "--data", str(other)]) == 2
     assert "different vocabulary" in _error_line(capsys)
+
+
+def test_parity_failure_exits_non_zero_naming_outputs(
+        tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from export import pipeline  # noqa: PLC0415
+
+    real = pipeline.check_parity
+
+    def too_strict(*args, **kwargs):
+        # float32 kernels never agree to 1e-12: every output must be reported.
+        return real(*args, **{**kwargs, "atol": 1e-12})
+
+    monkeypatch.setattr(pipeline, "check_parity", too_strict)
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tiny_checkpoint), "-o", str(out)]) == 2
+    line = _error_line(capsys)
+    assert "ONNX Runtime disagrees with PyTorch" in line
+    assert re.search(r"logits \d\.\d{3}e-\d\d", line)
+    assert "present.1.value" in line
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []

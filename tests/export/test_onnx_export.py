@@ -179,3 +179,13 @@ def test_dynamic_axes_cover_every_cache_tensor() -> None:
     assert axes["past_key_values.2.value"] == {0: "batch", 2: "past"}
     assert axes["present.2.key"] == {0: "batch", 2: "past_seq"}
     assert dynamic_axes("lstm", 2)["present_state.c"] == {1: "batch"}
+
+
+def test_a_frozen_axis_is_detected(tiny_onnx_model: Path) -> None:
+    from export.onnx_graph import frozen_axes  # noqa: PLC0415
+
+    model = onnx.load(str(tiny_onnx_model))
+    assert frozen_axes(model, dynamic_axes("gpt", 2)) == []
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # batch frozen to 1
+    assert frozen_axes(model, dynamic_axes("gpt", 2)) == [
+        "input_ids[0] should be 'batch' (got 1)"]
