@@ -251,7 +251,10 @@ def run(args: argparse.Namespace) -> int:
         entry["facts"] = model_facts(path, model)
         if model.style != style:
             entry["notes"].append(f"the file {path.name} says its style is {model.style!r}")
-        if style in data:
+        if style not in data:
+            entry["notes"].append(f"no dataset in {data_root / style}: no held-out metrics, "
+                                  "fidelity or real statistics")
+        else:
             sequences, kept, excluded = heldout_sequences(data[style], seen_by_base)
             entry.update(heldout_pieces=kept, heldout_excluded=excluded)
             with tqdm(total=min(config.max_eval_tokens, sum(len(s) for s in sequences)),

@@ -156,7 +156,7 @@ def heldout_metrics(model: LoadedModel, sequences: Sequence[np.ndarray], max_tok
 
 
 def heldout_sequences(data_dir: Path, exclude: set[str]) -> tuple[list[np.ndarray], int, int]:
-    """The test split's sequences, without the pieces named in ``exclude``.
+    """The test split's sequences in a fixed random order, without those in ``exclude``.
 
     Returns:
         ``(sequences, kept, excluded)`` counts of pieces.
@@ -170,7 +170,10 @@ def heldout_sequences(data_dir: Path, exclude: set[str]) -> tuple[list[np.ndarra
     names = data.manifest["splits"]["test"].get("pieces", [])
     kept = [np.asarray(data[i]) for i, name in enumerate(names[:len(data)])
             if name not in exclude]
-    return kept, len(kept), len(names) - len(kept)
+    # A fixed shuffle: a token budget then samples every collection of the style, not
+    # the alphabetically first composers.
+    order = np.random.default_rng(0).permutation(len(kept))
+    return [kept[i] for i in order], len(kept), len(names) - len(kept)
 
 
 def base_train_pieces(data_root: Path, base_name: str = "base") -> set[str]:
@@ -274,7 +277,7 @@ def real_key_pairs(data_dir: Path, prime_bars: int, bars: int,
     data = TokenDataset(data_dir, "test")
     tokenizer = data.tokenizer
     pairs = []
-    for index in range(len(data)):
+    for index in np.random.default_rng(0).permutation(len(data)):  # every collection
         piece = decode_with_bars(np.asarray(data[index]), tokenizer)
         if len(piece.bar_starts) < prime_bars + bars // 2:
             continue
