@@ -291,47 +291,65 @@ def parse_transpose(text: str) -> tuple[int, int]:
 
 # ----------------------------------------------------------------- writing
 @dataclasses.dataclass
-class SplitData:
-    """The sequences of one split: each piece with its transposed copies."""
+class SplitPlan:
+    """The sequences of one split: each piece with the transpositions it takes."""
 
     pieces: list[str] = dataclasses.field(default_factory=list)
     transpositions: list[list[int]] = dataclasses.field(default_factory=list)
-    sequences: list[np.ndarray] = dataclasses.field(default_factory=list)
+    lengths: list[int] = dataclasses.field(default_factory=list)
     notes: int = 0
 
+    @property
+    def num_sequences(self) -> int:
+        """Pieces times the transpositions each one takes."""
+        return sum(len(shifts) for shifts in self.transpositions)
 
-def _assemble(results: dict[str, PieceResult], names: list[str], shifts: Sequence[int],
-              tokenizer: MelodyTokenizer) -> SplitData:
-    data = SplitData()
+
+def _plan(results: dict[str, PieceResult], names: list[str], shifts: Sequence[int],
+          tokenizer: MelodyTokenizer) -> SplitPlan:
+    """Which transpositions each piece takes: those keeping every note in the vocabulary."""
+    plan = SplitPlan()
+    pitch_of_id = _pitch_table(tokenizer)
+    low, high = tokenizer.settings.pitch_min, tokenizer.settings.pitch_max
     for name in names:
         result = results[name]
         assert result.tokens is not None  # only kept pieces reach the splits
-        applied = []
-        for shift in shifts:
-            moved = transpose_tokens(result.tokens, shift, tokenizer)
-            if moved is None:
-                continue  # a note would leave the vocabulary: skip this transposition
-            applied.append(shift)
-            data.sequences.append(moved)
-            data.notes += result.notes
-        data.pieces.append(name)
-        data.transpositions.append(applied)
-    return data
+        pitches = pitch_of_id[result.tokens]
+        pitches = pitches[pitches >= 0]
+        applied = [s for s in shifts
+                   if not pitches.size or (pitches.min() + s >= low and pitches.max() + s <= high)]
+        plan.pieces.append(name)
+        plan.transpositions.append(applied)
+        plan.lengths.append(len(result.tokens))
+        plan.notes += result.notes * len(applied)
+    return plan
 
 
-def _write_split(out: Path, split: str, data: SplitData, digest: Any) -> int:
-    """Write one split's arrays (streamed through memory maps); return its token count."""
-    lengths = np.array([len(s) for s in data.sequences], dtype=np.int64)
+def _write_split(out: Path, split: str, plan: SplitPlan, results: dict[str, PieceResult], *,
+                 tokenizer: MelodyTokenizer, digest: Any) -> int:
+    """Write one split's arrays, transposing straight into a memory map; return its tokens.
+
+    Nothing but the untransposed pieces is held in memory, so a large folder with twelve
+    transpositions does not need twelve times its size in RAM.
+    """
+    lengths = np.array([length for length, shifts in zip(plan.lengths, plan.transpositions,
+                                                         strict=True) for _ in shifts],
+                       dtype=np.int64)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
-    tokens_path = out / f"{split}.tokens.npy"
-    tokens = np.lib.format.open_memmap(tokens_path, mode="w+", dtype=np.uint16,
-                                       shape=(total,))
-    for start, sequence in zip(offsets[:-1], data.sequences, strict=True):
-        tokens[start:start + len(sequence)] = sequence
+    tokens = np.lib.format.open_memmap(out / f"{split}.tokens.npy", mode="w+",
+                                       dtype=np.uint16, shape=(total,))
+    row = 0
+    for name, shifts in zip(plan.pieces, plan.transpositions, strict=True):
+        base = results[name].tokens
+        for shift in shifts:
+            sequence = transpose_tokens(base, shift, tokenizer)
+            assert sequence is not None  # the plan kept only shifts that fit
+            tokens[offsets[row]:offsets[row + 1]] = sequence
+            digest.update(sequence.tobytes())
+            row += 1
     tokens.flush()
-    digest.update(np.ascontiguousarray(tokens).tobytes())
     del tokens
     np.save(out / f"{split}.offsets.npy", offsets)
     digest.update(offsets.tobytes())
@@ -387,16 +405,16 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
     manifest_splits: dict[str, Any] = {}
     for split in SPLITS:
         shifts = train_shifts if split == "train" else [0]
-        data = _assemble(kept, splits[split], shifts, tokenizer)
-        total = _write_split(out, split, data, digest)
-        digest.update(json.dumps([data.pieces, data.transpositions]).encode())
+        plan = _plan(kept, splits[split], shifts, tokenizer)
+        total = _write_split(out, split, plan, kept, tokenizer=tokenizer, digest=digest)
+        digest.update(json.dumps([plan.pieces, plan.transpositions]).encode())
         manifest_splits[split] = {
-            "pieces": data.pieces,
-            "transpositions": data.transpositions,
-            "num_pieces": len(data.pieces),
-            "num_sequences": len(data.sequences),
+            "pieces": plan.pieces,
+            "transpositions": plan.transpositions,
+            "num_pieces": len(plan.pieces),
+            "num_sequences": plan.num_sequences,
             "tokens": total,
-            "notes": data.notes,
+            "notes": plan.notes,
         }
     skipped = _skip_table(results)
     manifest = {
