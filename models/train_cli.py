@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +99,6 @@ def run(args: argparse.Namespace) -> int:
     request = RunRequest(data_dir=args.data, out_dir=args.out, resume=args.resume,
                          stop_at=args.stop_at, progress=not args.no_progress)
     summary = train(settings, request)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if summary["rank"] != 0:  # under torchrun only the first process reports
         return 0
     return report(summary, args.out)

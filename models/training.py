@@ -283,7 +283,7 @@ class Trainer:
         metrics = self.evaluate_and_save()
         return {"step": self.step, "stopped": reason, "val": metrics,
                 "best_val_loss": self.best_val, "parameters": self.num_parameters,
-                "tokens_per_s": rate, "frozen": len(self.frozen)}
+                "tokens_per_s": rate, "frozen": len(self.frozen), "rank": rt.rank}
 
 
 def train(settings: TrainSettings, request: RunRequest) -> dict[str, Any]:
