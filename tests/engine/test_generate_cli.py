@@ -47,3 +47,37 @@ def test_generate_without_a_prime_or_data_is_one_clear_error(tiny_onnx_model, tm
     code = main(["generate", "--model", str(tiny_onnx_model), "-o", str(tmp_path)])
     assert code == 2
     assert "--prime" in capsys.readouterr().err
+
+
+def test_generate_takes_a_random_prime_from_a_validation_split(tiny_onnx_model, tmp_path):
+    from models.dataset import build_dataset  # noqa: PLC0415
+    from models.settings import DataSettings  # noqa: PLC0415
+
+    source = tmp_path / "midi"
+    source.mkdir()
+    for index in range(10):
+        score = symusic.Score(480)
+        score.time_signatures.append(symusic.TimeSignature(0, 3, 4))
+        track = symusic.Track(name="tune", program=0, is_drum=False)
+        for step in range(24):
+            track.notes.append(symusic.Note(step * 480, 480, 55 + (step * (index + 2)) % 24, 80))
+        score.tracks.append(track)
+        score.dump_midi(str(source / f"tune{index}.mid"))
+    data = tmp_path / "data"
+    build_dataset(str(source), data, DataSettings(jobs=1, val_fraction=0.2, test_fraction=0.1),
+                  progress=False)
+    out = tmp_path / "out"
+    code = main(["generate", "--model", str(tiny_onnx_model), "--data", str(data),
+                 "--prime-bars", "2", "--bars", "1", "--seed", "1", "-o", str(out)])
+    assert code == 0
+    (path,) = out.glob("validation_*.mid")
+    written = read_midi(path)
+    assert written.time_signature == (3, 4)
+    score = symusic.Score(str(path))
+    prime, continuation = score.tracks
+    tpq = score.ticks_per_quarter
+    assert 0 < len(prime.notes) <= 6  # two 3/4 bars of quarter notes
+    assert max(n.time for n in prime.notes) / tpq < 6.0
+    (start, _), = written.markers
+    assert start == 6.0
+    assert all(6.0 <= n.time / tpq < 9.0 for n in continuation.notes)
