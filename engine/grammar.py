@@ -28,6 +28,7 @@ import numpy as np
 
 from engine.requests import Constraints
 from models.exceptions import EngineError
+from models.notes import Note
 from models.streaming import Expect, StreamingDetokenizer, TokenInfo, parse_vocabulary
 from models.tokenizer import MelodyTokenizer
 
@@ -167,7 +168,7 @@ class Grammar:
         # _ends is sorted: every end after ``now`` sounds (onsets are never in the future).
         return len(self._ends) - bisect.bisect_right(self._ends, now)
 
-    def feed(self, token: int):
+    def feed(self, token: int) -> Note | None:
         """Advance the stream by one token; return the note it completes, if any."""
         kind = self.vocab.infos[token].kind if 0 <= token < len(self.vocab.infos) else ""
         note = self.detok.feed(token)
