@@ -251,7 +251,7 @@ class Trainer:
         bar = tqdm(total=s.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.request.progress and rt.is_main))
         self.model.train()
-        reason, metrics, losses = "steps", {}, []
+        reason, metrics, losses, evaluated_at = "steps", {}, [], -1
         window_start, window_steps, rate = time.monotonic(), 0, 0.0
         try:
             while self.step < end:
@@ -269,7 +269,7 @@ class Trainer:
                                         "lr": lr, "tokens_per_s": rate})
                     losses, window_start, window_steps = [], time.monotonic(), 0
                 if self.step % s.eval_every == 0 and self.step < end:
-                    metrics = self.evaluate_and_save()
+                    metrics, evaluated_at = self.evaluate_and_save(), self.step
                     window_start = time.monotonic()  # validation is not training time
                 if self._out_of_time(started):
                     reason = "time_budget"
@@ -280,7 +280,8 @@ class Trainer:
             reason = "interrupted"
         finally:
             bar.close()
-        metrics = self.evaluate_and_save()
+        if evaluated_at != self.step:
+            metrics = self.evaluate_and_save()
         return {"step": self.step, "stopped": reason, "val": metrics,
                 "best_val_loss": self.best_val, "parameters": self.num_parameters,
                 "tokens_per_s": rate, "frozen": len(self.frozen), "rank": rt.rank}
