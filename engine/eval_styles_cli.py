@@ -237,7 +237,8 @@ def run(args: argparse.Namespace) -> int:
     fur = primes[0]
     results["fur_elise_prime_png"] = str(draw_piano_roll(
         fur.notes, img_dir / "fur_elise_prime.png", bar_length=fur.bar_length,
-        title="Für Elise, bars 1-8: the prime", width=1200, height=450).relative_to(doc_dir))
+        title="Für Elise, the prime: the upbeat bar and bars 1-8", width=1200,
+        height=450).relative_to(doc_dir))
     seen_by_base = base_train_pieces(data_root)
     for style, path in styles.items():
         entry: dict[str, Any] = {"notes": []}

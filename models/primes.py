@@ -72,7 +72,7 @@ class Prime:
 
 def fur_elise_prime() -> Prime:
     """Für Elise: the upbeat bar and bars 1-8, in 3/8."""
-    return Prime("fur_elise", "Für Elise (Beethoven, WoO 59), bars 1-8",
+    return Prime("fur_elise", "Für Elise (Beethoven, WoO 59), upbeat and bars 1-8",
                  tuple(fur_elise_notes()), FUR_ELISE_SIGNATURE, FUR_ELISE_BARS,
                  "models/fur_elise.py (tests/fixtures/fur_elise_opening.mid)")
 
