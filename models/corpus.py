@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fcntl
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from models.exceptions import DataError
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
+LOCK_NAME = ".lock"
 INDEX_FORMAT = "melodyd-corpus-index"
 # Bump when the conversion changes, so old caches are converted again.
 CONVERTER_VERSION = 2
@@ -348,66 +350,101 @@ def convert_collections(names: Sequence[str], jobs: int = 0, *,
     Raises:
         DataError: music21 is missing or the cache folder cannot be written.
     """
-    from tqdm import tqdm  # noqa: PLC0415 - CLI-only dependency at import time
-
-    indexes: dict[str, dict[str, Any]] = {}
-    todo: list[Collection] = []
-    for name in names:
-        collection = COLLECTIONS[name]
-        index = load_index(collection)
-        if index is None:
-            todo.append(collection)
-        else:
-            indexes[name] = index
+    indexes, todo = _cached(names)
     if not todo:
         return indexes
     out_root = corpus_root()
     try:
         out_root.mkdir(parents=True, exist_ok=True)
+        lock = open(out_root / LOCK_NAME, "a+")  # noqa: SIM115 - held across the conversion
     except OSError as err:
         raise DataError(f"cannot create the corpus cache {out_root}: {err}") from err
+    with lock:
+        # Two builds may start together: the second waits here, then finds the work done.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        indexes, todo = _cached(names)
+        if todo:
+            indexes.update(_convert(todo, out_root, jobs, progress))
+    return indexes
+
+
+def _cached(names: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[Collection]]:
+    """The indexes of the converted collections, and the collections still to convert."""
+    indexes: dict[str, dict[str, Any]] = {}
+    todo: list[Collection] = []
+    for name in names:
+        index = load_index(COLLECTIONS[name])
+        if index is None:
+            todo.append(COLLECTIONS[name])
+        else:
+            indexes[name] = index
+    return indexes, todo
+
+
+def _convert(todo: list[Collection], out_root: Path, jobs: int,
+             progress: bool) -> dict[str, dict[str, Any]]:
+    """Convert collections in a process pool and write their indexes."""
+    from tqdm import tqdm  # noqa: PLC0415 - CLI-only dependency at import time
+
+    indexes: dict[str, dict[str, Any]] = {}
     for collection in todo:
         # Start clean: files of an older or interrupted conversion must not linger.
         shutil.rmtree(out_root / collection.name, ignore_errors=True)
     units = [(c, str(src)) for c in todo for src in source_files(c)]
+    remaining = {c.name: 0 for c in todo}
+    for collection, _ in units:
+        remaining[collection.name] += 1
     started = time.monotonic()
     records: dict[str, list[dict[str, Any]]] = {c.name: [] for c in todo}
     logger.info("converting %d score files of %s to MIDI in %s", len(units),
                 ", ".join(c.name for c in todo), out_root)
+    for collection in todo:
+        if remaining[collection.name] == 0:  # nothing of it in this music21
+            indexes[collection.name] = _write_index(collection, [], 0.0)
     with ProcessPoolExecutor(max_workers=_resolve_jobs(jobs)) as pool, \
             tqdm(total=len(units), unit="file", desc="music21 -> MIDI",
                  disable=not progress) as bar:
         futures = {pool.submit(convert_source, src, str(out_root), c.tunes_per_file,
-                               c.voices_as_tunes): c.name
-                   for c, src in units}
+                               c.voices_as_tunes): c for c, src in units}
         for future in as_completed(futures):
-            records[futures[future]].extend(future.result())
+            collection = futures[future]
+            records[collection.name].extend(future.result())
             bar.update()
-    elapsed = time.monotonic() - started
-    for collection in todo:
-        pieces = sorted(records[collection.name], key=lambda r: r["source"])
-        index = {
-            "format": INDEX_FORMAT,
-            "converter_version": CONVERTER_VERSION,
-            "collection": collection.name,
-            "tunes_per_file": collection.tunes_per_file,
-            "voices_as_tunes": collection.voices_as_tunes,
-            "music21_version": _music21_version(),
-            "pieces": pieces,
-            "converted": sum(1 for r in pieces if r["midi"]),
-            "failed": sum(1 for r in pieces if not r["midi"]),
-            "notes": sum(r["notes"] for r in pieces),
-            "cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in pieces), 1),
-            "batch_wall_seconds": round(elapsed, 1),
-        }
-        path = _index_path(collection)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(index, indent=1) + "\n")
-        indexes[collection.name] = index
-        if index["failed"]:
-            logger.info("%s: %d pieces could not be converted (see %s)", collection.name,
-                        index["failed"], path)
+            remaining[collection.name] -= 1
+            if remaining[collection.name] == 0:
+                # Index each collection as soon as it is complete: an interrupted run
+                # keeps what it finished.
+                indexes[collection.name] = _write_index(
+                    collection, records[collection.name], time.monotonic() - started)
     return indexes
+
+
+def _write_index(collection: Collection, records: list[dict[str, Any]],
+                 elapsed: float) -> dict[str, Any]:
+    pieces = sorted(records, key=lambda r: r["source"])
+    index = {
+        "format": INDEX_FORMAT,
+        "converter_version": CONVERTER_VERSION,
+        "collection": collection.name,
+        "tunes_per_file": collection.tunes_per_file,
+        "voices_as_tunes": collection.voices_as_tunes,
+        "music21_version": _music21_version(),
+        "pieces": pieces,
+        "converted": sum(1 for r in pieces if r["midi"]),
+        "failed": sum(1 for r in pieces if not r["midi"]),
+        "notes": sum(r["notes"] for r in pieces),
+        "cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in pieces), 1),
+        "wall_seconds_since_batch_start": round(elapsed, 1),
+    }
+    path = _index_path(collection)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(json.dumps(index, indent=1) + "\n")
+    partial.replace(path)  # readers never see half an index
+    if index["failed"]:
+        logger.info("%s: %d pieces could not be converted (see %s)", collection.name,
+                    index["failed"], path)
+    return index
 
 
 def _music21_version() -> str:
