@@ -488,6 +488,7 @@ def corpus_summary(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
             "description": spec.description,
             "collections": list(spec.collections),
             "converted": converted,
+            "converted_collections": sum(i is not None for i in indexes),
             "pieces": sum(i["converted"] for i in indexes) if converted else None,
             "failed": sum(i["failed"] for i in indexes) if converted else None,
             "notes": sum(i["notes"] for i in indexes) if converted else None,

@@ -92,6 +92,9 @@ def _corpora(args: argparse.Namespace) -> int:
     for row in rows:
         if row["converted"]:
             counts = f"{row['pieces']:>8}{row['notes']:>11}"
+        elif row["converted_collections"]:
+            done = f"{row['converted_collections']}/{len(row['collections'])} converted"
+            counts = f"{'not converted yet':>19}  ({done})"
         else:
             counts = f"{'not converted yet':>19}"
         print(f"{row['name']:<20}{counts}  {row['description']}")
