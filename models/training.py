@@ -15,7 +15,10 @@ import dataclasses
 import logging
 import random
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,23 @@ def _rng_states() -> dict[str, Any]:
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (a job scheduler, ``kill``) like Ctrl-C: stop and save checkpoints."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Trainer:
@@ -253,33 +273,34 @@ class Trainer:
         self.model.train()
         reason, metrics, losses, evaluated_at = "steps", {}, [], -1
         window_start, window_steps, rate = time.monotonic(), 0, 0.0
-        try:
-            while self.step < end:
-                losses.append(self.train_step())
-                window_steps += 1
-                bar.update(1)
-                if self.step % s.log_every == 0 or self.step == end:
-                    elapsed = time.monotonic() - window_start
-                    rate = tokens_per_step * window_steps / max(elapsed, 1e-9)
-                    lr = self.scheduler.get_last_lr()[0]
-                    loss = sum(losses) / len(losses)
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
-                    if rt.is_main:
-                        self.log.write({"step": self.step, "split": "train", "loss": loss,
-                                        "lr": lr, "tokens_per_s": rate})
-                    losses, window_start, window_steps = [], time.monotonic(), 0
-                if self.step % s.eval_every == 0 and self.step < end:
-                    metrics, evaluated_at = self.evaluate_and_save(), self.step
-                    window_start = time.monotonic()  # validation is not training time
-                if self._out_of_time(started):
-                    reason = "time_budget"
-                    break
-            else:
-                reason = "steps" if self.step >= s.steps else "stop_at"
-        except KeyboardInterrupt:
-            reason = "interrupted"
-        finally:
-            bar.close()
+        with _terminate_as_interrupt():
+            try:
+                while self.step < end:
+                    losses.append(self.train_step())
+                    window_steps += 1
+                    bar.update(1)
+                    if self.step % s.log_every == 0 or self.step == end:
+                        elapsed = time.monotonic() - window_start
+                        rate = tokens_per_step * window_steps / max(elapsed, 1e-9)
+                        lr = self.scheduler.get_last_lr()[0]
+                        loss = sum(losses) / len(losses)
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+                        if rt.is_main:
+                            self.log.write({"step": self.step, "split": "train", "loss": loss,
+                                            "lr": lr, "tokens_per_s": rate})
+                        losses, window_start, window_steps = [], time.monotonic(), 0
+                    if self.step % s.eval_every == 0 and self.step < end:
+                        metrics, evaluated_at = self.evaluate_and_save(), self.step
+                        window_start = time.monotonic()  # validation is not training time
+                    if self._out_of_time(started):
+                        reason = "time_budget"
+                        break
+                else:
+                    reason = "steps" if self.step >= s.steps else "stop_at"
+            except KeyboardInterrupt:
+                reason = "interrupted"
+            finally:
+                bar.close()
         if evaluated_at != self.step:
             metrics = self.evaluate_and_save()
         return {"step": self.step, "stopped": reason, "val": metrics,
