@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -29,6 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from engine import protocol
 from engine.keys import CurveKeys
+from engine.streams import Streams
 from models.exceptions import EngineError, MelodyError, ProtocolError
 from models.settings import EngineSettings
 
@@ -41,8 +41,8 @@ _MAX_READS_PER_ITERATION = 256
 _HARD_SIZE_FACTOR = 16
 # Time a graceful stop waits for the last replies (``done`` of cut streams) to leave.
 _CLOSE_LINGER_MS = 200
-
-SessionKey = tuple[bytes, str]
+# Pause after an unexpected loop error, so a persistent one cannot spin a core.
+_ERROR_PAUSE_S = 0.1
 
 
 def engine_version() -> str:
@@ -51,42 +51,6 @@ def engine_version() -> str:
         return version("melodyd")
     except PackageNotFoundError:
         return "unknown"
-
-
-@dataclass
-class _Running:
-    """One ``generate`` being served.
-
-    Attributes:
-        generation: the decoder's handle.
-        style: which decoder advances it.
-        identity: the ROUTER identity of the client that asked.
-        request_id: the client's ``id``, echoed on every reply.
-        session_key: (identity, session): the cache it uses.
-        notes_sent: notes streamed so far (reported in ``done``).
-    """
-
-    generation: Any
-    style: str
-    identity: bytes
-    request_id: str
-    session_key: SessionKey
-    notes_sent: int = 0
-
-
-@dataclass
-class _StyleCounters:
-    steps: int = 0      # batched decoder.step calls
-    rows: int = 0       # generations advanced by them (rows / steps = mean batch)
-    max_batch: int = 0
-
-
-@dataclass
-class _Counters:
-    requests: int = 0
-    errors: int = 0
-    tokens: int = 0
-    styles: dict[str, _StyleCounters] = field(default_factory=dict)
 
 
 class EngineServer:
@@ -123,11 +87,7 @@ class EngineServer:
         self._socket: zmq.Socket | None = None
         self._wake: zmq.Socket | None = None
         self._auth: Any = None
-        self._running: dict[tuple[bytes, str], _Running] = {}
-        self._by_session: dict[SessionKey, tuple[bytes, str]] = {}
-        # Sessions the decoders may hold a cache for, with the time they were last used.
-        self._sessions: dict[SessionKey, float] = {}
-        self._counters = _Counters(styles={s: _StyleCounters() for s in self.decoders})
+        self.streams = Streams(self.decoders, self.settings, self._send)
         self._started = time.monotonic()
         self._styles_facts = {name: _facts(d) for name, d in self.decoders.items()}
 
@@ -151,9 +111,13 @@ class EngineServer:
                     " with CURVE" if self.curve else "")
         try:
             while not self._stopping.is_set():
-                self._iterate()
+                try:
+                    self._iterate()
+                except Exception:  # the service's top level: log, pause, keep serving
+                    logger.exception("engine loop error; continuing")
+                    self._stopping.wait(_ERROR_PAUSE_S)
         finally:
-            self._finish_all("cancelled")
+            self.streams.finish_all("cancelled")
             self._close()
             logger.info("engine stopped")
 
@@ -218,16 +182,17 @@ class EngineServer:
             self._auth = None
         if self._context is not None:
             self._context.term()
+            self._context = None
 
     # --- the loop ------------------------------------------------------------------------
 
     def _poll_timeout_ms(self) -> int | None:
         """0 while generating; else sleep until the next session expiry (or forever)."""
-        if self._running:
+        if self.streams.running:
             return 0
-        if not self._sessions:
+        due = self.streams.next_expiry()
+        if due is None:
             return None
-        due = min(self._sessions.values()) + self.settings.session_idle_s
         return max(1, int((due - time.monotonic()) * 1000) + 1)
 
     def _iterate(self) -> None:
@@ -242,9 +207,9 @@ class EngineServer:
             return
         if self._socket in events:
             self._read_requests()
-        if self._running:
-            self._advance()
-        self._expire_sessions()
+        if self.streams.running:
+            self.streams.advance()
+        self.streams.expire_sessions()
 
     def _read_requests(self) -> None:
         for _ in range(_MAX_READS_PER_ITERATION):
@@ -254,8 +219,8 @@ class EngineServer:
                 return
             identity, payload = frames[0], frames[1:]
             if len(payload) != 1:
-                self._reply_error(identity, None, "bad_json",
-                                  f"a request is exactly one frame (received {len(payload)})")
+                self.streams.error(identity, None, "bad_json",
+                                   f"a request is exactly one frame (received {len(payload)})")
                 continue
             self._handle(identity, payload[0])
 
@@ -268,21 +233,15 @@ class EngineServer:
             request = protocol.parse_request(obj, self.settings.max_seed_notes)
             self._dispatch(identity, request)
         except ProtocolError as err:
-            self._reply_error(identity, request_id, err.code, str(err))
+            self.streams.error(identity, request_id, err.code, str(err))
         except MelodyError as err:
             # The decoder refused what was asked (e.g. a time signature outside the
             # model's vocabulary): the client's request, not the engine, is at fault.
-            self._reply_error(identity, request_id, "unsupported", str(err))
+            self.streams.error(identity, request_id, "unsupported", str(err))
         except Exception:  # a bug must cost one request, never the service
             logger.exception("internal error handling a request from %s", identity.hex())
-            self._reply_error(identity, request_id, "internal",
+            self.streams.error(identity, request_id, "internal",
                               "internal engine error; the request was dropped")
-
-    def _reply_error(self, identity: bytes, request_id: str | None, code: str,
-                     message: str) -> None:
-        self._counters.errors += 1
-        logger.debug("error %s to %s: %s", code, identity.hex(), message)
-        self._send(identity, protocol.error_reply(request_id, code, message))
 
     def _dispatch(self, identity: bytes, request: protocol.Request) -> None:
         if isinstance(request, protocol.PingRequest):
@@ -293,13 +252,9 @@ class EngineServer:
         elif isinstance(request, protocol.StatsRequest):
             self._send(identity, protocol.stats_reply(request.id, self.stats()))
         elif isinstance(request, protocol.CancelRequest):
-            running = self._running.get((identity, request.target))
-            if running is None:
-                raise ProtocolError("not_found",
-                                    f"no running generate with id {request.target!r}")
-            self._cancel(running, "cancelled")
+            self.streams.cancel(identity, request.target)
         else:
-            self._start(identity, request)
+            self.streams.start(identity, request)
 
     def _limits(self) -> dict[str, Any]:
         return {"max_message_bytes": self.settings.max_message_bytes,
@@ -308,136 +263,6 @@ class EngineServer:
                 "max_bars": protocol.MAX_BARS,
                 "session_idle_s": self.settings.session_idle_s}
 
-    # --- generations ---------------------------------------------------------------------
-
-    def _start(self, identity: bytes, message: protocol.GenerateMessage) -> None:
-        style = message.request.style
-        decoder = self.decoders.get(style)
-        if decoder is None:
-            raise ProtocolError("unknown_style", f"style {style!r} is not loaded "
-                                f"(loaded: {', '.join(self.decoders)})")
-        key = (identity, message.id)
-        if key in self._running:
-            raise ProtocolError("duplicate_id",
-                                f"a generate with id {message.id!r} is already running")
-        session_key = (identity, message.session)
-        previous = self._by_session.get(session_key)
-        # A newer request for the same jam replaces the running one: its answer is stale,
-        # and one session's cache can only feed one generation at a time.
-        if previous is not None:
-            self._cancel(self._running[previous], "superseded")
-        if len(self._running) >= self.settings.max_active:
-            raise ProtocolError("busy", f"the engine is running its maximum of "
-                                f"{self.settings.max_active} requests; retry later")
-        generation = decoder.start(session_key, message.request, message.id)
-        running = _Running(generation, style, identity, message.id, session_key)
-        self._running[key] = running
-        self._by_session[session_key] = key
-        self._sessions[session_key] = time.monotonic()
-        self._counters.requests += 1
-        self._flush(running)
-
-    def _advance(self) -> None:
-        """One token for every running generation: one batched step per style."""
-        by_style: dict[str, list[_Running]] = {}
-        for running in list(self._running.values()):
-            by_style.setdefault(running.style, []).append(running)
-        for style, candidates in by_style.items():
-            # A client that vanished while an earlier style was flushed is already gone.
-            batch = [r for r in candidates if self._is_running(r) and not r.generation.done]
-            if not batch:
-                continue
-            decoder = self.decoders[style]
-            try:
-                decoder.step([r.generation for r in batch])
-            except Exception:  # one broken batch must not take the other styles down
-                logger.exception("decoding step failed for style %r; dropping %d requests",
-                                 style, len(batch))
-                for running in batch:
-                    self._drop(running)
-                    self._reply_error(running.identity, running.request_id, "internal",
-                                      "internal engine error while decoding; request dropped")
-                continue
-            counters = self._counters.styles[style]
-            counters.steps += 1
-            counters.rows += len(batch)
-            counters.max_batch = max(counters.max_batch, len(batch))
-            for running in batch:
-                self._flush(running)
-
-    def _flush(self, running: _Running) -> None:
-        """Send the notes completed since the last flush, and ``done`` when it ended."""
-        if not self._is_running(running):
-            return
-        generation = running.generation
-        notes = generation.drain_notes()
-        if notes:
-            running.notes_sent += len(notes)
-            self._send(running.identity, protocol.notes_reply(running.request_id, notes))
-        if generation.done and self._is_running(running):
-            self._finish(running, generation.reason)
-
-    def _is_running(self, running: _Running) -> bool:
-        return self._running.get((running.identity, running.request_id)) is running
-
-    def _cancel(self, running: _Running, reason: str) -> None:
-        """Stop a generation now; notes not yet sent are dropped (the client asked to stop)."""
-        try:
-            self.decoders[running.style].cancel(running.generation)
-        except Exception:
-            logger.exception("cancelling request %r failed", running.request_id)
-        self._finish(running, reason)
-
-    def _finish(self, running: _Running, reason: str) -> None:
-        self._drop(running)
-        generation = running.generation
-        self._counters.tokens += int(generation.tokens)
-        self._send(running.identity, protocol.done_reply(
-            running.request_id, reason, notes=running.notes_sent,
-            tokens=int(generation.tokens), prefill_tokens=int(generation.prefill_tokens),
-            reused_tokens=int(generation.reused_tokens),
-            elapsed_ms=float(generation.elapsed) * 1000.0))
-
-    def _drop(self, running: _Running) -> None:
-        self._running.pop((running.identity, running.request_id), None)
-        if self._by_session.get(running.session_key) == (running.identity, running.request_id):
-            del self._by_session[running.session_key]
-        self._sessions[running.session_key] = time.monotonic()
-
-    def _finish_all(self, reason: str) -> None:
-        """End every stream (on shutdown) so no client waits for a ``done`` forever."""
-        for running in list(self._running.values()):
-            try:
-                self._cancel(running, reason)
-            except Exception:
-                logger.exception("could not end request %r cleanly", running.request_id)
-
-    def _drop_client(self, identity: bytes) -> None:
-        """The client is gone: stop decoding for it (no reply can reach it)."""
-        for running in [r for r in self._running.values() if r.identity == identity]:
-            logger.info("client %s disconnected; cancelling request %r", identity.hex(),
-                        running.request_id)
-            try:
-                self.decoders[running.style].cancel(running.generation)
-            except Exception:
-                logger.exception("cancelling request %r failed", running.request_id)
-            self._drop(running)
-
-    def _expire_sessions(self) -> None:
-        if not self._sessions:
-            return
-        now = time.monotonic()
-        limit = self.settings.session_idle_s
-        for key, last in list(self._sessions.items()):
-            if now - last < limit or key in self._by_session:
-                continue
-            del self._sessions[key]
-            for decoder in self.decoders.values():
-                drop = getattr(decoder, "drop_session", None)
-                if drop is not None:
-                    drop(key)
-            logger.debug("session %r of %s expired", key[1], key[0].hex())
-
     # --- output --------------------------------------------------------------------------
 
     def _send(self, identity: bytes, message: Mapping[str, Any]) -> None:
@@ -445,28 +270,17 @@ class EngineServer:
             self._socket.send_multipart([identity, protocol.encode_reply(message)],
                                         zmq.NOBLOCK)
         except zmq.ZMQError as err:
-            if err.errno not in (errno.EHOSTUNREACH, zmq.EAGAIN):
-                raise
-            # Unreachable (gone) or not reading (its queue is full): either way nobody
-            # will read this stream, so stop generating it.
-            logger.warning("client %s cannot take replies (%s)", identity.hex(), err)
-            self._drop_client(identity)
+            # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading and its queue
+            # is full. Either way nobody reads this stream, so stop generating it.
+            level = logging.INFO if err.errno == errno.EHOSTUNREACH else logging.WARNING
+            logger.log(level, "client %s cannot take replies (%s)", identity.hex(), err)
+            self.streams.drop_client(identity)
 
     def stats(self) -> dict[str, Any]:
         """The counters the ``stats`` reply carries."""
-        live_tokens = sum(int(r.generation.tokens) for r in self._running.values())
-        return {
-            "sessions": len(self._sessions),
-            "clients": len({key[0] for key in self._sessions}),
-            "active": len(self._running),
-            "requests": self._counters.requests,
-            "errors": self._counters.errors,
-            "tokens_generated": self._counters.tokens + live_tokens,
-            "uptime_s": round(time.monotonic() - self._started, 3),
-            "styles": {name: {"steps": c.steps, "rows": c.rows, "max_batch": c.max_batch,
-                              "active": sum(r.style == name for r in self._running.values())}
-                       for name, c in self._counters.styles.items()},
-        }
+        stats = self.streams.stats()
+        stats["uptime_s"] = round(time.monotonic() - self._started, 3)
+        return stats
 
 
 def _facts(decoder: Any) -> dict[str, Any]:

@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH", action="append", default=[],
                         help="a melodyd ONNX file to serve under the style in its metadata "
                              "(repeatable)")
+    parser.add_argument("--provider", choices=("cpu", "cuda"),
+                        help="ONNX Runtime execution provider (default: [engine] provider)")
     parser.add_argument("--config", metavar="PATH", help="a config file merged over the defaults")
     parser.add_argument("--curve-keys", metavar="DIR",
                         help="serve with CURVE using DIR/server.key_secret and the public "
@@ -109,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         for name, path in paths.items():
             print(f"{name:20s} {path}")
         return 0
-    settings = load_settings(args.config, overrides={"engine": {"bind": args.bind}}).engine
+    overrides = {"engine": {"bind": args.bind, "provider": args.provider}}
+    settings = load_settings(args.config, overrides).engine
     keys = choose_security(settings.bind, _configured_keys(args, settings),
                            insecure=args.insecure, force_curve=args.curve)
     if keys is not None:

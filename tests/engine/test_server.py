@@ -194,6 +194,28 @@ def test_an_exception_in_handling_costs_one_request(start_server, context, style
     assert done["reason"] in ("complete", "eos", "max_tokens")
 
 
+def test_a_failing_decoding_step_ends_its_batch_with_internal(start_server, context, style):
+    server = start_server()
+    decoder = server.decoders[style]
+    real_step = decoder.step
+    failures = [1]
+
+    def failing_step(generations) -> None:
+        if failures:
+            failures.pop()
+            raise RuntimeError("simulated ONNX failure")
+        real_step(generations)
+
+    decoder.step = failing_step
+    client = Client(context, server.endpoint)
+    client.send(generate("a", style, sampling={"greedy": True}))
+    reply = _next_of_type(client, "error")
+    assert reply["id"] == "a" and reply["code"] == "internal"
+    assert client.ask({"v": 1, "type": "stats"})["active"] == 0
+    client.send(generate("b", style, sampling={"greedy": True}))
+    assert client.stream("b")[1]["reason"] in ("complete", "eos", "max_tokens")
+
+
 def test_hello_lists_styles_facts_and_limits(start_server, context, style):
     server = start_server()
     reply = Client(context, server.endpoint).ask({"v": 1, "type": "hello", "id": "h"})
@@ -238,11 +260,13 @@ def test_two_clients_get_independent_correct_streams(start_server, context, styl
     def read(name: str, client: Client) -> None:
         results[name] = client.stream("same-id")[0]
 
-    readers = [threading.Thread(target=read, args=(n, c)) for n, c in (("a", a), ("b", b))]
+    readers = [threading.Thread(target=read, args=(n, c), daemon=True)
+               for n, c in (("a", a), ("b", b))]
     for reader in readers:
         reader.start()
     for reader in readers:
         reader.join(60)
+    assert not any(reader.is_alive() for reader in readers), "a stream never ended"
     assert results["a"] == expected_a
     assert results["b"] == expected_b
     stats = a.ask({"v": 1, "type": "stats"})
@@ -262,7 +286,7 @@ def test_sessions_of_one_style_share_one_step_per_iteration(start_server, contex
         real_iterate()
 
     def counting_step(generations) -> None:
-        calls.append((iteration[0], len(generations), len(server._running)))
+        calls.append((iteration[0], len(generations), len(server.streams.running)))
         real_step(generations)
 
     server._iterate, decoder.step = counting_iterate, counting_step
@@ -385,6 +409,17 @@ def test_vanished_client_stops_its_generation(start_server, context, style, tiny
         time.sleep(0.01)
     else:
         pytest.fail("the engine kept decoding for a client that left")
+
+
+def test_stopping_the_engine_ends_running_streams(start_server, context, style,
+                                                   tiny_onnx_model):
+    request = _long_request(tiny_onnx_model, style)
+    server = start_server()
+    client = Client(context, server.endpoint)
+    client.send(request)
+    assert client.recv()["id"] == "long"
+    server.stop()
+    assert _next_of_type(client, "done")["reason"] == "cancelled"
 
 
 def test_idle_engine_sleeps_and_expires_sessions(start_server, context, style):
