@@ -66,3 +66,15 @@ def test_a_tiny_model_loads_with_its_card(tiny_onnx_model):
     assert model.cache_kind == "kv"
     assert model.tokenizer.vocab_size == model.facts()["vocab_size"]
     assert model.providers == ["CPUExecutionProvider"]
+
+
+def test_cuda_falls_back_to_the_cpu_with_a_warning(tiny_onnx_model, caplog):
+    import onnxruntime as ort  # noqa: PLC0415
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: nothing falls back")
+    with caplog.at_level("INFO", logger="engine.model"):
+        model = load_model(tiny_onnx_model, EngineSettings(provider="cuda"))
+    assert model.providers == ["CPUExecutionProvider"]
+    assert "CUDAExecutionProvider" in caplog.text
+    assert "on CPUExecutionProvider" in caplog.text
