@@ -81,3 +81,19 @@ def test_generate_takes_a_random_prime_from_a_validation_split(tiny_onnx_model, 
     (start, _), = written.markers
     assert start == 6.0
     assert all(6.0 <= n.time / tpq < 9.0 for n in continuation.notes)
+
+
+def test_generate_needs_no_torch(tiny_onnx_model, tmp_path):
+    """The offline path of a fresh install (no train extra): torch made unimportable."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from models.cli import main\n"
+            f"sys.exit(main(['generate', '--model', {str(tiny_onnx_model)!r}, '--prime', "
+            f"{str(FIXTURES / 'fur_elise_opening.mid')!r}, '--bars', '1', '--seed', '2', "
+            f"'-o', {str(tmp_path)!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(list(tmp_path.glob("*.mid"))) == 1
