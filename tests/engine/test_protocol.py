@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine import protocol
 from engine.requests import Constraints, SamplingParams
@@ -204,3 +206,35 @@ def test_error_codes_are_documented():
         assert f"`{code}`" in doc, code
     for reason in protocol.DONE_REASONS:
         assert f"`{reason}`" in doc, reason
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12)
+_fields = st.sampled_from(["v", "type", "id", "session", "style", "seed", "time_signature",
+                           "start_beat", "bars", "sampling", "constraints", "target", "t"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.sampled_from(["generate", "ping", "cancel", "hello", "stats"]),
+       changes=st.dictionaries(_fields, _json, max_size=4))
+def test_any_json_is_parsed_or_refused_with_a_code(base, changes):
+    message = generate() if base == "generate" else {"v": 1, "type": base, "id": "x",
+                                                     "target": "g"}
+    message.update(changes)
+    try:
+        protocol.parse_message(frame(message))
+    except ProtocolError as err:
+        assert err.code in protocol.ERROR_CODES and str(err)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=200))
+def test_any_bytes_are_parsed_or_refused_with_a_code(data):
+    try:
+        protocol.parse_message(data)
+    except ProtocolError as err:
+        assert err.code in protocol.ERROR_CODES
