@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -76,8 +77,9 @@ class Streams:
         self.running: dict[StreamKey, Stream] = {}
         # The stream currently using each session's cache (at most one).
         self._by_session: dict[SessionKey, StreamKey] = {}
-        # Sessions the decoders may hold a cache for, with the time they were last used.
-        self.sessions: dict[SessionKey, float] = {}
+        # Sessions the decoders may hold a cache for, with the time they were last used,
+        # least recently used first, so expiry looks at the front only.
+        self.sessions: OrderedDict[SessionKey, float] = OrderedDict()
         self.requests = 0
         self.errors = 0
         self.tokens = 0
@@ -114,7 +116,7 @@ class Streams:
         stream = Stream(generation, style, identity, message.id, session_key)
         self.running[key] = stream
         self._by_session[session_key] = key
-        self.sessions[session_key] = time.monotonic()
+        self._touch(session_key)
         self.requests += 1
         self._flush(stream)
 
@@ -202,7 +204,7 @@ class Streams:
         self.running.pop(stream.key, None)
         if self._by_session.get(stream.session_key) == stream.key:
             del self._by_session[stream.session_key]
-        self.sessions[stream.session_key] = time.monotonic()
+        self._touch(stream.session_key)
 
     def finish_all(self, reason: str) -> None:
         """End every stream (on shutdown) so no client waits for a ``done`` forever."""
@@ -227,19 +229,32 @@ class Streams:
 
     # --- sessions ------------------------------------------------------------------------
 
+    def _touch(self, key: SessionKey) -> None:
+        self.sessions[key] = time.monotonic()
+        self.sessions.move_to_end(key)
+
     def next_expiry(self) -> float | None:
-        """When (``time.monotonic``) the next idle session expires, if any."""
-        if not self.sessions:
-            return None
-        return min(self.sessions.values()) + self.settings.session_idle_s
+        """When (``time.monotonic``) the least recently used session expires, if any."""
+        for last in self.sessions.values():
+            return last + self.settings.session_idle_s
+        return None
 
     def expire_sessions(self) -> None:
-        """Drop the caches of sessions idle longer than ``session_idle_s``."""
-        now = time.monotonic()
-        limit = self.settings.session_idle_s
-        for key, last in list(self.sessions.items()):
-            if now - last < limit or key in self._by_session:
-                continue
+        """Drop the caches of sessions idle longer than ``session_idle_s``.
+
+        Called every loop iteration, so it looks only at the expired front of the
+        least-recently-used order (plus the few sessions still streaming there).
+        """
+        if not self.sessions:
+            return
+        deadline = time.monotonic() - self.settings.session_idle_s
+        expired = []
+        for key, last in self.sessions.items():
+            if last > deadline:
+                break
+            if key not in self._by_session:  # a long stream keeps its session alive
+                expired.append(key)
+        for key in expired:
             del self.sessions[key]
             for decoder in self.decoders.values():
                 decoder.drop_session(key)
