@@ -73,16 +73,35 @@ def setup_runtime(device: str, threads: int = 0) -> Runtime:
     return Runtime(where, torch.distributed.get_rank(), world_size)
 
 
-def autocast_for(device: torch.device) -> tuple[Any, bool]:
-    """Mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling).
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (avx512_bf16 or AMX); Linux only."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast_for(device: torch.device, precision: str = "auto") -> tuple[Any, bool]:
+    """The mixed-precision context of a device and precision setting.
+
+    ``auto``: bf16 on a CUDA device that supports it, else fp16 with loss scaling; bf16 on
+    a CPU with native bf16, else fp32. Weights and optimizer state always stay fp32.
 
     Returns:
-        The autocast context (None on the CPU) and whether fp16 loss scaling is needed.
+        The autocast context (None for fp32) and whether fp16 loss scaling is needed.
     """
-    if device.type != "cuda":
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp32":
         return None, False
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype), dtype == torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise ModelError("fp16 training needs a CUDA device (use bf16 or fp32 on the CPU)")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype), dtype == torch.float16
 
 
 @dataclasses.dataclass

@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batches", type=int, help="evaluate at most this many batches")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads")
+    parser.add_argument("--precision", default="fp32", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="arithmetic of the evaluation (default fp32, the exact one)")
     parser.add_argument("--json", type=Path, dest="json_out",
                         help="where to write the metrics (default CHECKPOINT-eval-SPLIT.json)")
 
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     windows = WindowBatches(tokens, int(loaded.model_config["context_length"]))
     batches = tqdm(windows.eval_batches(args.batch_size, args.max_batches),
                    desc=f"eval {args.split}", unit="batch", leave=False)
-    metrics = evaluate(loaded.model, batches, runtime.device, autocast_for(runtime.device)[0])
+    autocast, _ = autocast_for(runtime.device, args.precision)
+    metrics = evaluate(loaded.model, batches, runtime.device, autocast)
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split,
               "arch": loaded.arch, "step": loaded.step, **metrics}
     out = args.json_out or args.checkpoint.with_name(

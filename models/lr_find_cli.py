@@ -9,6 +9,7 @@ before it reaches its minimum: large enough to learn quickly, below where it div
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -42,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to run")
     parser.add_argument("--threads", type=int, help="PyTorch CPU threads (0 = default)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="mixed precision, as in training")
 
 
 def suggest(rates: list[float], smoothed: list[float]) -> float:
@@ -82,6 +85,7 @@ def range_test(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     import torch  # noqa: PLC0415
 
     from models.build import (  # noqa: PLC0415
+        autocast_for,
         freeze_lower,
         load_run_data,
         make_optimizer,
@@ -109,6 +113,7 @@ def range_test(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
         _, _, model = new_model(settings, data.tokenizer["vocab_size"])
     model.to(runtime.device).train()
     optimizer = make_optimizer(model, settings, args.start)
+    autocast, _ = autocast_for(runtime.device, settings.precision)
     growth = (args.end / args.start) ** (1.0 / max(1, args.steps - 1))
     rates: list[float] = []
     losses: list[float] = []
@@ -121,8 +126,9 @@ def range_test(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
         for group in optimizer.param_groups:
             group["lr"] = rate
         inputs, targets = data.train.train_batch(step, settings.batch_size, settings.seed)
-        logits, _ = model(inputs.to(runtime.device))
-        loss = lm_loss(logits, targets.to(runtime.device))
+        with autocast if autocast is not None else contextlib.nullcontext():
+            logits, _ = model(inputs.to(runtime.device))
+            loss = lm_loss(logits, targets.to(runtime.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip > 0:  # as in training, so the suggested rate carries over
@@ -159,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 5:
         raise ConfigError(f"--steps must be at least 5 (received {args.steps})")
     flags = {"arch": args.arch, "size": args.size, "batch_size": args.batch_size,
-             "seed": args.seed, "device": args.device, "threads": args.threads}
+             "seed": args.seed, "device": args.device, "threads": args.threads,
+             "precision": args.precision}
     settings = load_settings(args.config, {"train": flags}).train
     result = range_test(args, settings)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -204,6 +204,7 @@ class TrainSettings:
     threads: int = setting(0, low=0, high=256)
     time_budget: float = setting(0.0, low=0.0)
     device: str = setting("auto", choices=("auto", "cpu", "cuda"))
+    precision: str = setting("auto", choices=("auto", "fp32", "bf16", "fp16"))
     freeze: int = setting(2, low=0, high=64)
     finetune_steps: int = setting(2_000, low=1)
     finetune_lr: float = setting(3e-4, low=0.0, high=1.0)

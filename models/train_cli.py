@@ -20,7 +20,7 @@ HELP = "train a GPT, LSTM or GRU on a dataset built by `melody data build`"
 # Flags that map one to one onto [train] settings (dest -> settings field).
 _OVERRIDES = ("arch", "size", "steps", "batch_size", "lr", "warmup_steps", "eval_every",
               "eval_batches", "seed", "device", "threads", "time_budget", "dropout",
-              "weight_decay", "grad_clip", "log_every")
+              "weight_decay", "grad_clip", "log_every", "precision")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +41,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed (same seed, same run)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train")
     parser.add_argument("--threads", type=int, help="PyTorch CPU threads (0 = default)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="mixed precision (auto: bf16 where the hardware has it)")
     parser.add_argument("--time-budget", type=float, metavar="MIN",
                         help="stop gracefully after this many minutes (checkpoints saved)")
     parser.add_argument("--resume", action="store_true",

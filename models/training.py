@@ -149,7 +149,7 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.optimizer = make_optimizer(self.raw_model, settings, settings.lr)
         self.scheduler = make_scheduler(self.optimizer, settings, settings.steps)
-        self.autocast, needs_scaling = autocast_for(self.runtime.device)
+        self.autocast, needs_scaling = autocast_for(self.runtime.device, settings.precision)
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaling else None
         self.step = 0
         self.best_val = float("inf")
