@@ -6,6 +6,7 @@ free loopback port and is stopped in teardown.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -23,11 +24,13 @@ import pytest
 import zmq
 import zmq.auth
 
+from engine import server_cli
 from engine.decoder import StyleDecoder
 from engine.keys import CurveKeys, choose_security, is_local_endpoint, make_keys
 from engine.model import load_model
 from engine.protocol import parse_generate
 from engine.server import EngineServer
+from models.cli import load_commands
 from models.exceptions import EngineError
 from models.notes import Note
 from models.settings import EngineSettings
@@ -546,3 +549,12 @@ def test_make_keys_writes_a_usable_layout(tmp_path):
     with pytest.raises(EngineError, match="already holds keys"):
         make_keys(tmp_path / "k")
 
+
+
+def test_engine_command_is_registered_for_melodyd(tmp_path, capsys):
+    assert load_commands("melodyd.commands")["engine"] is server_cli
+    parser = argparse.ArgumentParser()
+    server_cli.add_arguments(parser)
+    assert server_cli.run(parser.parse_args(["--make-keys", str(tmp_path / "keys")])) == 0
+    assert "server_secret" in capsys.readouterr().out
+    assert (tmp_path / "keys" / "authorized_clients" / "client.key").is_file()
