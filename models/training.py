@@ -76,7 +76,11 @@ def resume_settings(out_dir: Path, overrides: dict[str, Any]) -> TrainSettings:
         ModelError: no readable ``last.pt`` in ``out_dir``.
     """
     state = read_checkpoint(Path(out_dir) / "last.pt")
-    saved = TrainSettings(**state["train_config"]["settings"])
+    try:
+        saved = TrainSettings(**state["train_config"]["settings"])
+    except (KeyError, TypeError) as err:
+        raise ModelError(f"{Path(out_dir) / 'last.pt'} holds settings this melodyd does not "
+                         f"know: {err}") from err
     return dataclasses.replace(saved, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -133,6 +137,13 @@ class Trainer:
         elif resume_state is not None:
             context = self.model_config["context_length"]
         self.data = load_run_data(request.data_dir, context or self._size_context())
+        if resume_state is not None:
+            saved = resume_state["tokenizer"].get("fingerprint")
+            if saved != self.data.tokenizer.get("fingerprint"):
+                raise ModelError(f"{request.data_dir} uses another vocabulary than the run "
+                                 f"in {self.out_dir}; resume it on the same dataset")
+            if resume_state.get("data", {}).get("hash") != self.data.summary.get("hash"):
+                logger.warning("resuming on a dataset whose content differs from the run's")
         if resume_state is None:
             if request.init_from is not None:
                 self.arch, self.model_config, model = model_from_checkpoint(
