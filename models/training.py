@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import random
 import shutil
 import signal
@@ -288,6 +289,10 @@ class Trainer:
             try:
                 while self.step < end:
                     losses.append(self.train_step())
+                    if not math.isfinite(losses[-1]):
+                        raise ModelError(f"training diverged at step {self.step} (loss "
+                                         f"{losses[-1]}); last.pt holds the previous "
+                                         f"evaluation; try a lower --lr")
                     window_steps += 1
                     bar.update(1)
                     if self.step % s.log_every == 0 or self.step == end:
