@@ -118,7 +118,7 @@ class Streams:
         self._by_session[session_key] = key
         self._touch(session_key)
         self.requests += 1
-        self._flush(stream)
+        self._flush_safely(stream)
 
     def cancel(self, identity: bytes, target: str) -> None:
         """End one of this client's streams with ``done`` reason ``cancelled``.
@@ -158,7 +158,18 @@ class Streams:
             counters.rows += len(batch)
             counters.max_batch = max(counters.max_batch, len(batch))
             for stream in batch:
-                self._flush(stream)
+                self._flush_safely(stream)
+
+    def _flush_safely(self, stream: Stream) -> None:
+        """Flush one stream; a failure ends that stream with ``internal``, not the loop."""
+        try:
+            self._flush(stream)
+        except Exception:  # e.g. a note that cannot be encoded: drop this stream only
+            logger.exception("streaming request %r failed; dropping it", stream.request_id)
+            if self._is_running(stream):
+                self._cancel_quietly(stream)
+                self.error(stream.identity, stream.request_id, "internal",
+                           "internal engine error while streaming; request dropped")
 
     def _flush(self, stream: Stream) -> None:
         """Send the notes completed since the last flush, and ``done`` when it ended."""

@@ -219,6 +219,28 @@ def test_a_failing_decoding_step_ends_its_batch_with_internal(start_server, cont
     assert client.stream("b")[1]["reason"] in ("complete", "eos", "max_tokens")
 
 
+def test_a_note_that_cannot_be_sent_ends_only_its_stream(start_server, context, style):
+    server = start_server()
+    decoder = server.decoders[style]
+    real_start = decoder.start
+
+    def start_with_a_broken_note(session_key, request, request_id=None):
+        generation = real_start(session_key, request, request_id)
+        if request_id == "broken":
+            real_drain = generation.drain_notes
+            generation.drain_notes = lambda: [Note(float("nan"), 1.0, 60, 80), *real_drain()]
+        return generation
+
+    decoder.start = start_with_a_broken_note
+    client = Client(context, server.endpoint)
+    client.send(generate("broken", style, session="a", sampling={"greedy": True}))
+    reply = _next_of_type(client, "error")
+    assert reply["id"] == "broken" and reply["code"] == "internal"
+    client.send(generate("fine", style, session="b", sampling={"greedy": True}))
+    assert client.stream("fine")[1]["type"] == "done"
+    assert client.ask({"v": 1, "type": "stats"})["active"] == 0
+
+
 def test_hello_lists_styles_facts_and_limits(start_server, context, style):
     server = start_server()
     reply = Client(context, server.endpoint).ask({"v": 1, "type": "hello", "id": "h"})
