@@ -22,6 +22,8 @@ from models.exceptions import MelodyError, ToolError
 
 logger = logging.getLogger(__name__)
 
+# The dataset of the base model under --data-root (`melody train-styles` names it so).
+BASE_DATASET = "base"
 HELP = "evaluate the installed style models (perplexity, style fidelity, statistics) into a report"
 
 
@@ -90,6 +92,18 @@ def _select_styles(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
         raise ToolError(f"not installed in {directory}: {', '.join(missing)} "
                         f"(installed: {', '.join(installed)})")
     return directory, {s: installed[s] for s in wanted}
+
+
+def _classifier_data(data_root: Path, evaluated: dict[str, Path]) -> dict[str, Path]:
+    """The styles the classifier learns: the evaluated ones, then every other style dataset.
+
+    Other datasets under ``data_root`` join so that fidelity means the same whether one
+    style or all are evaluated; ``base`` (every corpus together) is no style.
+    """
+    others = {} if not data_root.is_dir() else {
+        d.name: d for d in sorted(data_root.iterdir())
+        if d.name not in evaluated and d.name != BASE_DATASET and (d / "manifest.json").is_file()}
+    return {**evaluated, **others}
 
 
 def _train_classifier(data: dict[str, Path], config: Any) -> tuple[Any, dict[str, Any],
@@ -228,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
                                 "seed": args.seed}},
         "styles": {},
     }
-    classifier, report, real = _train_classifier(data, config)
+    classifier, report, real = _train_classifier(_classifier_data(data_root, data), config)
     results["classifier"] = {k: v for k, v in report.items() if k != "model"}
     primes = fixed_primes(data_root if data else None, bars=config.prime_bars)
     results["primes"] = [{"name": p.name, "title": p.title, "source": p.source,
@@ -239,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         fur.notes, img_dir / "fur_elise_prime.png", bar_length=fur.bar_length,
         title="Für Elise, the prime: the upbeat bar and bars 1-8", width=1200,
         height=450).relative_to(doc_dir))
-    seen_by_base = base_train_pieces(data_root)
+    seen_by_base = base_train_pieces(data_root, BASE_DATASET)
     for style, path in styles.items():
         entry: dict[str, Any] = {"notes": []}
         results["styles"][style] = entry
@@ -273,6 +287,9 @@ def run(args: argparse.Namespace) -> int:
             entry["notes"].append(f"{unfinished} of {len(continuations)} continuations ended "
                                   "before their last bar")
         entry["fidelity"] = _fidelity(classifier, report, style, continuations, config.bars)
+        if not entry["fidelity"] and style in data:
+            entry["notes"].append("no style fidelity: the classifier needs datasets of at least "
+                                  "two styles under the data root")
         reference = real[style]["reference"] if style in real else None
         entry["generated"] = passage_stats([c.segment(config.bars) for c in continuations],
                                            reference)

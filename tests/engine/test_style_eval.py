@@ -155,3 +155,15 @@ def test_fixed_primes_come_from_held_out_pieces(setup: dict[str, Path]) -> None:
         assert all(0 <= n.onset < prime.length for n in prime.notes)
     assert primes[2].time_signature == (3, 4)
     assert primes[0].length == 13.5  # Für Elise: the upbeat bar and 8 bars of 3/8
+
+
+def test_one_style_is_judged_against_every_style_dataset(setup: dict[str, Path]) -> None:
+    out = setup["root"] / "one" / "styles.md"
+    code = main(["eval-styles", "--models-dir", str(setup["models"]), "--data-root",
+                 str(setup["data"]), "--styles", "tune", "-o", str(out), "--bars", "2",
+                 "--samples", "1", "--max-eval-tokens", "500"])
+    assert code == 0
+    results = json.loads(out.with_suffix(".json").read_text())
+    assert list(results["styles"]) == ["tune"]
+    assert results["classifier"]["classes"] == ["tune", "chorale"]
+    assert results["styles"]["tune"]["fidelity"]["real"] >= 0.9
