@@ -391,6 +391,10 @@ def _convert(todo: list[Collection], out_root: Path, jobs: int,
         # Start clean: files of an older or interrupted conversion must not linger.
         shutil.rmtree(out_root / collection.name, ignore_errors=True)
     units = [(c, str(src)) for c in todo for src in source_files(c)]
+    # Largest files first, so that a long quartet or a 300-tune ABC file does not start
+    # last and leave every other worker idle.
+    base = music21_corpus_dir()
+    units.sort(key=lambda unit: -(base / unit[1]).stat().st_size)
     remaining = {c.name: 0 for c in todo}
     for collection, _ in units:
         remaining[collection.name] += 1
