@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 # Requests read per loop iteration at most, so a flood cannot stall running streams.
 _MAX_READS_PER_ITERATION = 256
+# Generates started per iteration at most while others are running (see _read_requests).
+_MAX_STARTS_PER_ITERATION = 4
 # Frames far beyond the protocol limit are cut by zmq itself (the peer is disconnected)
 # before they fill memory; frames up to this size get a polite ``too_large`` reply.
 _HARD_SIZE_FACTOR = 16
@@ -212,7 +214,13 @@ class EngineServer:
         self.streams.expire_sessions()
 
     def _read_requests(self) -> None:
+        starts = 0
         for _ in range(_MAX_READS_PER_ITERATION):
+            # Each start runs a prefill; while streams are running, a burst of requests is
+            # started a few per iteration so the running ones keep their pace. The rest
+            # stay queued in the socket, in order.
+            if starts >= _MAX_STARTS_PER_ITERATION and self.streams.running:
+                return
             try:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -222,11 +230,16 @@ class EngineServer:
                 self.streams.error(identity, None, "bad_json",
                                    f"a request is exactly one frame (received {len(payload)})")
                 continue
-            self._handle(identity, payload[0])
+            starts += self._handle(identity, payload[0])
 
-    def _handle(self, identity: bytes, frame: bytes) -> None:
-        """Answer one request frame; nothing raised here may end the loop."""
+    def _handle(self, identity: bytes, frame: bytes) -> bool:
+        """Answer one request frame; nothing raised here may end the loop.
+
+        Returns:
+            whether it was a valid ``generate`` (started or refused by the decoder).
+        """
         request_id = None
+        request = None
         try:
             obj = protocol.decode_frame(frame, self.settings.max_message_bytes)
             request_id = protocol.request_id_of(obj)
@@ -241,7 +254,8 @@ class EngineServer:
         except Exception:  # a bug must cost one request, never the service
             logger.exception("internal error handling a request from %s", identity.hex())
             self.streams.error(identity, request_id, "internal",
-                              "internal engine error; the request was dropped")
+                               "internal engine error; the request was dropped")
+        return isinstance(request, protocol.GenerateMessage)
 
     def _dispatch(self, identity: bytes, request: protocol.Request) -> None:
         if isinstance(request, protocol.PingRequest):
