@@ -340,6 +340,36 @@ def test_sessions_of_one_style_share_one_step_per_iteration(start_server, contex
         assert streams[request["id"]] == alone(tiny_onnx_model, request), request["id"]
 
 
+def test_a_burst_of_requests_starts_a_few_per_iteration(start_server, context, style):
+    server = start_server()
+    decoder = server.decoders[style]
+    real_start, real_iterate = decoder.start, server._iterate
+    iteration = [0]
+    starts: list[tuple[int, int]] = []  # (iteration, streams running before this start)
+
+    def counting_iterate() -> None:
+        iteration[0] += 1
+        real_iterate()
+
+    def counting_start(session_key, request, request_id=None):
+        starts.append((iteration[0], len(server.streams.running)))
+        return real_start(session_key, request, request_id)
+
+    server._iterate, decoder.start = counting_iterate, counting_start
+    client = Client(context, server.endpoint)
+    for i in range(12):
+        client.send(generate(f"r{i}", style, session=f"s{i}", sampling={"seed": i}))
+    finished = 0
+    while finished < 12:
+        finished += client.recv()["type"] == "done"
+    per_iteration: dict[int, int] = {}
+    for it, running in starts:
+        if running:  # the cap applies while other streams are running
+            per_iteration[it] = per_iteration.get(it, 0) + 1
+    assert len(starts) == 12
+    assert max(per_iteration.values()) <= 4
+
+
 def _long_request(model_path: Path, style: str) -> dict[str, Any]:
     """A sampled request that runs long enough to be cancelled mid-stream."""
     for seed in range(20):
