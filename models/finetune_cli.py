@@ -52,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
     summary = train(settings, request)
     if summary["rank"] != 0:
         return 0
-    print(f"froze {summary['frozen']} parameter tensors (embeddings and {freeze} lower blocks)")
+    print(f"froze {summary['frozen']} parameter tensors (embeddings and "
+          f"{summary['freeze']} lower blocks)")
     return report(summary, args.out)

@@ -321,7 +321,8 @@ class Trainer:
             metrics = self.evaluate_and_save()
         return {"step": self.step, "stopped": reason, "val": metrics,
                 "best_val_loss": self.best_val, "parameters": self.num_parameters,
-                "tokens_per_s": rate, "frozen": len(self.frozen), "rank": rt.rank}
+                "tokens_per_s": rate, "frozen": len(self.frozen), "freeze": self.freeze,
+                "rank": rt.rank}
 
 
 def train(settings: TrainSettings, request: RunRequest) -> dict[str, Any]:
