@@ -394,7 +394,7 @@ def _convert(todo: list[Collection], out_root: Path, jobs: int,
     # Largest files first, so that a long quartet or a 300-tune ABC file does not start
     # last and leave every other worker idle.
     base = music21_corpus_dir()
-    units.sort(key=lambda unit: -(base / unit[1]).stat().st_size)
+    units.sort(key=lambda unit: -_size(base / unit[1]))
     remaining = {c.name: 0 for c in todo}
     for collection, _ in units:
         remaining[collection.name] += 1
@@ -421,6 +421,13 @@ def _convert(todo: list[Collection], out_root: Path, jobs: int,
                 indexes[collection.name] = _write_index(
                     collection, records[collection.name], time.monotonic() - started)
     return indexes
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0  # the worker reports the missing file as a failed conversion
 
 
 def _write_index(collection: Collection, records: list[dict[str, Any]],
