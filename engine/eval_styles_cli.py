@@ -120,9 +120,9 @@ def _train_classifier(data: dict[str, Path], config: Any) -> tuple[Any, dict[str
     )
 
     classes = list(data)
-    train = {s: dataset_segments(d, "train", config.bars,
+    train = {s: dataset_segments(d, "train", config.bars, max_per_piece=config.train_per_piece,
                                  max_segments=config.max_train_segments) for s, d in data.items()}
-    test = {s: dataset_segments(d, "test", config.bars,
+    test = {s: dataset_segments(d, "test", config.bars, max_per_piece=config.test_per_piece,
                                 max_segments=config.max_test_segments) for s, d in data.items()}
     real = {s: {"test": test[s], "reference": reference_histogram(train[s])} for s in classes}
     if len(classes) < 2 or not all(train.values()) or not all(test.values()):

@@ -53,6 +53,9 @@ class EvalConfig:
         max_eval_tokens: held-out tokens scored per style (perplexity, accuracy).
         max_train_segments: real segments per style the classifier learns from.
         max_test_segments: real held-out segments per style it is tested on.
+        train_per_piece: most segments taken from one train piece.
+        test_per_piece: most segments taken from one test piece (more than for training:
+            small styles have only a few test pieces, and every bar of them counts).
         sampling: how continuation tokens are drawn (``seed`` is the first sample's seed).
     """
 
@@ -62,6 +65,8 @@ class EvalConfig:
     max_eval_tokens: int = 50_000
     max_train_segments: int = 1500
     max_test_segments: int = 400
+    train_per_piece: int = 8
+    test_per_piece: int = 32
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(
         temperature=1.0, top_p=0.95, seed=0))
 
