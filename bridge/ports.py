@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -43,9 +44,34 @@ class Ports:
 
     def close(self) -> None:
         """Close both ports (the input first, so no callback runs on a closed output)."""
-        for port in (self.input, self.output):
-            with contextlib.suppress(Exception):  # closing at exit: nothing left to save
-                port.close()
+        with contextlib.suppress(Exception):  # closing at exit: nothing left to save
+            close_input(self.input)
+        with contextlib.suppress(Exception):
+            self.output.close()
+
+
+CALLBACK_DRAIN_S = 0.02  # lets a callback already waiting for the GIL finish
+
+
+def close_input(port: mido.ports.BaseInput) -> None:
+    """Close an input port without deadlocking against its own callback.
+
+    python-rtmidi runs the callback on the MIDI system's thread (JACK's process thread),
+    which must take the GIL. Closing a JACK client waits for that thread to finish its
+    cycle, while the closing thread holds the GIL: a message arriving during the close
+    (a DAW's clock arrives 48 times a second) deadlocks both. mido's own close re-installs
+    its callback wrapper, so cancel rtmidi's callback directly, give a callback in flight
+    time to return, then close.
+    """
+    rt = getattr(port, "_rt", None)
+    if rt is None or port.closed:
+        port.close()
+        return
+    rt.cancel_callback()
+    time.sleep(CALLBACK_DRAIN_S)  # releases the GIL
+    rt.close_port()
+    rt.delete()
+    port.closed = True
 
 
 @contextlib.contextmanager

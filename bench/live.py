@@ -1,0 +1,231 @@
+"""Live benchmark of melodyd through real JACK ports.
+
+Starts a private JACK server (dummy backend), runs ``melodyd --backend jack`` with a
+model (its engine as a child process), and a probe client that plays phrases at a tempo
+and records the answers. Measures:
+
+- output onset error against the 1/12-beat grid of melodyd's timeline (p50/p99/max),
+  on the wall clock at the probe's input;
+- phrase end -> first answer note out, and trigger -> first note from the engine;
+- notes dropped for lateness (melodyd's own count);
+- idle CPU of melodyd and its engine child (% of one core over ``--idle`` seconds with
+  nobody playing, from /proc) and their resident memory.
+
+Prints a table and writes JSON. Run: ``python bench/live.py --model models/pretrained/X.onnx``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bridge.jack_rig import JackServer, Probe
+
+POSITIONS_PER_BEAT = 12
+PHRASES = [
+    [(0.0, 0.5, 60, 80), (1.0, 0.5, 64, 90), (2.0, 0.5, 67, 100), (3.0, 0.75, 72, 90)],
+    [(0.0, 0.25, 69, 70), (0.5, 0.25, 67, 80), (1.0, 1.0, 65, 90), (2.5, 1.0, 64, 80)],
+]
+CONFIG = """
+[interaction]
+status_interval_s = 1.0
+response_bars = {bars}
+[sampling]
+max_polyphony = {polyphony}
+"""
+
+
+def clock_ticks() -> int:
+    return os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, in seconds (from /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / clock_ticks()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (from /proc/PID/task/*/children)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(x) for x in text]
+    return found
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), nearest-rank."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def wait_for_log(path: Path, pattern: str, timeout: float, count: int = 1) -> str:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        text = path.read_text(errors="replace")
+        if len(re.findall(pattern, text)) >= count:
+            return text
+        time.sleep(0.05)
+    raise SystemExit(f"melodyd did not log {pattern!r} within {timeout} s:\n"
+                     f"{path.read_text(errors='replace')[-3000:]}")
+
+
+def run(args: argparse.Namespace) -> dict:
+    server = JackServer(period=args.period)
+    server.start()
+    os.environ.update(server.env())
+    workdir = Path(tempfile.mkdtemp(prefix="melodyd-bench-"))
+    config = workdir / "bench.toml"
+    config.write_text(CONFIG.format(bars=args.bars, polyphony=args.polyphony))
+    log_path = workdir / "melodyd.log"
+    exe = shutil.which("melodyd")
+    command = [exe] if exe else [sys.executable, "-m", "bridge.cli"]
+    command += ["--backend", "jack", "--model", str(args.model), "--bpm", str(args.bpm),
+                "--config", str(config), "--verbose"]
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+    probe = None
+    try:
+        probe = Probe(timeout=60)
+        text = wait_for_log(log_path, r"engine at .* is up", 120)
+        origin = float(re.search(r"beat 0 at monotonic ([0-9.]+)", text).group(1))
+        spb = 60.0 / args.bpm
+        engine_pids = children(daemon.pid)
+
+        # Idle: nobody plays. Let start-up settle first.
+        time.sleep(2.0)
+        pids = {"melodyd": daemon.pid, **{f"engine[{p}]": p for p in engine_pids}}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        t0 = time.monotonic()
+        time.sleep(args.idle)
+        elapsed = time.monotonic() - t0
+        idle_cpu = {name: 100.0 * (cpu_seconds(pid) - before[name]) / elapsed
+                    for name, pid in pids.items()}
+
+        errors_ms: list[float] = []
+        signed_ms: list[float] = []
+        reaction_ms: list[float] = []
+        answered = 0
+        for i in range(args.phrases):
+            phrase = PHRASES[i % len(PHRASES)]
+            bar = math.ceil((time.monotonic() + 0.3 - origin) / (4 * spb))
+            start = origin + bar * 4 * spb
+            probe.clear()
+            end = probe.play(phrase, start, spb)
+            answer_bar = math.ceil(((end - origin) / spb + 1.0 + 0.1) / 4)
+            answer_end = origin + (answer_bar + args.bars) * 4 * spb
+            time.sleep(max(0.0, answer_end - time.monotonic()) + 0.3)
+            ons = [r for r in probe.messages(end) if r.message.type == "note_on"
+                   and r.message.velocity > 0]
+            if not ons:
+                continue
+            answered += 1
+            reaction_ms.append((ons[0].t - end) * 1000)
+            for r in ons:
+                beat = (r.t - origin) / spb
+                line = round(beat * POSITIONS_PER_BEAT) / POSITIONS_PER_BEAT
+                error = (r.t - (origin + line * spb)) * 1000
+                signed_ms.append(error)
+                errors_ms.append(abs(error))
+        rss = {name: rss_mb(pid) for name, pid in pids.items()}
+        text = log_path.read_text(errors="replace")
+        statuses = re.findall(r"sent (\d+) dropped (\d+)", text)
+        sent, dropped = (int(statuses[-1][0]), int(statuses[-1][1])) if statuses else (0, 0)
+        engine_latency = [float(x) for x in re.findall(r"first note (\d+) ms after trigger", text)]
+    finally:
+        if probe is not None:
+            probe.close()
+        daemon.terminate()
+        daemon.wait(15)
+        server.stop()
+    return {
+        "model": str(args.model), "bpm": args.bpm, "jack_period_frames": args.period,
+        "jack_period_ms": server.period_s * 1000, "phrases": args.phrases,
+        "answered": answered, "onsets": len(errors_ms),
+        "onset_error_ms": {"p50": percentile(errors_ms, 50), "p99": percentile(errors_ms, 99),
+                           "max": max(errors_ms, default=float("nan")),
+                           "mean_signed": statistics.fmean(signed_ms) if signed_ms else None},
+        "phrase_end_to_first_note_ms": {"p50": percentile(reaction_ms, 50),
+                                        "max": max(reaction_ms, default=float("nan"))},
+        "trigger_to_first_engine_note_ms": {"p50": percentile(engine_latency, 50),
+                                            "max": max(engine_latency, default=float("nan"))},
+        "notes_sent": sent, "notes_dropped": dropped,
+        "idle_cpu_percent_of_core": idle_cpu, "idle_seconds": args.idle,
+        "rss_mb": rss, "rss_mb_total": sum(rss.values()),
+        "target_p99_ms": server.period_s * 1000 + 0.5,
+    }
+
+
+def print_table(result: dict) -> None:
+    e = result["onset_error_ms"]
+    rows = [
+        ("model", Path(result["model"]).name),
+        ("tempo / JACK period", f"{result['bpm']:g} BPM / {result['jack_period_frames']} "
+                                f"frames = {result['jack_period_ms']:.2f} ms"),
+        ("phrases answered", f"{result['answered']} / {result['phrases']}"),
+        ("onsets measured", str(result["onsets"])),
+        ("onset error p50 / p99 / max", f"{e['p50']:.2f} / {e['p99']:.2f} / {e['max']:.2f} ms "
+                                        f"(target p99 <= {result['target_p99_ms']:.2f} ms)"),
+        ("onset error mean (signed)", f"{e['mean_signed']:+.2f} ms" if e["mean_signed"]
+         is not None else "-"),
+        ("phrase end -> first note p50 / max",
+         "{p50:.0f} / {max:.0f} ms".format(**result["phrase_end_to_first_note_ms"])),
+        ("trigger -> first engine note p50 / max",
+         "{p50:.0f} / {max:.0f} ms".format(**result["trigger_to_first_engine_note_ms"])),
+        ("notes sent / dropped", f"{result['notes_sent']} / {result['notes_dropped']}"),
+    ]
+    rows += [(f"idle CPU {name}", f"{pct:.2f} % of a core over {result['idle_seconds']:g} s")
+             for name, pct in result["idle_cpu_percent_of_core"].items()]
+    rows += [(f"RSS {name}", f"{mb:.0f} MB") for name, mb in result["rss_mb"].items()]
+    rows.append(("RSS total", f"{result['rss_mb_total']:.0f} MB"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, type=Path, help="an exported ONNX model")
+    parser.add_argument("--bpm", type=float, default=120.0)
+    parser.add_argument("--phrases", type=int, default=8)
+    parser.add_argument("--bars", type=int, default=2, help="answer length in bars")
+    parser.add_argument("--polyphony", type=int, default=4, help="[sampling] max_polyphony")
+    parser.add_argument("--period", type=int, default=64, help="JACK period in frames")
+    parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
+    parser.add_argument("--json", type=Path, default=Path("bench/results/live.json"))
+    args = parser.parse_args(argv)
+    if not args.model.is_file():
+        parser.error(f"model file not found: {args.model}")
+    result = run(args)
+    print_table(result)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The daemon's wiring with a fake output port and a small real zmq ROUTER as the engine.
+
+The ROUTER answers per docs/protocol.md (hello, pong, notes + done, cancel), so the
+daemon's decisions (when to ask, what to cancel, when to release) are tested without a
+MIDI system or a model. The real engine and JACK are in test_jack_e2e.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+
+import mido
+import pytest
+import zmq
+from bridge_fakes import FakeOutput, sounding_after
+
+from bridge.client import EngineClient
+from bridge.clock import InternalClock
+from bridge.daemon import Daemon, follow_dynamics
+from bridge.listener import InputQueue
+from models.settings import Settings
+
+BPM = 600.0  # 0.1 s per beat, 0.4 s per bar: the tests stay short
+
+
+class FakeEngine:
+    """A ROUTER thread answering like the engine; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
+        self.requests: list[dict] = []
+        self.mute = False  # stop answering anything (engine lost)
+        self.answer_notes = [(0.0, 0.5, 60, 64), (1.0, 30.0, 62, 64), (20.0, 0.5, 64, 64)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _send(self, identity: bytes, message: dict) -> None:
+        self.sock.send_multipart([identity, json.dumps({"v": 1, **message}).encode()])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.sock.poll(20):
+                continue
+            identity, frame = self.sock.recv_multipart()
+            request = json.loads(frame)
+            self.requests.append(request)
+            if self.mute:
+                continue
+            kind, rid = request["type"], request.get("id")
+            if kind == "ping":
+                self._send(identity, {"type": "pong", "id": rid, "t": request.get("t")})
+            elif kind == "hello":
+                self._send(identity, {"type": "hello", "id": rid, "protocol": 1,
+                                      "engine": "fake", "styles": {"fake": {}}})
+            elif kind == "generate":
+                start = request["start_beat"]
+                notes = [{"onset": start + o, "duration": d, "pitch": p, "velocity": v}
+                         for o, d, p, v in self.answer_notes]
+                self._send(identity, {"type": "notes", "id": rid, "notes": notes})
+                self._send(identity, {"type": "done", "id": rid, "reason": "complete"})
+
+    def of_type(self, kind: str) -> list[dict]:
+        return [r for r in list(self.requests) if r["type"] == kind]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture
+def rig():
+    engine = FakeEngine()
+    settings = Settings()
+    settings = dataclasses.replace(
+        settings,
+        interaction=dataclasses.replace(settings.interaction, silence_beats=1.0,
+                                        response_bars=2, min_lead_ms=0.0,
+                                        follow_dynamics=0.0, status_interval_s=0.0),
+        midi=dataclasses.replace(settings.midi, late_drop_ms=1000.0))
+    clock = InternalClock(BPM)
+    clock.start(time.monotonic())
+    port = FakeOutput()
+    inputs = InputQueue()
+    client = EngineClient(engine.address, ping_interval=0.1, loss_timeout=0.6)
+    daemon = Daemon(settings, clock, output=port, client=client, style=None, inputs=inputs)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    assert wait_for(lambda: daemon.style == "fake")
+    yield daemon, engine, port, inputs, clock
+    daemon.stop()
+    thread.join(5)
+    engine.close()
+    inputs.close()
+
+
+def play_phrase(inputs: InputQueue, clock, pitches=(60, 64)) -> float:
+    """Press and release notes a quarter beat apart now; returns the last release beat."""
+    t = time.monotonic()
+    for i, pitch in enumerate(pitches):
+        inputs.put(t + i * 0.025, mido.Message("note_on", note=pitch, velocity=100))
+        inputs.put(t + i * 0.025 + 0.02, mido.Message("note_off", note=pitch))
+    return clock.beat_at(t + (len(pitches) - 1) * 0.025 + 0.02)
+
+
+def test_phrase_gets_an_answer_on_the_next_bar(rig):
+    daemon, engine, port, inputs, clock = rig
+    end = play_phrase(inputs, clock)
+    assert wait_for(lambda: engine.of_type("generate"))
+    request = engine.of_type("generate")[0]
+    assert request["style"] == "fake" and request["session"] == daemon.session
+    assert request["bars"] == 2 and request["time_signature"] == [4, 4]
+    assert request["start_beat"] % 4 == 0 and request["start_beat"] >= end + 1.0
+    assert [n["pitch"] for n in request["seed"]] == [60, 64]
+    assert wait_for(lambda: len(port.messages("note_on")) >= 2)
+    assert [m.note for m in port.messages("note_on")][:2] == [60, 62]
+
+
+def test_barge_in_cancels_and_releases(rig):
+    daemon, engine, port, inputs, clock = rig
+    play_phrase(inputs, clock)
+    assert wait_for(lambda: 62 in daemon.scheduler.sounding())  # the 30-beat note
+    request_id = engine.of_type("generate")[0]["id"]
+    inputs.put(time.monotonic(), mido.Message("note_on", note=70, velocity=90))
+    assert wait_for(lambda: not daemon.scheduler.sounding())
+    assert sounding_after(port.messages()) == set()
+    assert daemon.scheduler.pending() == 0  # the note at +20 beats never plays
+    # The engine had already finished, so no cancel is needed; a running one gets one.
+    assert all(c["target"] == request_id for c in engine.of_type("cancel"))
+
+
+def test_engine_loss_releases_and_recovers(rig):
+    daemon, engine, port, inputs, clock = rig
+    play_phrase(inputs, clock)
+    assert wait_for(lambda: 62 in daemon.scheduler.sounding())
+    engine.mute = True
+    assert wait_for(lambda: daemon.client.state == "lost")
+    assert wait_for(lambda: not daemon.scheduler.sounding())
+    controls = [(m.control, m.value) for m in port.messages("control_change")]
+    assert (123, 0) in controls and (64, 0) in controls
+    assert daemon.scheduler.pending() == 0
+    engine.mute = False
+    assert wait_for(lambda: daemon.client.state == "up")
+    before = len(engine.of_type("generate"))
+    play_phrase(inputs, clock, (65, 67))
+    assert wait_for(lambda: len(engine.of_type("generate")) > before)
+
+
+def test_panic_control_releases_everything(rig):
+    daemon, _engine, port, inputs, clock = rig
+    play_phrase(inputs, clock)
+    assert wait_for(lambda: 62 in daemon.scheduler.sounding())
+    inputs.put(time.monotonic(), mido.Message("control_change", control=120, value=127))
+    assert wait_for(lambda: not daemon.scheduler.sounding())
+    assert sounding_after(port.messages()) == set()
+
+
+def test_controls_change_temperature_length_and_mode(rig):
+    daemon, engine, _port, inputs, clock = rig
+    t = time.monotonic()
+    inputs.put(t, mido.Message("control_change", control=21, value=127))
+    inputs.put(t, mido.Message("control_change", control=22, value=0))
+    inputs.put(t, mido.Message("control_change", control=23, value=127))
+    assert wait_for(lambda: daemon.mode == "accompany")
+    assert daemon.temperature == 2.0 and daemon.call.bars == 1
+    play_phrase(inputs, clock)
+    assert wait_for(lambda: engine.of_type("generate"))
+    request = engine.of_type("generate")[0]
+    assert request["bars"] == 1 and request["sampling"]["temperature"] == 2.0
+
+
+def test_midi_messages_on_other_channels_are_ignored(rig):
+    daemon, _engine, _port, inputs, _clock = rig
+    daemon.settings = dataclasses.replace(
+        daemon.settings, midi=dataclasses.replace(daemon.settings.midi, input_channel=2))
+    t = time.monotonic()
+    inputs.put(t, mido.Message("note_on", channel=0, note=60, velocity=100))
+    inputs.put(t + 0.01, mido.Message("note_on", channel=1, note=62, velocity=100))
+    assert wait_for(lambda: daemon.seed.held_count == 1)
+    time.sleep(0.05)
+    assert daemon.seed.held_count == 1
+
+
+@pytest.mark.parametrize(("velocity", "player", "amount", "expected"), [
+    (64, None, 1.0, 64), (64, 100.0, 0.0, 64), (64, 100.0, 1.0, 100), (40, 100.0, 0.5, 70),
+    (127, 127.0, 0.5, 127),
+])
+def test_follow_dynamics(velocity, player, amount, expected):
+    assert follow_dynamics(velocity, player, amount) == expected

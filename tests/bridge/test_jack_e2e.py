@@ -1,0 +1,221 @@
+"""End to end on a real JACK server: melodyd (with a real engine and a tiny real model)
+answers a probe client that plays through its own JACK ports and measures the answers
+against the wall clock.
+
+The tiny model has random weights, so what it plays is random; when it plays is not:
+the engine's grammar puts every onset on the 1/12-beat grid of the requested bars, and
+these tests check that those onsets come out of JACK at the right wall time.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from bridge_fakes import sounding_after
+
+from bridge.engine_child import free_loopback_port
+
+pytestmark = [pytest.mark.jack, pytest.mark.slow]
+
+POSITIONS_PER_BEAT = 12  # the default [tokens] grid the tiny model is built with
+PHRASE = [(0.0, 0.5, 60, 90), (1.0, 0.5, 64, 90), (2.0, 0.5, 67, 90), (3.0, 0.75, 72, 90)]
+SLACK_S = 0.003  # scheduler wake-up and a loaded CI box, on top of one JACK period
+MAX_TRIES = 4
+
+
+def note_ons(received, since=0.0):
+    return [r for r in received if r.t >= since and r.message.type == "note_on"
+            and r.message.velocity > 0]
+
+
+def wait_until(predicate, timeout: float):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def grid_errors(times, beat_of, time_of):
+    """Distance (s) of each onset from the nearest 1/12-beat grid line."""
+    errors = []
+    for t in times:
+        line = round(beat_of(t) * POSITIONS_PER_BEAT) / POSITIONS_PER_BEAT
+        errors.append(abs(t - time_of(line)))
+    return errors
+
+
+def next_bar_start(t: float, origin: float, spb: float, lead: float = 0.2) -> float:
+    """Wall time of the first bar line (4/4) at least ``lead`` s after ``t``."""
+    bar = math.ceil((t + lead - origin) / (4 * spb))
+    return origin + bar * 4 * spb
+
+
+def test_answer_on_next_bar_on_grid_and_released(start_melodyd, probe_for, tiny_onnx_model,
+                                                 jack_server):
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bpm", "120"])
+    daemon.wait_for_log("engine at .* is up")
+    probe = probe_for()  # after melodyd's ports exist, never a previous run's
+    origin, spb = daemon.origin, 0.5
+    for _ in range(MAX_TRIES):
+        start = next_bar_start(time.monotonic(), origin, spb)
+        phrase_end = probe.play(PHRASE, start, spb)
+        # Silence of 1 beat, then the answer starts on the next bar line.
+        phrase_end_beat = (phrase_end - origin) / spb
+        answer_bar = math.ceil((phrase_end_beat + 1.0 + 0.1) / 4)
+        answer_start = origin + answer_bar * 4 * spb
+        answer_end = answer_start + 2 * 4 * spb
+        assert wait_until(lambda end=answer_end: time.monotonic() > end + 0.5, 20)
+        ons = note_ons(probe.messages(), since=phrase_end)
+        if len(ons) >= 3:
+            break
+    assert len(ons) >= 3, daemon.log()
+    period = jack_server.period_s
+    assert abs(ons[0].t - answer_start) <= period + SLACK_S, (ons[0].t - answer_start)
+    assert all(answer_start - period <= r.t <= answer_end + period for r in ons)
+    errors = grid_errors([r.t for r in ons], lambda t: (t - origin) / spb,
+                         lambda b: origin + b * spb)
+    within = sum(e <= period + SLACK_S for e in errors) / len(errors)
+    assert within >= 0.9, sorted(errors)[-5:]
+    assert max(errors) <= 0.025  # the scheduler's late-drop bound: nothing later is played
+    # Every note-on gets its note-off (a note may ring past the answer's last bar line,
+    # by at most the longest duration, 8 beats).
+    assert wait_until(lambda: sounding_after([r.message for r in probe.messages()]) == set(),
+                      8 * spb + 1.0)
+    offs = [r for r in probe.messages() if r.message.type == "note_off"
+            or (r.message.type == "note_on" and r.message.velocity == 0)]
+    assert len(offs) >= len(ons)
+
+
+def test_follows_midi_clock_at_100_then_140_bpm(start_melodyd, probe_for, tiny_onnx_model,
+                                                jack_server):
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--clock", "midi"])
+    daemon.wait_for_log("engine at .* is up")
+    probe = probe_for()  # after melodyd's ports exist, never a previous run's
+    period = jack_server.period_s
+    probe.start_clock(100.0)
+    for bpm in (100.0, 140.0):
+        probe.set_tempo(bpm)
+        spb = 60.0 / bpm
+        time.sleep(2 * spb)  # more than a beat at the new tempo before the phrase
+        # A random model may end its piece after a note or two; play again until an
+        # answer has enough onsets to measure spacing.
+        for _ in range(MAX_TRIES):
+            probe.clear()
+            bar = math.ceil(probe.beat_at(time.monotonic() + 0.2) / 4)
+            phrase_end = probe.play(PHRASE, probe.beat_time(bar * 4), spb)
+            answer_bar = math.ceil((probe.beat_at(phrase_end) + 1.1) / 4)
+            answer_start = probe.beat_time(answer_bar * 4)
+            answer_end = probe.beat_time(answer_bar * 4 + 8)
+            assert wait_until(lambda end=answer_end: time.monotonic() > end + 0.3, 30)
+            ons = note_ons(probe.messages(), since=phrase_end)
+            if len(ons) >= 3:
+                break
+        assert len(ons) >= 3, daemon.log()
+        # Tick arrival and note output each add up to one period of JACK jitter.
+        tolerance = 2 * period + SLACK_S
+        assert abs(ons[0].t - answer_start) <= tolerance, (bpm, ons[0].t - answer_start)
+        errors = grid_errors([r.t for r in ons], probe.beat_at, probe.beat_time)
+        within = sum(e <= tolerance for e in errors) / len(errors)
+        assert within >= 0.9, (bpm, sorted(errors)[-5:])
+        # Onset spacing is in beats at this tempo: the answer spans at most 2 bars of it.
+        assert ons[-1].t - ons[0].t <= 8 * spb + tolerance
+        probe.clear()
+    probe.stop_clock()  # the DAW stops: melodyd releases whatever still sounds
+    assert wait_until(lambda: sounding_after([r.message for r in probe.messages()]) == set(),
+                      2.0)
+
+
+def test_sigterm_during_answer_leaves_nothing_sounding(start_melodyd, probe_for,
+                                                       tiny_onnx_model):
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bars", "8"])
+    daemon.wait_for_log("engine at .* is up")
+    probe = probe_for()  # after melodyd's ports exist, never a previous run's
+    origin, spb = daemon.origin, 0.5
+    phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
+    assert wait_until(lambda: note_ons(probe.messages(), phrase_end), 10), daemon.log()
+    time.sleep(0.3)
+    assert daemon.stop(signal.SIGTERM) == 0, daemon.log()
+    time.sleep(0.2)
+    messages = [r.message for r in probe.messages()]
+    # Explicit note-offs for what sounded (CC 123 alone is not trusted), then CC 123/64.
+    without_cc = [m for m in messages if m.type != "control_change"]
+    assert sounding_after(without_cc) == set()
+    controls = [(m.control, m.value) for m in messages if m.type == "control_change"]
+    assert (123, 0) in controls and (64, 0) in controls
+
+
+def start_engine(model, address: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "engine", "--bind", address, "--model",
+                             str(model)], stdin=subprocess.DEVNULL)
+
+
+def test_engine_loss_releases_notes_and_recovers(start_melodyd, probe_for, tiny_onnx_model):
+    address = f"tcp://127.0.0.1:{free_loopback_port()}"
+    engine = start_engine(tiny_onnx_model, address)
+    try:
+        daemon = start_melodyd(["--model", str(tiny_onnx_model), "--engine", address,
+                                "--bars", "8"])
+        daemon.wait_for_log("engine at .* is up")
+        probe = probe_for()
+        origin, spb = daemon.origin, 0.5
+        phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
+        assert wait_until(lambda: note_ons(probe.messages(), phrase_end), 10), daemon.log()
+        engine.kill()  # mid-answer: 8 bars = 16 s of answer are still ahead
+        engine.wait()
+        daemon.wait_for_log("engine lost: all notes released", timeout=10)
+        time.sleep(0.2)
+        messages = [r.message for r in probe.messages()]
+        assert sounding_after(messages) == set()
+        assert any(m.type == "control_change" and m.control == 123 for m in messages)
+        after_loss = time.monotonic()
+        time.sleep(1.0)
+        assert not note_ons(probe.messages(), after_loss)  # silent while the engine is away
+        assert daemon.process.poll() is None  # and still running
+        engine = start_engine(tiny_onnx_model, address)
+        daemon.wait_for_log("engine at .* is up", count=2, timeout=60)
+        probe.clear()
+        phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
+        assert wait_until(lambda: note_ons(probe.messages(), phrase_end), 10), daemon.log()
+    finally:
+        engine.kill()
+        engine.wait()
+
+
+def test_barge_in_stops_the_answer(start_melodyd, probe_for, tiny_onnx_model):
+    config = "[sampling]\nmax_polyphony = 4\n[interaction]\nsilence_beats = 4.0\n"
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bars", "4"], config)
+    daemon.wait_for_log("engine at .* is up")
+    probe = probe_for()
+    origin, spb = daemon.origin, 0.5
+    for attempt in range(MAX_TRIES):
+        phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
+        assert wait_until(lambda end=phrase_end: note_ons(probe.messages(), end), 10), \
+            daemon.log()
+        # The engine has streamed the whole answer by now (the tiny model is fast); barge
+        # in only if some of it is still to come, else let it finish and play again.
+        text = daemon.wait_for_log(r"response g\d+: .* notes:", count=attempt + 1)
+        last = re.findall(r"response g\d+: .* notes: (.*)", text)[-1]
+        onsets = [float(x) for x in re.findall(r"@([0-9.]+)", last)]
+        now_beat = (time.monotonic() - origin) / spb
+        later = [b for b in onsets if b > now_beat + 1.0]
+        if later:
+            break
+        time.sleep(max(0.0, (max(onsets, default=now_beat) - now_beat) * spb) + 2.5 * spb)
+    assert later, daemon.log()
+    barge = probe.play([(0.0, 0.25, 55, 100)], time.monotonic(), spb)
+    daemon.wait_for_log("barge-in: stopping response", timeout=5)
+    time.sleep(0.1)
+    assert sounding_after([r.message for r in probe.messages()]) == set()
+    # Notes of the answer were still due; none of them plays. (A new answer could only
+    # come after 4 beats of silence, i.e. 2 s after the barge-in note.)
+    quiet_until = min(barge + 1.8, origin + max(later) * spb + 0.1)
+    time.sleep(max(0.0, quiet_until - time.monotonic()))
+    assert not [r for r in note_ons(probe.messages(), barge + 0.05) if r.t <= quiet_until]
