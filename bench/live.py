@@ -37,6 +37,8 @@ PHRASES = [
     [(0.0, 0.25, 69, 70), (0.5, 0.25, 67, 80), (1.0, 1.0, 65, 90), (2.5, 1.0, 64, 80)],
 ]
 CONFIG = """
+[midi]
+output_latency_ms = {output_latency_ms}
 [interaction]
 status_interval_s = 1.0
 response_bars = {bars}
@@ -61,6 +63,23 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def private_rss_mb(pid: int) -> float:
+    """Resident memory without JACK's shared segments (/dev/shm/jack-*), in MB.
+
+    Every JACK client maps the server's shared memory (about 100 MB at 64-frame periods);
+    it is the server's, counted once on the machine, not the client's own.
+    """
+    total = 0
+    shared = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            parts = line.split()
+            shared = len(parts) > 5 and parts[5].startswith("/dev/shm/jack")
+        elif line.startswith("Rss:") and not shared:
+            total += int(line.split()[1])
+    return total / 1024
 
 
 def children(pid: int) -> list[int]:
@@ -98,7 +117,8 @@ def run(args: argparse.Namespace) -> dict:
     os.environ.update(server.env())
     workdir = Path(tempfile.mkdtemp(prefix="melodyd-bench-"))
     config = workdir / "bench.toml"
-    config.write_text(CONFIG.format(bars=args.bars, polyphony=args.polyphony))
+    config.write_text(CONFIG.format(bars=args.bars, polyphony=args.polyphony,
+                                    output_latency_ms=args.output_latency_ms))
     log_path = workdir / "melodyd.log"
     exe = shutil.which("melodyd")
     command = [exe] if exe else [sys.executable, "-m", "bridge.cli"]
@@ -151,6 +171,7 @@ def run(args: argparse.Namespace) -> dict:
                 signed_ms.append(error)
                 errors_ms.append(abs(error))
         rss = {name: rss_mb(pid) for name, pid in pids.items()}
+        own_rss = {name: private_rss_mb(pid) for name, pid in pids.items()}
         text = log_path.read_text(errors="replace")
         statuses = re.findall(r"sent (\d+) dropped (\d+)", text)
         sent, dropped = (int(statuses[-1][0]), int(statuses[-1][1])) if statuses else (0, 0)
@@ -175,6 +196,9 @@ def run(args: argparse.Namespace) -> dict:
         "notes_sent": sent, "notes_dropped": dropped,
         "idle_cpu_percent_of_core": idle_cpu, "idle_seconds": args.idle,
         "rss_mb": rss, "rss_mb_total": sum(rss.values()),
+        "rss_without_jack_shm_mb": own_rss,
+        "rss_without_jack_shm_mb_total": sum(own_rss.values()),
+        "output_latency_ms": args.output_latency_ms,
         "target_p99_ms": server.period_s * 1000 + 0.5,
     }
 
@@ -183,6 +207,7 @@ def print_table(result: dict) -> None:
     e = result["onset_error_ms"]
     rows = [
         ("model", Path(result["model"]).name),
+        ("output latency compensation", f"{result['output_latency_ms']:g} ms"),
         ("tempo / JACK period", f"{result['bpm']:g} BPM / {result['jack_period_frames']} "
                                 f"frames = {result['jack_period_ms']:.2f} ms"),
         ("phrases answered", f"{result['answered']} / {result['phrases']}"),
@@ -199,8 +224,12 @@ def print_table(result: dict) -> None:
     ]
     rows += [(f"idle CPU {name}", f"{pct:.2f} % of a core over {result['idle_seconds']:g} s")
              for name, pct in result["idle_cpu_percent_of_core"].items()]
-    rows += [(f"RSS {name}", f"{mb:.0f} MB") for name, mb in result["rss_mb"].items()]
-    rows.append(("RSS total", f"{result['rss_mb_total']:.0f} MB"))
+    own = result["rss_without_jack_shm_mb"]
+    rows += [(f"RSS {name}", f"{mb:.0f} MB ({own[name]:.0f} MB without JACK's shared memory)")
+             for name, mb in result["rss_mb"].items()]
+    rows.append(("RSS total", f"{result['rss_mb_total']:.0f} MB "
+                              f"({result['rss_without_jack_shm_mb_total']:.0f} MB without "
+                              "JACK's shared memory)"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -214,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bars", type=int, default=2, help="answer length in bars")
     parser.add_argument("--polyphony", type=int, default=4, help="[sampling] max_polyphony")
     parser.add_argument("--period", type=int, default=64, help="JACK period in frames")
+    parser.add_argument("--output-latency-ms", type=float, default=0.0,
+                        help="[midi] output_latency_ms for melodyd (send this much early)")
     parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
     parser.add_argument("--json", type=Path, default=Path("bench/results/live.json"))
     args = parser.parse_args(argv)

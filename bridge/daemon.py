@@ -75,7 +75,8 @@ class Daemon:
         self.accompany = AccompanyPolicy(clock.bar_length, inter.seed_bars)
         self.controls = ControlMap(settings.midi)
         self.scheduler = Scheduler(output, clock, channel=settings.midi.output_channel - 1,
-                                   late_drop_s=settings.midi.late_drop_ms / 1000.0)
+                                   late_drop_s=settings.midi.late_drop_ms / 1000.0,
+                                   lead_s=settings.midi.output_latency_ms / 1000.0)
         self.status = StatusLine()
         self._responses: dict[str, Response] = {}
         self._answer: str | None = None  # the running call-and-response answer
@@ -331,14 +332,14 @@ class Daemon:
     # ----------------------------------------------------------------- status
     def _status_wait(self) -> float:
         interval = self.settings.interaction.status_interval_s
-        if interval <= 0:
-            return MAX_WAIT_S
+        if interval <= 0 or not self.status.visible:
+            return MAX_WAIT_S  # no reason to wake up for a line nobody sees
         return max(0.0, self._next_status - time.monotonic())
 
     def _show_status(self) -> None:
         interval = self.settings.interaction.status_interval_s
         now = time.monotonic()
-        if interval <= 0 or now < self._next_status:
+        if interval <= 0 or now < self._next_status or not self.status.visible:
             return
         self._next_status = now + interval
         beat = self.clock.beat_at(now)

@@ -75,17 +75,21 @@ class Scheduler:
         clock: the beat timeline.
         channel: MIDI channel 0-15 of every message sent.
         late_drop_s: a note-on this late (seconds) is dropped and counted.
+        lead_s: send every message this much before its beat's wall time, to cancel a
+            fixed output delay of the MIDI system.
         on_sent: called as ``on_sent(response, note, lateness_s)`` on the scheduler thread
             after each note-on is sent; keep it cheap.
     """
 
-    def __init__(self, port: mido.ports.BaseOutput, clock: Clock, channel: int = 0,
-                 late_drop_s: float = 0.025, on_sent: SentCallback | None = None) -> None:
+    def __init__(self, port: mido.ports.BaseOutput, clock: Clock, *, channel: int = 0,
+                 late_drop_s: float = 0.025, on_sent: SentCallback | None = None,
+                 lead_s: float = 0.0) -> None:
         self.port = port
         self.clock = clock
         self.channel = channel
         self.late_drop_s = late_drop_s
         self.on_sent = on_sent
+        self.lead_s = lead_s
         self.stats = SchedulerStats()
         self._cond = threading.Condition()
         self._heap: list[_Event] = []
@@ -189,7 +193,7 @@ class Scheduler:
             # only covers the gap, so wait for the clock to come back.
             self._cond.wait()
             return
-        wait = deadline - time.monotonic()
+        wait = deadline - self.lead_s - time.monotonic()
         if wait > EARLY_S:
             self._cond.wait(wait)
             return

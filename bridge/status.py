@@ -66,6 +66,11 @@ class StatusLine:
         self._tty = self._stream.isatty()
         self._width = 0
 
+    @property
+    def visible(self) -> bool:
+        """Whether showing it does anything (a terminal, or debug logging on)."""
+        return self._tty or logger.isEnabledFor(logging.DEBUG)
+
     def show(self, text: str) -> None:
         """Display ``text`` as the current status."""
         if self._tty:

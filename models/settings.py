@@ -97,6 +97,7 @@ class MidiSettings:
     input_channel: int = setting(0, low=0, high=16)
     output_channel: int = setting(1, low=1, high=16)
     late_drop_ms: float = setting(25.0, low=0.0, high=1000.0)
+    output_latency_ms: float = setting(0.0, low=0.0, high=100.0)
     cc_temperature: int = setting(21, low=-1, high=127)
     cc_length: int = setting(22, low=-1, high=127)
     cc_mode: int = setting(23, low=-1, high=127)

@@ -1,0 +1,107 @@
+"""The melodyd command line: dispatch, settings from flags, clear one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge import cli
+from bridge.ports import NO_MIDI_SYSTEM, WINDOWS_NO_VIRTUAL, find_port, open_ports
+from models.exceptions import BridgeError
+
+
+def test_missing_model_names_the_path_and_the_fix(tmp_path, capsys):
+    missing = tmp_path / "nope.onnx"
+    assert cli.main(["--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model file not found") and str(missing) in err
+    assert "melody export" in err and "Traceback" not in err
+
+
+def test_missing_style_lists_installed_ones(tmp_path, capsys):
+    (tmp_path / "baroque.onnx").write_bytes(b"")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[styles]\ndirectory = "{tmp_path}"\n')
+    assert cli.main(["--config", str(config), "--style", "romantic"]) == 2
+    err = capsys.readouterr().err
+    assert "romantic" in err and "installed: baroque" in err and "melody export" in err
+
+
+def test_flags_override_config(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[clock]\nbpm = 90.0\n[interaction]\nmode = 'accompany'\n")
+    args = cli.build_parser().parse_args(
+        ["--config", str(config), "--bpm", "133", "--time-signature", "6/8", "--bars", "3",
+         "--engine", "tcp://10.0.0.2:5757", "--in", "keys", "--clock", "midi"])
+    settings = cli.settings_from_args(args)
+    assert settings.clock.bpm == 133.0 and settings.clock.time_signature == "6/8"
+    assert settings.clock.source == "midi"
+    assert settings.interaction.mode == "accompany"  # from the file, no flag given
+    assert settings.interaction.response_bars == 3
+    assert settings.engine.connect == "tcp://10.0.0.2:5757"
+    assert settings.midi.in_port == "keys" and settings.midi.out_port == "melodyd out"
+
+
+def test_bad_time_signature_is_one_line(capsys):
+    assert cli.main(["--time-signature", "4/5", "--engine", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "time signature" in err and "4/5" in err and "Traceback" not in err
+
+
+def test_unknown_command(capsys):
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_engine_command_is_dispatched(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["engine", "--help"])
+    assert exit_info.value.code == 0
+    assert "--bind" in capsys.readouterr().out
+
+
+def test_no_midi_system_is_one_clear_line(monkeypatch, capsys):
+    # No JACK server under this name, and this machine has no ALSA sequencer (CI neither);
+    # where one exists, the check is skipped.
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", "melodyd-test-no-such-server")
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    from bridge.ports import choose_backend  # noqa: PLC0415
+
+    try:
+        backend = choose_backend("auto")
+    except BridgeError as err:
+        assert str(err) == NO_MIDI_SYSTEM
+    else:
+        pytest.skip(f"this machine has a MIDI system ({backend})")
+    assert cli.main(["--list-ports"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {NO_MIDI_SYSTEM}"]
+
+
+def test_jack_backend_without_server_says_start_jack(monkeypatch, capsys):
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", "melodyd-test-no-such-server")
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    assert cli.main(["--list-ports", "--backend", "jack"]) == 2
+    assert "start a JACK server" in capsys.readouterr().err
+
+
+def test_windows_needs_existing_ports():
+    with pytest.raises(BridgeError, match="loopMIDI") as info:
+        open_ports("windows", in_name="a", out_name="b", connect_in="", connect_out="",
+                   callback=lambda m: None)
+    assert str(info.value) == WINDOWS_NO_VIRTUAL
+
+
+@pytest.mark.parametrize(("wanted", "expected"), [
+    ("melodyd in", "melodyd:melodyd in"), ("MELODYD IN", "melodyd:melodyd in"),
+    ("loopMIDI Port 1", "loopMIDI Port 1"),
+])
+def test_find_port(wanted, expected):
+    names = ["melodyd:melodyd in", "loopMIDI Port 1", "loopMIDI Port 12"]
+    assert find_port(wanted, names, "output") == expected
+
+
+def test_find_port_errors_list_what_exists():
+    with pytest.raises(BridgeError, match="several output ports match 'loopMIDI'"):
+        find_port("loopMIDI", ["loopMIDI A", "loopMIDI B"], "output")
+    with pytest.raises(BridgeError, match="available: 'x'"):
+        find_port("melodyd", ["x"], "input")
