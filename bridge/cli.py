@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", metavar="PATH.onnx", help="any exported melodyd model")
     parser.add_argument("--engine", metavar="tcp://HOST:PORT",
                         help="use a running engine instead of starting a private one")
+    parser.add_argument("--engine-keys", metavar="DIR",
+                        help="CURVE keys for a remote engine: DIR/server.key and "
+                             "DIR/client.key_secret from `melodyd engine --make-keys DIR`")
     parser.add_argument("--list-ports", action="store_true", help="list MIDI ports and exit")
     parser.add_argument("--backend", choices=("auto", "alsa", "jack", "coremidi", "windows"),
                         help="MIDI system (default: [midi] backend, auto)")
@@ -131,7 +134,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         MelodyError: bad settings, no MIDI system, missing model, unreachable engine.
     """
     # Imported here so `melodyd engine` and `melodyd --help` never load MIDI libraries.
-    from bridge.client import EngineClient  # noqa: PLC0415
+    from bridge.client import CurveClientKeys, EngineClient  # noqa: PLC0415
     from bridge.clock import InternalClock, MidiClock  # noqa: PLC0415
     from bridge.daemon import Daemon  # noqa: PLC0415
     from bridge.engine_child import EngineChild  # noqa: PLC0415
@@ -142,6 +145,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     if args.list_ports:
         return list_ports_command(settings)
     signature = parse_time_signature(settings.clock.time_signature)
+    curve = CurveClientKeys.from_dir(args.engine_keys) if args.engine_keys else None
     child = None
     if settings.engine.connect:
         address, style = settings.engine.connect, args.style
@@ -169,8 +173,8 @@ def run_daemon(args: argparse.Namespace) -> int:
             clock = MidiClock(signature, settings.clock.smoothing_ticks, settings.clock.bpm)
             logger.info("clock: following MIDI clock on %r (%d/%d); start the DAW's transport",
                         ports.input.name, *signature)
-        daemon = Daemon(settings, clock, output=ports.output, client=EngineClient(address),
-                        style=style, inputs=inputs)
+        daemon = Daemon(settings, clock, output=ports.output,
+                        client=EngineClient(address, curve=curve), style=style, inputs=inputs)
         if child is not None:
             daemon.supervise = child.check
 

@@ -14,9 +14,12 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.auth
 
 from models.exceptions import BridgeError
 
@@ -28,6 +31,41 @@ LOSS_TIMEOUT_S = 3.0  # the protocol's "engine lost" silence
 MAX_REPLY_BYTES = 4 * 1024 * 1024  # a notes reply is small; anything huge is not our engine
 
 
+@dataclass(frozen=True)
+class CurveClientKeys:
+    """CURVE keys of a bridge talking to an engine that is not on this machine.
+
+    Attributes:
+        server_public: the engine's public key.
+        client_public: this bridge's public key (authorized on the engine).
+        client_secret: this bridge's secret key.
+    """
+
+    server_public: bytes
+    client_public: bytes
+    client_secret: bytes
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> CurveClientKeys:
+        """Read ``server.key`` and ``client.key_secret`` as written by
+        ``melodyd engine --make-keys DIR``.
+
+        Raises:
+            BridgeError: a key file is missing or not a zmq certificate.
+        """
+        directory = Path(directory).expanduser()
+        try:
+            server_public, _ = zmq.auth.load_certificate(directory / "server.key")
+            client_public, client_secret = zmq.auth.load_certificate(
+                directory / "client.key_secret")
+        except (OSError, ValueError) as err:
+            raise BridgeError(f"cannot read the engine keys in {directory}: {err} (make them "
+                              "with `melodyd engine --make-keys DIR`)") from err
+        if client_secret is None:
+            raise BridgeError(f"{directory / 'client.key_secret'} holds no secret key")
+        return cls(server_public, client_public, client_secret)
+
+
 class EngineClient:
     """Requests to one engine, replies as dicts, and the engine's up/lost state.
 
@@ -36,11 +74,15 @@ class EngineClient:
         state: ``"connecting"`` (never answered), ``"up"`` or ``"lost"``.
         on_up: called when the engine answers for the first time or after a loss.
         on_lost: called when the engine stops answering.
+
+    Args:
+        curve: keys for an engine served with CURVE (any non-loopback address).
     """
 
-    def __init__(self, address: str, context: zmq.Context | None = None,
+    def __init__(self, address: str, context: zmq.Context | None = None, *,
                  ping_interval: float = PING_INTERVAL_S, loss_timeout: float = LOSS_TIMEOUT_S,
-                 now: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] = time.monotonic,
+                 curve: CurveClientKeys | None = None) -> None:
         self.address = address
         self.state = "connecting"
         self.on_up: Callable[[], None] = lambda: None
@@ -54,6 +96,7 @@ class EngineClient:
         self._last_reply = 0.0
         self._next_ping = 0.0
         self._opened_at = 0.0
+        self._curve = curve
 
     @property
     def socket(self) -> zmq.Socket:
@@ -77,6 +120,10 @@ class EngineClient:
         # Never queue requests for an engine that is away: a restarted engine must not
         # receive stale generates.
         sock.setsockopt(zmq.IMMEDIATE, 1)
+        if self._curve is not None:
+            sock.curve_serverkey = self._curve.server_public
+            sock.curve_publickey = self._curve.client_public
+            sock.curve_secretkey = self._curve.client_secret
         try:
             sock.connect(self.address)
         except zmq.ZMQError as err:
