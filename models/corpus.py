@@ -16,6 +16,7 @@ Torch-free; music21 is imported only when something must be converted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import fcntl
@@ -34,7 +35,7 @@ from models.exceptions import DataError
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.json"
-LOCK_NAME = ".lock"
+LOCK_SUFFIX = ".lock"
 INDEX_FORMAT = "melodyd-corpus-index"
 # Bump when the conversion changes, so old caches are converted again.
 CONVERTER_VERSION = 2
@@ -354,15 +355,19 @@ def convert_collections(names: Sequence[str], jobs: int = 0, *,
     if not todo:
         return indexes
     out_root = corpus_root()
-    try:
-        out_root.mkdir(parents=True, exist_ok=True)
-        lock = open(out_root / LOCK_NAME, "a+")  # noqa: SIM115 - held across the conversion
-    except OSError as err:
-        raise DataError(f"cannot create the corpus cache {out_root}: {err}") from err
-    with lock:
-        # Two builds may start together: the second waits here, then finds the work done.
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        indexes, todo = _cached(names)
+    with contextlib.ExitStack() as locks:
+        # Two builds may start together: the second waits for the collections the first
+        # is converting, then finds them done. Locks are taken in sorted order (no deadlock)
+        # and per collection, so a build of another corpus is not held up.
+        for collection in sorted(todo, key=lambda c: c.name):
+            try:
+                out_root.mkdir(parents=True, exist_ok=True)
+                lock = locks.enter_context(open(out_root / f"{collection.name}{LOCK_SUFFIX}", "a+"))
+            except OSError as err:
+                raise DataError(f"cannot write the corpus cache {out_root}: {err}") from err
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        done, todo = _cached([c.name for c in todo])
+        indexes.update(done)
         if todo:
             indexes.update(_convert(todo, out_root, jobs, progress))
     return indexes

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,43 @@ def test_cli_lists_counts_once_converted(tiny_cached: CorpusSpec,
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("corpus:tiny "))
     assert str(row["pieces"]) in line and str(row["notes"]) in line
     assert "not converted" not in line
+
+
+def _hold_lock(cache: Path, collection: str):
+    handle = open(cache / "corpus" / f"{collection}.lock", "a+")  # noqa: SIM115
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def test_a_second_build_waits_for_the_first_and_reuses_its_work(
+        tiny_cached: CorpusSpec, private_cache: Path) -> None:
+    index_path = private_cache / "corpus" / "verdi" / "index.json"
+    finished = json.loads(index_path.read_text())
+    index_path.unlink()
+    first = _hold_lock(private_cache, "verdi")  # "another build" is converting verdi
+    results: list[dict] = []
+    second = threading.Thread(target=lambda: results.append(
+        convert_collections(["verdi"], jobs=1, progress=False)), daemon=True)
+    second.start()
+    second.join(timeout=1.0)
+    assert second.is_alive(), "the second build must wait for the lock"
+    index_path.write_text(json.dumps({**finished, "written_by": "first"}))
+    first.close()  # releases the lock
+    second.join(timeout=120)
+    assert not second.is_alive()
+    assert results[0]["verdi"]["written_by"] == "first"
+
+
+def test_a_build_of_other_collections_does_not_wait(tiny_cached: CorpusSpec,
+                                                    private_cache: Path) -> None:
+    (private_cache / "corpus" / "verdi" / "index.json").unlink()
+    other = _hold_lock(private_cache, "handel")
+    try:
+        done = threading.Thread(target=convert_collections, args=(["verdi"],),
+                                kwargs={"jobs": 1, "progress": False}, daemon=True)
+        done.start()
+        done.join(timeout=300)
+        assert not done.is_alive()
+    finally:
+        other.close()
+    assert load_index(COLLECTIONS["verdi"])["converted"] == 1
