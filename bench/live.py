@@ -188,7 +188,11 @@ def run(args: argparse.Namespace) -> dict:
         "answered": answered, "onsets": len(errors_ms),
         "onset_error_ms": {"p50": percentile(errors_ms, 50), "p99": percentile(errors_ms, 99),
                            "max": max(errors_ms, default=float("nan")),
-                           "mean_signed": statistics.fmean(signed_ms) if signed_ms else None},
+                           "mean_signed": statistics.fmean(signed_ms) if signed_ms else None,
+                           "within_target": (sum(e <= server.period_s * 1000 + 0.5
+                                                 for e in errors_ms) / len(errors_ms)
+                                             if errors_ms else None),
+                           "signed_all": [round(e, 3) for e in signed_ms]},
         "phrase_end_to_first_note_ms": {"p50": percentile(reaction_ms, 50),
                                         "max": max(reaction_ms, default=float("nan"))},
         "trigger_to_first_engine_note_ms": {"p50": percentile(engine_latency, 50),
@@ -214,6 +218,8 @@ def print_table(result: dict) -> None:
         ("onsets measured", str(result["onsets"])),
         ("onset error p50 / p99 / max", f"{e['p50']:.2f} / {e['p99']:.2f} / {e['max']:.2f} ms "
                                         f"(target p99 <= {result['target_p99_ms']:.2f} ms)"),
+        ("onsets within target", f"{100 * e['within_target']:.1f} %" if e["within_target"]
+         is not None else "-"),
         ("onset error mean (signed)", f"{e['mean_signed']:+.2f} ms" if e["mean_signed"]
          is not None else "-"),
         ("phrase end -> first note p50 / max",
