@@ -104,8 +104,9 @@ def dataset_prime(directory: str | Path, style: str, bars: int = 4) -> Prime | N
             continue
         notes, signature = opening
         piece = names[index] if index < len(names) else f"test piece {index}"
-        return Prime(f"{style}_test", f"{style} test piece {Path(piece).stem}, bars 1-{bars}",
-                     tuple(notes), signature, bars, f"{data.directory.name}: {piece}")
+        title = f"{style} test piece {Path(piece).with_suffix('')}, bars 1-{bars}"
+        return Prime(f"{style}_test", title, tuple(notes), signature, bars,
+                     f"{data.directory.name}: {piece}")
     logger.warning("no test piece of %s has a %d-bar opening with %d notes", directory, bars,
                    MIN_PRIME_NOTES)
     return None
