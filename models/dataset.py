@@ -160,7 +160,12 @@ def _init_worker(tokens_settings: dict[str, Any], data_settings: dict[str, Any])
 def _work(item: tuple[str, str]) -> tuple[str, bytes | None, int, str | None, str]:
     """Worker entry: plain values in and out (ids as raw uint16 bytes)."""
     path, name = item
-    result = tokenize_file(Path(path), name, _WORKER["tokenizer"], _WORKER["settings"])
+    try:
+        result = tokenize_file(Path(path), name, _WORKER["tokenizer"], _WORKER["settings"])
+    except Exception as err:  # a library bug on one odd file must not end a long build
+        logger.warning("unexpected error on %s: %r", name, err)
+        result = PieceResult(name, None, reason=SKIP_PARSE,
+                             detail=f"unexpected {type(err).__name__}: {err}"[:200])
     raw = None if result.tokens is None else result.tokens.tobytes()
     return result.name, raw, result.notes, result.reason, result.detail
 

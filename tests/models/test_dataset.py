@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import symusic
 
+from models import dataset
 from models.cli import main
 from models.dataset import (
     SKIP_EMPTY,
@@ -339,3 +340,18 @@ def test_flag_values_are_range_checked(tmp_path: Path, capsys: pytest.CaptureFix
                  "--val-fraction", "0.8"])
     err = capsys.readouterr().err
     assert code == 2 and "val_fraction" in err and "0.8" in err
+
+
+def test_an_unexpected_error_on_one_file_is_recorded(midi_folder: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    real = dataset.tokenize_file
+
+    def flaky(path: Path, name: str, *args, **kwargs):
+        if name == "set1/tune03.mid":
+            raise ZeroDivisionError("a library bug")
+        return real(path, name, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "tokenize_file", flaky)
+    manifest = build(midi_folder, tmp_path / "out")
+    [entry] = manifest["skipped"][SKIP_PARSE]
+    assert entry["file"] == "set1/tune03.mid" and "ZeroDivisionError" in entry["detail"]
