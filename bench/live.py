@@ -145,6 +145,7 @@ def run(args: argparse.Namespace) -> dict:
         idle_cpu = {name: 100.0 * (cpu_seconds(pid) - before[name]) / elapsed
                     for name, pid in pids.items()}
 
+        xruns_before = server.xruns()
         errors_ms: list[float] = []
         signed_ms: list[float] = []
         reaction_ms: list[float] = []
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> dict:
                 error = (r.t - (origin + line * spb)) * 1000
                 signed_ms.append(error)
                 errors_ms.append(abs(error))
+        xruns = server.xruns() - xruns_before
         rss = {name: rss_mb(pid) for name, pid in pids.items()}
         own_rss = {name: private_rss_mb(pid) for name, pid in pids.items()}
         text = log_path.read_text(errors="replace")
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace) -> dict:
                                         "max": max(reaction_ms, default=float("nan"))},
         "trigger_to_first_engine_note_ms": {"p50": percentile(engine_latency, 50),
                                             "max": max(engine_latency, default=float("nan"))},
-        "notes_sent": sent, "notes_dropped": dropped,
+        "notes_sent": sent, "notes_dropped": dropped, "jack_xruns_while_playing": xruns,
         "idle_cpu_percent_of_core": idle_cpu, "idle_seconds": args.idle,
         "rss_mb": rss, "rss_mb_total": sum(rss.values()),
         "rss_without_jack_shm_mb": own_rss,
@@ -227,6 +229,7 @@ def print_table(result: dict) -> None:
         ("trigger -> first engine note p50 / max",
          "{p50:.0f} / {max:.0f} ms".format(**result["trigger_to_first_engine_note_ms"])),
         ("notes sent / dropped", f"{result['notes_sent']} / {result['notes_dropped']}"),
+        ("JACK xruns while playing", str(result["jack_xruns_while_playing"])),
     ]
     rows += [(f"idle CPU {name}", f"{pct:.2f} % of a core over {result['idle_seconds']:g} s")
              for name, pct in result["idle_cpu_percent_of_core"].items()]

@@ -95,6 +95,16 @@ class JackServer:
         self.stop()
         raise BridgeError(f"jackd {self.name} did not answer within {timeout:.0f} s")
 
+    def xruns(self) -> int:
+        """How many xruns jackd has reported so far (the dummy driver loses time on each)."""
+        if self._log is None:
+            return 0
+        self._log.flush()
+        self._log.seek(0)
+        count = self._log.read().count(b"XRun")
+        self._log.seek(0, os.SEEK_END)
+        return count
+
     def stop(self) -> None:
         """Stop the server."""
         process, self._process = self._process, None
