@@ -179,6 +179,8 @@ class MidiClock(Clock):
     def song_position(self, sixteenths: int) -> None:
         """Song Position Pointer: move to ``sixteenths`` (ignored while playing)."""
         with self._lock:
+            if self._playing:  # the MIDI spec: a moving transport ignores SPP
+                return
             self._position = sixteenths * TICKS_PER_SPP_UNIT
             self._ticks.clear()
 

@@ -86,6 +86,10 @@ def test_midi_clock_stop_continue_and_song_position():
     clock.song_position(16)  # 16 sixteenths = bar 2 in 4/4 = beat 4
     assert clock.position_beats == pytest.approx(4.0)
     clock.resume()
+    clock.song_position(64)  # ignored while playing
+    assert clock.position_beats == pytest.approx(4.0)
+    clock.stop()
+    clock.resume()
     feed(clock, t + 5.0, 120.0, 24)
     assert clock.time_at(4.0) == pytest.approx(t + 5.0, abs=1e-6)
     clock.start()  # Start goes back to the top
