@@ -180,3 +180,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                          f"{str(err).splitlines()[0]}") from err
     model.to(map_location).eval()
     return Checkpoint(path=Path(path), model=model, state=state)
+
+
+def write_weights_only(source: str | Path, target: str | Path,
+                       dtype: torch.dtype = torch.float16) -> Path:
+    """Write a checkpoint's model for shipping: weights (as ``dtype``) and its description.
+
+    The optimizer, scheduler and RNG states are dropped (they are twice the weights and
+    only serve a resume), and floating-point weights are stored as ``dtype``:
+    ``load_checkpoint`` casts them back into the model's float32 parameters, and
+    fine-tuning from half-precision weights loses nothing that training does not
+    immediately wash out. The result is a normal checkpoint: ``melody fine-tune --from``
+    and ``melody export`` read it.
+
+    Raises:
+        ModelError: the source is not a readable checkpoint, or the target cannot be written.
+    """
+    state = read_checkpoint(source)
+    weights = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+               for name, tensor in state["model"].items()}
+    keep = ("arch", "model_config", "tokenizer", "data", "step", "metrics", "train_config")
+    slim = {key: state[key] for key in keep if key in state}
+    return save_checkpoint(target, {**slim, "model": weights, "weights_only": True})

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 HELP = "re-train and re-export the shipped style models from the recipe"
 DEFAULT_RECIPE = Path(__file__).resolve().parent / "pretrained" / "recipe.toml"
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
+# The shipped base model's checkpoint, inside PRETRAINED: where new styles start from.
+BASE_CHECKPOINT = "base.pt"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
 
 
-def _melody(*args: str) -> list[str]:
+def melody_command(*args: str) -> list[str]:
+    """The argv of a ``melody`` subcommand run by this Python as a child process."""
     return [sys.executable, "-m", "models.cli", *args]
 
 
@@ -86,7 +89,8 @@ class Runner:
         return result.returncode == 0
 
 
-def _train_flags(section: dict[str, Any], threads: int | None) -> list[str]:
+def train_flags(section: dict[str, Any], threads: int | None) -> list[str]:
+    """``melody train``/``fine-tune`` flags of a recipe section."""
     flags = ["--batch-size", str(section["batch_size"]), "--lr", str(section["lr"]),
              "--steps", str(section["steps"]), "--eval-every", str(section["eval_every"]),
              "--time-budget", str(section["time_budget"]), "--seed", str(section["seed"])]
@@ -95,9 +99,36 @@ def _train_flags(section: dict[str, Any], threads: int | None) -> list[str]:
     return flags
 
 
-def _build_data(runner: Runner, name: str, source: str, transpose: str, out: Path) -> None:
-    runner.step(f"data {name}", _melody("data", "build", "--source", source, "--out", str(out),
-                                        "--transpose", transpose), done=out / "manifest.json")
+def build_data(runner: Runner, name: str, source: str, transpose: str, out: Path) -> None:
+    """Build a dataset unless its manifest exists."""
+    runner.step(f"data {name}", melody_command("data", "build", "--source", source,
+                                               "--out", str(out), "--transpose", transpose),
+                done=out / "manifest.json")
+
+
+def export_style(runner: Runner, style: str, checkpoint: Path, data: Path, target: Path) -> None:
+    """Export a style model: int8 when it agrees with fp32 well enough, else fp32.
+
+    Skipped when ``target`` is newer than ``checkpoint`` (already exported from it).
+    """
+    if (target.exists() and checkpoint.exists()
+            and target.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns):
+        logger.info("export %s: already done (%s)", style, target)
+        return
+    export = ["export", str(checkpoint), "-o", str(target), "--style", style]
+    # `melody export --int8` refuses (non-zero exit) below its agreement thresholds.
+    if not runner.step(f"export {style} int8",
+                       melody_command(*export, "--int8", "--data", str(data)),
+                       allow_failure=True):
+        logger.warning("%s: int8 export refused; shipping fp32", style)
+        runner.step(f"export {style} fp32", melody_command(*export))
+
+
+def print_timings(runner: Runner, started: float) -> None:
+    """One line per step that ran, and the total, in minutes."""
+    for name, seconds in runner.timings:
+        print(f"{name:<28} {seconds / 60:6.1f} min")
+    print(f"total {(time.monotonic() - started) / 60:.1f} min")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,37 +145,34 @@ def run(args: argparse.Namespace) -> int:
     transpose = str(recipe.base.get("transpose", "0..0"))
 
     base_data = work / "data" / "base"
-    _build_data(runner, "base", recipe.base["source"], transpose, base_data)
+    build_data(runner, "base", recipe.base["source"], transpose, base_data)
     base_run = work / "base"
     resume = ["--resume"] if (base_run / "last.pt").exists() else []
-    runner.step("train base", _melody(
+    runner.step("train base", melody_command(
         "train", "--data", str(base_data), "--arch", recipe.base["arch"],
         "--size", recipe.base["size"], "--out", str(base_run), *resume,
-        *_train_flags(recipe.base, args.threads)), done=base_run / "done")
+        *train_flags(recipe.base, args.threads)), done=base_run / "done")
+    args.out.mkdir(parents=True, exist_ok=True)
     if not args.dry_run:
         (base_run / "done").touch()
+        # The base ships too (weights only, fp16): `melody add-style` fine-tunes it on a
+        # user's own MIDI folder.
+        from models.checkpoint import write_weights_only  # noqa: PLC0415 - torch only here
 
-    args.out.mkdir(parents=True, exist_ok=True)
+        write_weights_only(base_run / "best.pt", args.out / BASE_CHECKPOINT)
+        logger.info("base model: %s", args.out / BASE_CHECKPOINT)
     for style in wanted:
         data = work / "data" / style
-        _build_data(runner, style, recipe.styles[style]["source"], transpose, data)
+        build_data(runner, style, recipe.styles[style]["source"], transpose, data)
         run_dir = work / style
         settings = {**recipe.finetune, **recipe.styles[style]}
-        runner.step(f"fine-tune {style}", _melody(
+        runner.step(f"fine-tune {style}", melody_command(
             "fine-tune", "--from", str(base_run / "best.pt"), "--data", str(data),
             "--freeze", str(settings["freeze"]), "--out", str(run_dir),
-            *_train_flags(settings, args.threads)), done=run_dir / "done")
+            *train_flags(settings, args.threads)), done=run_dir / "done")
         if not args.dry_run:
             (run_dir / "done").touch()
-        target = args.out / f"{style}.onnx"
-        export = ["export", str(run_dir / "best.pt"), "-o", str(target), "--style", style]
-        # int8 ships when it agrees with fp32 well enough; export refuses it otherwise.
-        if not runner.step(f"export {style} int8", _melody(*export, "--int8", "--data", str(data)),
-                           allow_failure=True):
-            logger.warning("%s: int8 export refused; shipping fp32", style)
-            runner.step(f"export {style} fp32", _melody(*export))
+        export_style(runner, style, run_dir / "best.pt", data, args.out / f"{style}.onnx")
 
-    for name, seconds in runner.timings:
-        print(f"{name:<28} {seconds / 60:6.1f} min")
-    print(f"total {(time.monotonic() - started) / 60:.1f} min")
+    print_timings(runner, started)
     return 0
