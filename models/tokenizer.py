@@ -30,7 +30,7 @@ import miditok
 import numpy as np
 import symusic
 
-from models.exceptions import TokenizerError
+from models.exceptions import ConfigError, TokenizerError
 from models.notes import Note
 from models.settings import TokensSettings, _build_section
 
@@ -143,7 +143,11 @@ class MelodyTokenizer:
             raise TokenizerError(
                 f"tokenizer configuration version must be {TOKENIZER_VERSION} "
                 f"(received {data.get('version')!r})")
-        settings = _build_section("tokens", TokensSettings, data.get("settings", {}))
+        try:
+            settings = _build_section("tokens", TokensSettings, data.get("settings", {}))
+        except ConfigError as err:
+            # A saved configuration is data, not the user's config.toml: say where it is from.
+            raise TokenizerError(f"invalid tokenizer configuration: {err}") from err
         tokenizer = cls(settings)
         expected = data.get("fingerprint")
         if expected is not None and expected != tokenizer.fingerprint:

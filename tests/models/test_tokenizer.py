@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.corpus import convert_source
-from models.exceptions import ConfigError, TokenizerError
+from models.exceptions import TokenizerError
 from models.notes import Note
 from models.settings import TokensSettings
 from models.streaming import StreamingDetokenizer
@@ -179,21 +179,14 @@ def test_config_json_round_trip_keeps_the_fingerprint(tmp_path: Path) -> None:
     assert loaded.fingerprint != MelodyTokenizer().fingerprint
 
 
-# MelodyTokenizer.from_dict validates settings with models.settings, whose ConfigError
-# (also a MelodyError, so users still get one clean line) is not wrapped in TokenizerError.
-_CONFIG_ERROR_LEAKS = pytest.mark.xfail(
-    strict=True, raises=ConfigError,
-    reason="tokenizer.from_dict lets ConfigError through instead of TokenizerError")
-
-
 @pytest.mark.parametrize("corruption", [
     pytest.param(lambda text: text[: len(text) // 2], id="truncated-json"),
     pytest.param(lambda text: text.replace("melodyd-tokens", "other"), id="wrong-format"),
     pytest.param(lambda text: text.replace('"version": 1', '"version": 99'), id="wrong-version"),
     pytest.param(lambda text: text.replace('"pitch_min": 21', '"pitch_min": 300'),
-                 id="pitch-out-of-range", marks=_CONFIG_ERROR_LEAKS),
+                 id="pitch-out-of-range"),
     pytest.param(lambda text: text.replace('"pitch_min": 21', '"pich_min": 21'),
-                 id="unknown-key", marks=_CONFIG_ERROR_LEAKS),
+                 id="unknown-key"),
     pytest.param(lambda text: json.dumps({**json.loads(text), "fingerprint": "0" * 16}),
                  id="fingerprint-mismatch"),
 ])
