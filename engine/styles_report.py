@@ -147,8 +147,9 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "Next-token perplexity and accuracy of each ONNX model (run through the engine) on "
         "the test split of its style's dataset: pieces the style was never fine-tuned on. "
-        "Test pieces that the base model saw in its own training split are left out, so "
-        "every scored piece is new to the model.",
+        "Splits are drawn per piece (a hash of its name), so these are test pieces of the "
+        "base model's dataset too; any test piece the base model saw in its training split "
+        "would be left out and counted, so every scored piece is new to the model.",
         "",
         *_heldout_section(styles),
         "",

@@ -203,27 +203,41 @@ def tokenize_files(root: Path, files: Sequence[Path], tokenizer: MelodyTokenizer
 
 
 # ----------------------------------------------------------------- splits and augmentation
+def _split_draw(name: str, seed: int) -> float:
+    """A piece's fixed draw in [0, 1): a hash of the seed and its name, nothing else."""
+    digest = hashlib.sha256(f"{seed}\x00{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
 def split_pieces(names: Sequence[str], val_fraction: float, test_fraction: float,
                  seed: int) -> dict[str, list[str]]:
-    """Assign whole pieces to splits: sorted, shuffled with ``seed``, cut by fractions.
+    """Assign whole pieces to splits by a hash of ``(seed, name)``.
+
+    A piece whose draw is below ``test_fraction`` is a test piece, below
+    ``test_fraction + val_fraction`` a validation piece, else a training piece. The draw
+    depends on the piece alone, not on which other pieces are in the dataset, so datasets
+    that share pieces agree on them: a style's test piece is a test piece of the base
+    dataset built from every corpus too, and the fine-tuned style model never met it,
+    neither in its fine-tuning nor in its base model's training.
 
     With at least three pieces, validation and test each get at least one piece when
-    their fraction is above zero.
+    their fraction is above zero: a small dataset whose draws all fall above a
+    threshold gives its lowest-drawn pieces (the ones nearest to the threshold's side).
     """
-    ordered = sorted(names)
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    shuffled = [ordered[i] for i in order]
-    n = len(shuffled)
-
-    def size(fraction: float) -> int:
-        count = round(n * fraction)
-        return max(count, 1) if fraction > 0 and n >= 3 else count
-
-    n_test, n_val = size(test_fraction), size(val_fraction)
+    draws = {name: _split_draw(name, seed) for name in names}
+    ordered = sorted(draws, key=lambda name: (draws[name], name))
+    test = [n for n in ordered if draws[n] < test_fraction]
+    if test_fraction > 0 and not test and len(ordered) >= 3:
+        test = ordered[:1]
+    rest = [n for n in ordered if n not in test]
+    validation = [n for n in rest if draws[n] < test_fraction + val_fraction]
+    if val_fraction > 0 and not validation and len(ordered) >= 3:
+        validation = rest[:1]
+    held_out = set(test) | set(validation)
     return {
-        "test": sorted(shuffled[:n_test]),
-        "validation": sorted(shuffled[n_test:n_test + n_val]),
-        "train": sorted(shuffled[n_test + n_val:]),
+        "test": sorted(test),
+        "validation": sorted(validation),
+        "train": sorted(n for n in ordered if n not in held_out),
     }
 
 

@@ -135,7 +135,9 @@ def test_no_piece_appears_in_two_splits(midi_folder: Path, tmp_path: Path) -> No
     splits = all_pieces(manifest)
     seen = [p for pieces in splits.values() for p in pieces]
     assert len(seen) == len(set(seen)) == 20
-    assert len(splits["validation"]) == len(splits["test"]) == 4
+    # Each piece's split is drawn on its own (a hash), so the counts only follow the
+    # fractions on average.
+    assert 1 <= len(splits["validation"]) <= 9 and 1 <= len(splits["test"]) <= 9, splits
 
 
 def test_the_same_seed_gives_the_same_split_and_bytes(midi_folder: Path, tmp_path: Path) -> None:
@@ -156,6 +158,27 @@ def test_split_pieces_ignores_input_order() -> None:
     names = [f"piece{i}.mid" for i in range(30)]
     shuffled = names[::-1]
     assert split_pieces(names, 0.1, 0.1, 3) == split_pieces(shuffled, 0.1, 0.1, 3)
+
+
+def test_datasets_sharing_pieces_agree_on_their_splits() -> None:
+    # The base dataset holds every corpus, a style dataset a part of it: a style's test
+    # piece must be a test piece of the base too, or the base model trained on it.
+    everything = [f"{corpus}/piece{i:03d}.mid" for corpus in ("bach", "folk", "chopin")
+                  for i in range(400)]
+    base = split_pieces(everything, 0.1, 0.1, 0)
+    for corpus in ("bach", "folk", "chopin"):
+        style = split_pieces([n for n in everything if n.startswith(corpus)], 0.1, 0.1, 0)
+        for split in SPLITS:
+            assert set(style[split]) <= set(base[split]), (corpus, split)
+    counts = {split: len(names) for split, names in base.items()}
+    assert 90 <= counts["test"] <= 150 and 90 <= counts["validation"] <= 150, counts
+
+
+def test_a_small_dataset_still_holds_out_a_piece_of_each_split() -> None:
+    for count in (3, 5, 8):
+        splits = split_pieces([f"p{i}" for i in range(count)], 0.1, 0.1, 0)
+        assert len(splits["test"]) >= 1 and len(splits["validation"]) >= 1, splits
+        assert sum(map(len, splits.values())) == count
 
 
 def test_transposition_only_adds_train_sequences(midi_folder: Path, tmp_path: Path) -> None:
