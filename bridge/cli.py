@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 HOW_TO_MAKE = ("make one with `melody export CHECKPOINT -o models/pretrained/NAME.onnx "
                "--style NAME`, or pass --model PATH.onnx")
+GIL_SWITCH_INTERVAL_S = 0.001  # see run_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +145,10 @@ def run_daemon(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.list_ports:
         return list_ports_command(settings)
+    # rtmidi's callback (on JACK's thread) and the scheduler both need the GIL to stamp a
+    # tick or send a note; with Python's default 5 ms switch interval a busy thread can
+    # hold them back that long. The daemon is I/O-bound, so a 1 ms interval costs little.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     signature = parse_time_signature(settings.clock.time_signature)
     curve = CurveClientKeys.from_dir(args.engine_keys) if args.engine_keys else None
     child = None

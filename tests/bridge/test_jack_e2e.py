@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.jack, pytest.mark.slow]
 POSITIONS_PER_BEAT = 12  # the default [tokens] grid the tiny model is built with
 PHRASE = [(0.0, 0.5, 60, 90), (1.0, 0.5, 64, 90), (2.0, 0.5, 67, 90), (3.0, 0.75, 72, 90)]
 SLACK_S = 0.003  # scheduler wake-up and a loaded CI box, on top of one JACK period
+MIDI_CLOCK_SLACK_S = 0.010  # SLACK_S plus the callback's stamping of clock ticks
 MAX_TRIES = 4
 
 
@@ -119,8 +120,11 @@ def test_follows_midi_clock_at_100_then_140_bpm(start_melodyd, probe_for, tiny_o
             if len(ons) >= 3:
                 break
         assert len(ons) >= 3, daemon.log()
-        # Tick arrival and note output each add up to one period of JACK jitter.
-        tolerance = 2 * period + SLACK_S
+        # Tick arrival and note output each add up to one period of JACK jitter; the
+        # phase is fitted from tick arrival times stamped by a Python callback, whose
+        # wake-up on a loaded 2-core box adds a few ms more (CI once saw 8.6 ms at 140
+        # BPM). Still well inside half a grid step (17.9 ms at 140 BPM).
+        tolerance = 2 * period + MIDI_CLOCK_SLACK_S
         assert abs(ons[0].t - answer_start) <= tolerance, (bpm, ons[0].t - answer_start)
         errors = grid_errors([r.t for r in ons], probe.beat_at, probe.beat_time)
         within = sum(e <= tolerance for e in errors) / len(errors)
