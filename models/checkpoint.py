@@ -6,7 +6,8 @@ The dict holds only tensors, numbers, strings, lists and dicts, so it is read ba
 Keys: ``format`` ("melodyd-checkpoint"), ``version``, ``arch`` ("gpt", "lstm", "gru"),
 ``model_config`` (dict), ``tokenizer`` (the tokenizer's dict), ``data`` (dataset manifest
 summary), ``model`` (state dict), ``optimizer``, ``scheduler``, ``step``, ``metrics``,
-``train_config``, ``rng`` (random generator states for an exact resume).
+``train_config``, ``rng`` (random generator states, for the record: an exact resume
+needs none, since every step reseeds from (seed, rank, step)).
 """
 
 from __future__ import annotations

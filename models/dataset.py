@@ -108,6 +108,8 @@ def tokenize_file(path: Path, name: str, tokenizer: MelodyTokenizer,
         size = path.stat().st_size
     except OSError as err:
         return PieceResult(name, None, reason=SKIP_PARSE, detail=str(err))
+    if size == 0:
+        return PieceResult(name, None, reason=SKIP_EMPTY, detail="0 bytes")
     if size > settings.max_file_bytes:
         return PieceResult(name, None, reason=SKIP_TOO_LARGE,
                            detail=f"{size} bytes > max_file_bytes {settings.max_file_bytes}")

@@ -25,6 +25,9 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
+TOKEN_MAX_DENOMINATOR = 16  # the largest time-signature denominator the vocabulary has
+
+
 def setting(default: Any, *, low: float | None = None, high: float | None = None,
             choices: tuple[Any, ...] | None = None) -> Any:
     """Declare a dataclass field with an allowed range or set of values."""
@@ -48,6 +51,13 @@ class DataSettings:
     max_file_bytes: int = setting(4_000_000, low=1)
     min_notes: int = setting(8, low=1)
 
+    def check(self) -> None:
+        """Cross-field rule: validation and test together leave pieces to train on."""
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ConfigError(
+                f"[data] val_fraction + test_fraction must be below 1 (received "
+                f"{self.val_fraction} + {self.test_fraction})")
+
 
 @dataclasses.dataclass(frozen=True)
 class TokensSettings:
@@ -60,6 +70,24 @@ class TokensSettings:
     num_velocities: int = setting(16, low=1, high=127)
     time_signatures: tuple[str, ...] = setting(
         ("2/4", "3/4", "4/4", "5/4", "6/4", "3/8", "6/8", "9/8", "12/8", "2/2", "3/2"))
+
+    def check(self) -> None:
+        """Cross-field rules: an ordered pitch range and well-formed time signatures."""
+        if self.pitch_min > self.pitch_max:
+            raise ConfigError(f"[tokens] pitch_min must be <= pitch_max "
+                              f"(received {self.pitch_min} > {self.pitch_max})")
+        for text in self.time_signatures:
+            if not isinstance(text, str):
+                raise ConfigError(f"[tokens] time_signatures holds strings like \"3/4\" "
+                                  f"(received {text!r})")
+            try:
+                denominator = parse_time_signature(text)[1]
+            except ConfigError as err:
+                raise ConfigError(f"[tokens] time_signatures: {err}") from err
+            # MidiTok's time-signature tokens stop at sixteenth-note denominators.
+            if denominator > TOKEN_MAX_DENOMINATOR:
+                raise ConfigError(f"[tokens] time_signatures: denominators go up to "
+                                  f"{TOKEN_MAX_DENOMINATOR} (received {text!r})")
 
 
 @dataclasses.dataclass(frozen=True)

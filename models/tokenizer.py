@@ -45,7 +45,7 @@ _NOTES_TPQ = 480
 
 def _parse_time_signature(text: str) -> tuple[int, int]:
     try:
-        num, den = (int(part) for part in text.split("/"))
+        num, den = (int(part) for part in str(text).split("/"))
     except ValueError as err:
         raise TokenizerError(f"time signature must look like '3/4' (received {text!r})") from err
     if num < 1 or den not in (1, 2, 4, 8, 16):

@@ -92,21 +92,39 @@ def _rng_states() -> dict[str, Any]:
     return states
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (a job scheduler, ``kill``) like Ctrl-C: stop and save checkpoints."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class StopRequest:
+    """Ctrl-C or SIGTERM asks training to stop at the end of the current step.
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    A signal only sets a flag, which the loop reads between steps, so ``last.pt`` never
+    holds the weights of a step whose scheduler and step count were not advanced (the
+    resume would then be off by one). A second signal while the first is pending raises
+    ``KeyboardInterrupt`` at once, for a user who does not want to wait.
+    """
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum: int, frame: object) -> None:
+        """The signal handler."""
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.info("%s received: stopping after this step", signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        """Handle SIGINT and SIGTERM while inside (only on the main thread, where Python
+        delivers signals)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self.handle)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class Trainer:
@@ -260,14 +278,25 @@ class Trainer:
                         " (best)" if improved else "")
         return metrics
 
-    def _out_of_time(self, started: float) -> bool:
+    def _stop_reason(self, started: float, stop: StopRequest) -> str | None:
+        """``time_budget`` or ``interrupted`` when training should stop after this step.
+
+        Under DDP every process must stop at the same step: the flags are reduced with MAX
+        so that a signal or the budget seen by any process stops them all. The tensor lives
+        on the training device (NCCL only reduces CUDA tensors).
+        """
         budget = self.settings.time_budget * 60.0
-        if budget <= 0:
-            return False
-        over = torch.tensor([float(time.monotonic() - started > budget)])
-        if self.runtime.distributed:  # every process must stop at the same step
-            torch.distributed.broadcast(over, src=0)
-        return bool(over.item())
+        flags = [float(budget > 0 and time.monotonic() - started > budget),
+                 float(stop.requested)]
+        if self.runtime.distributed:
+            tensor = torch.tensor(flags, device=self.runtime.device)
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+            flags = tensor.tolist()
+        if flags[1]:
+            return "interrupted"
+        if flags[0]:
+            return "time_budget"
+        return None
 
     def fit(self) -> dict[str, Any]:
         """Train until the last step, the time budget, ``stop_at`` or Ctrl-C.
@@ -285,7 +314,7 @@ class Trainer:
         self.model.train()
         reason, metrics, losses, evaluated_at = "steps", {}, [], -1
         window_start, window_steps, rate = time.monotonic(), 0, 0.0
-        with _terminate_as_interrupt():
+        with StopRequest().installed() as stop:
             try:
                 while self.step < end:
                     losses.append(self.train_step())
@@ -308,13 +337,12 @@ class Trainer:
                     if self.step % s.eval_every == 0 and self.step < end:
                         metrics, evaluated_at = self.evaluate_and_save(), self.step
                         window_start = time.monotonic()  # validation is not training time
-                    if self._out_of_time(started):
-                        reason = "time_budget"
+                    stopping = self._stop_reason(started, stop)
+                    if stopping is not None:
+                        reason = stopping
                         break
                 else:
                     reason = "steps" if self.step >= s.steps else "stop_at"
-            except KeyboardInterrupt:
-                reason = "interrupted"
             finally:
                 bar.close()
         if evaluated_at != self.step:

@@ -72,6 +72,7 @@ def bad_folder(midi_folder: Path) -> Path:
     good = (midi_folder / "set0" / "tune00.mid").read_bytes()
     (midi_folder / "corrupt.mid").write_bytes(good[:30])
     write_midi(midi_folder / "empty.mid", [])
+    (midi_folder / "zero.mid").write_bytes(b"")  # an interrupted download
     (midi_folder / "notes.midi").write_text("these are not the notes you are looking for\n")
     chords = [(float(b), 1.0, p, 80) for b in range(8) for p in (60, 64, 67)]
     write_midi(midi_folder / "chords.mid", chords)
@@ -98,12 +99,12 @@ def test_bad_files_are_skipped_with_their_own_reason(bad_folder: Path, tmp_path:
     reasons = {entry["file"]: reason for reason, entries in manifest["skipped"].items()
                for entry in entries}
     assert reasons == {"corrupt.mid": SKIP_PARSE, "empty.mid": SKIP_EMPTY,
-                       "notes.midi": SKIP_NOT_MIDI}
+                       "zero.mid": SKIP_EMPTY, "notes.midi": SKIP_NOT_MIDI}
     kept = sum(manifest["splits"][s]["num_pieces"] for s in SPLITS)
     assert kept == 21  # the twenty tunes and the chords
-    assert manifest["files"] == 24
+    assert manifest["files"] == 25
     on_disk = load_manifest(tmp_path / "out")
-    assert on_disk["skipped_counts"] == {SKIP_PARSE: 1, SKIP_EMPTY: 1, SKIP_NOT_MIDI: 1}
+    assert on_disk["skipped_counts"] == {SKIP_PARSE: 1, SKIP_EMPTY: 2, SKIP_NOT_MIDI: 1}
 
 
 def test_monophonic_skips_a_polyphonic_file(bad_folder: Path, tmp_path: Path) -> None:
@@ -338,6 +339,16 @@ def test_cli_flags_override_the_config_file(midi_folder: Path, tmp_path: Path) -
     pytest.param("[data]\nval_fraction = 0.9\n", ["val_fraction", "0.9"], id="out-of-range"),
     pytest.param("[data]\nmin_notes = 'many'\n", ["min_notes", "'many'"], id="wrong-type"),
     pytest.param("[dta]\nseed = 1\n", ["[dta]", "did you mean 'data'"], id="unknown-section"),
+    pytest.param("[data]\nval_fraction = 0.5\ntest_fraction = 0.5\n",
+                 ["val_fraction + test_fraction", "0.5 + 0.5"], id="no-train-left"),
+    pytest.param("[tokens]\ntime_signatures = [44]\n", ["time_signatures", "44"],
+                 id="signature-not-a-string"),
+    pytest.param("[tokens]\ntime_signatures = ['4/3']\n", ["time_signatures", "'4/3'"],
+                 id="signature-not-a-power-of-two"),
+    pytest.param("[tokens]\ntime_signatures = ['7/32']\n", ["time_signatures", "'7/32'"],
+                 id="signature-beyond-the-vocabulary"),
+    pytest.param("[tokens]\npitch_min = 90\npitch_max = 60\n", ["pitch_min", "90 > 60"],
+                 id="pitch-range-reversed"),
 ])
 def test_config_errors_name_the_key_and_the_value(tmp_path: Path, toml: str,
                                                   pieces: list[str]) -> None:

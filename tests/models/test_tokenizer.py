@@ -70,19 +70,30 @@ def velocity_bin(tokenizer: MelodyTokenizer, velocity: int) -> int:
     return min(bins, key=lambda b: (abs(b - velocity), -b))
 
 
-def expected_duration_error(tokenizer: MelodyTokenizer, duration: float) -> float:
+def grid_step(tokenizer: MelodyTokenizer, path: Path) -> float:
+    """One grid step of the piece, in quarter notes.
+
+    MidiTok's positions divide the time signature's beat (a half note in 2/2, an eighth
+    in 6/8), so the step is (4 / denominator) / positions_per_beat; a piece that changes
+    signature is held to its coarsest step.
+    """
+    score = symusic.Score(str(path))
+    denominators = {ts.denominator for ts in score.time_signatures} or {4}
+    return max(4.0 / den for den in denominators) / tokenizer.settings.positions_per_beat
+
+
+def expected_duration_error(tokenizer: MelodyTokenizer, duration: float, step: float) -> float:
     """How far a decoded duration may be from the original, in quarter notes.
 
-    One grid step (1/positions_per_beat) up to 4 beats, a quarter beat above that, and
-    anything beyond the longest duration is capped at it. The beat of a /2 time signature
-    is a half note, so steps are allowed twice as long.
+    One grid step up to 4 quarter notes, a quarter of the signature's beat above that, and
+    anything beyond the longest duration (counted in quarter notes) is capped at it.
     """
-    step = 2.0 / tokenizer.settings.positions_per_beat
     longest = tokenizer.settings.max_duration_beats
+    beat = step * tokenizer.settings.positions_per_beat
     if duration > longest:
         return duration - longest + step
     if duration > 4:
-        return 2.0 * 0.25
+        return 0.25 * beat
     return step
 
 
@@ -96,7 +107,7 @@ def test_round_trip_keeps_pitches_velocity_bins_and_timing(
     decoded = tokenizer.decode_notes(ids)
 
     assert len(decoded) == len(original)
-    step = 2.0 / tokenizer.settings.positions_per_beat
+    step = grid_step(tokenizer, path)
     # Pair notes by pitch in time order: quantization can reorder near-simultaneous notes.
     for pitch in sorted({n.pitch for n in original}):
         before = [n for n in original if n.pitch == pitch]
@@ -106,7 +117,7 @@ def test_round_trip_keeps_pitches_velocity_bins_and_timing(
             assert new.velocity == velocity_bin(tokenizer, old.velocity)
             assert abs(new.onset - old.onset) <= step + 1e-9, (old, new)
             assert abs(new.duration - old.duration) <= (
-                expected_duration_error(tokenizer, old.duration) + 1e-9), (old, new)
+                expected_duration_error(tokenizer, old.duration, step) + 1e-9), (old, new)
 
 
 @pytest.mark.parametrize("piece_id", [p[0] for p in PIECES])

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,31 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(
     weights_b = read_checkpoint(tmp_path / "split" / "last.pt")["model"]
     for name, tensor in weights_a.items():
         torch.testing.assert_close(weights_b[name], tensor, atol=1e-6, rtol=0)
+
+
+def test_sigterm_mid_step_stops_after_the_step_and_resumes_exactly(corpus: Path,
+                                                                   tmp_path: Path) -> None:
+    config = settings(steps=24, eval_every=8)
+    train(config, RunRequest(corpus, tmp_path / "whole", progress=False))
+    trainer = Trainer(config, RunRequest(corpus, tmp_path / "split", progress=False))
+    optimizer_step = trainer.optimizer.step
+    calls = []
+
+    def step_then_signal(*args, **kwargs):
+        result = optimizer_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 11:  # between the weight update and the scheduler/step count
+            signal.raise_signal(signal.SIGTERM)
+        return result
+
+    trainer.optimizer.step = step_then_signal
+    stopped = trainer.fit()
+    assert stopped["stopped"] == "interrupted" and stopped["step"] == 11
+    saved = read_checkpoint(tmp_path / "split" / "last.pt")
+    assert saved["step"] == 11 and saved["scheduler"]["last_epoch"] == 11
+    train(config, RunRequest(corpus, tmp_path / "split", resume=True, progress=False))
+    whole, split = val_records(tmp_path / "whole"), val_records(tmp_path / "split")
+    assert whole[24] == pytest.approx(split[24], abs=1e-6)
 
 
 def test_the_same_seed_gives_the_same_run(corpus: Path, tmp_path: Path) -> None:
