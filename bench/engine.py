@@ -1,6 +1,7 @@
 """Engine benchmark: cached decode latency, prefill, recompute and PyTorch ratios, batching.
 
-Run with ``melody bench engine --model M.onnx`` (or ``python -m bench.engine M.onnx``).
+Run with ``melody bench engine --model M.onnx`` (or ``python -m bench.engine --model M.onnx``;
+both take the same flags).
 Everything is measured on the engine's own code path (``StyleDecoder.step``: the ONNX
 call, the grammar mask, sampling and the streaming detokenizer), so the numbers are what
 a jam gets. Caches are filled with random keys/values of the wanted length: timing does
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -386,3 +388,14 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=float) + "\n")
     return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m bench.engine [flags]``: the same as ``melody bench engine [flags]``."""
+    from models.cli import main as melody  # noqa: PLC0415 - the CLI parses and logs
+
+    return melody(["bench", "engine", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,11 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="style name served by the engine (default: from the checkpoint, "
                              "else the output file name)")
     parser.add_argument("--max-batch", type=int, default=4, metavar="B",
-                        help="largest batch the engine will run; parity is checked at "
-                             "batch 1 and batch max(2, B) (default 4)")
+                        help="batch of the parity check with mixed history lengths, checked "
+                             "besides batch 1 (default 4); the graph itself takes any batch")
     parser.add_argument("--data", metavar="DIR",
                         help="dataset (melody data build) whose validation split checks --int8; "
-                             "default: a few Bach chorales from music21")
+                             "default: the checkpoint's training dataset if it still exists, "
+                             "else a few Bach chorales from music21")
     parser.add_argument("--min-agreement", type=_probability, default=MIN_AGREEMENT,
                         metavar="P", help=f"lowest int8 top-1 agreement accepted "
                                           f"(default {MIN_AGREEMENT})")

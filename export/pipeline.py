@@ -87,6 +87,19 @@ def default_style(state: dict, output: Path) -> str:
     return output.stem
 
 
+def trained_on(state: dict) -> Path | None:
+    """The dataset folder the checkpoint was trained on, when it is still there.
+
+    Its validation split is the natural check of an int8 model: real tokens of the
+    model's own music that it never trained on.
+    """
+    recorded = (state.get("train_config") or {}).get("data_dir")
+    if recorded and (Path(recorded) / "manifest.json").is_file():
+        logger.info("int8 check on the validation split of %s (the training data)", recorded)
+        return Path(recorded)
+    return None
+
+
 def export_checkpoint(checkpoint: str | Path, output: str | Path, *, int8: bool = False,
                       opset: int = DEFAULT_OPSET, style: str | None = None,
                       max_batch: int = 4, data_dir: str | Path | None = None,
@@ -101,9 +114,10 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, int8: bool 
         int8: write the int8 dynamically quantized model instead of fp32.
         opset: ONNX opset version.
         style: the style name in the metadata; default from the checkpoint or file name.
-        max_batch: the largest batch the engine will run; parity is checked at batch 1
-            and at ``max(2, max_batch)``.
-        data_dir: a built dataset whose validation split checks the int8 model.
+        max_batch: the batch of the mixed-history parity check, ``max(2, max_batch)``,
+            besides batch 1 (the graph itself takes any batch).
+        data_dir: a built dataset whose validation split checks the int8 model (default:
+            the checkpoint's training dataset when it still exists, else music21 chorales).
         min_agreement: the lowest int8 top-1 agreement accepted.
         max_kl: the highest int8 mean KL (nats) accepted.
         steps: decode steps after each parity prefill.
@@ -148,6 +162,8 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, int8: bool 
                 onnx.checker.check_model(str(final), full_check=True)
             except onnx.checker.ValidationError as err:
                 raise ExportError(f"the int8 graph fails onnx.checker: {err}") from err
+            if data_dir is None:
+                data_dir = trained_on(loaded.state)
             if data_dir is not None:
                 windows, source = dataset_windows(data_dir, tokenizer)
             else:

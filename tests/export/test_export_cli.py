@@ -181,6 +181,20 @@ def test_int8_checks_against_a_datasets_validation_split(
     assert "different vocabulary" in _error_line(capsys)
 
 
+@pytest.mark.slow
+def test_int8_checks_on_the_training_datasets_validation_split_by_default(
+        tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from models.checkpoint import read_checkpoint, save_checkpoint  # noqa: PLC0415
+    from models.tokenizer import MelodyTokenizer  # noqa: PLC0415
+
+    data = _tiny_dataset(tmp_path, MelodyTokenizer())
+    state = read_checkpoint(tiny_checkpoint)
+    state["train_config"] = {**(state.get("train_config") or {}), "data_dir": str(data)}
+    trained = save_checkpoint(tmp_path / "trained.pt", state)
+    assert main(["export", str(trained), "-o", str(tmp_path / "q.onnx"), "--int8"]) == 0
+    assert f"of {data} validation" in capsys.readouterr().out
+
+
 def test_parity_failure_exits_non_zero_naming_outputs(
         tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
