@@ -321,9 +321,13 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
     if results.get("torch_eager"):
         ratio = results["torch_eager"][far]["cpu_p50"] / decode[far]["cpu_p50"]
         out["torch_cpu_ratio_ge_2"] = {"past": far, "value": ratio, "met": ratio >= 2}
-    sessions = results["realtime"]["estimated_max"]
-    out["sessions_ge_20"] = {"value": sessions, "measured_max": results["realtime"]["measured_max"],
-                             "met": sessions >= 20}
+    # Met only by a measured batch (the default batches include 32), never by the fitted
+    # line alone. The mean step time is the right statistic here: notes stream ahead of
+    # playback, so a slow step is absorbed as long as the average keeps the rate.
+    realtime = results["realtime"]
+    out["sessions_ge_20"] = {"value": realtime["measured_max"],
+                             "estimated_max": realtime["estimated_max"],
+                             "met": realtime["measured_max"] >= 20}
     out["resident_mib_per_model"] = results["memory_mib"]["model_resident"]
     return out
 
