@@ -91,8 +91,13 @@ def styles_directory(settings: Settings) -> Path:
     return Path(__file__).resolve().parent.parent / "models" / "pretrained"
 
 
-def choose_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, str | None]:
-    """The ONNX file for the private engine and the style to ask for (``None``: its own).
+def choose_models(args: argparse.Namespace,
+                  settings: Settings) -> tuple[list[Path], str | None]:
+    """The ONNX files for the private engine and the style to ask for (``None``: its own).
+
+    With ``--model`` the engine serves that one file. Otherwise it serves every installed
+    style, the chosen one first, so the style knob (``[midi] cc_style``) can switch
+    between them while playing.
 
     Raises:
         BridgeError: the file does not exist; the message says how to make one.
@@ -101,7 +106,7 @@ def choose_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, st
         path = Path(args.model).expanduser()
         if not path.is_file():
             raise BridgeError(f"model file not found: {path}; {HOW_TO_MAKE}")
-        return path, None
+        return [path], None
     style = args.style or settings.styles.default
     directory = styles_directory(settings)
     path = directory / f"{style}.onnx"
@@ -109,7 +114,8 @@ def choose_model(args: argparse.Namespace, settings: Settings) -> tuple[Path, st
         installed = ", ".join(sorted(p.stem for p in directory.glob("*.onnx"))) or "none"
         raise BridgeError(f"style {style!r} is not installed: {path} does not exist "
                           f"(installed: {installed}); {HOW_TO_MAKE}")
-    return path, style
+    others = sorted(p for p in directory.glob("*.onnx") if p != path)
+    return [path, *others], style
 
 
 def list_ports_command(settings: Settings) -> int:
@@ -153,10 +159,14 @@ def run_daemon(args: argparse.Namespace) -> int:
     curve = CurveClientKeys.from_dir(args.engine_keys) if args.engine_keys else None
     child = None
     if settings.engine.connect:
-        address, style = settings.engine.connect, args.style
+        if args.model:
+            raise BridgeError("--model runs a model in melodyd's own engine; with --engine the "
+                              "remote engine serves its models: choose one with --style")
+        # A remote engine serves its own set; ask for the configured default unless told.
+        address, style = settings.engine.connect, args.style or settings.styles.default
     else:
-        model, style = choose_model(args, settings)
-        child = EngineChild([model], verbose=args.verbose)
+        models, style = choose_models(args, settings)
+        child = EngineChild(models, verbose=args.verbose)
     midi = settings.midi
     backend = choose_backend(midi.backend)
     inputs = InputQueue()

@@ -167,7 +167,12 @@ class Daemon:
             clock.stop()
             self._silence("transport stop")
         elif msg.type == "songpos":
+            before = clock.position_beats
             clock.song_position(msg.pos)
+            if clock.position_beats != before:
+                # The DAW located elsewhere: what was played lies on the old timeline, and
+                # would sit in the future of the new one and confuse the next seed.
+                self.seed = SeedWindow(self.seed.bars, clock.bar_length)
 
     def _on_control(self, control: int, value: int) -> None:
         action = self.controls.interpret(control, value, len(self.styles))
@@ -301,10 +306,12 @@ class Daemon:
     # ----------------------------------------------------------------- safety
     def _end_request(self, request_id: str, tell_engine: bool = True) -> None:
         """Stop one response: the engine stops generating, its notes are released."""
-        if tell_engine and self.client.state == "up":
-            response = self._responses.get(request_id)
-            if response is not None and not response.done:
-                self.client.cancel(request_id)
+        response = self._responses.get(request_id)
+        if tell_engine and self.client.state == "up" and response is not None \
+                and not response.done:
+            self.client.cancel(request_id)
+        if response is not None and not response.done:
+            logger.debug("%s", response.describe("cancelled"))
         self._responses.pop(request_id, None)
         self.scheduler.cancel(request_id)
         if request_id == self._answer:
@@ -326,6 +333,9 @@ class Daemon:
         self.client.send("hello")
 
     def _engine_lost(self) -> None:
+        for response in self._responses.values():
+            if not response.done:
+                logger.debug("%s", response.describe("engine lost"))
         self._responses.clear()  # the engine forgot them; nothing to cancel
         self._silence("engine lost")
 

@@ -8,6 +8,7 @@ and stops it on exit.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -56,7 +57,10 @@ class EngineChild:
         Raises:
             BridgeError: the Python interpreter cannot be started.
         """
-        command = [sys.executable, "-m", "engine", "--bind", self.address]
+        # --exit-with-parent: if melodyd is killed outright (no finally runs), the engine
+        # notices it lost its parent and stops instead of holding models and a port.
+        command = [sys.executable, "-m", "engine", "--bind", self.address,
+                   "--exit-with-parent", str(os.getpid())]
         for model in self.models:
             command += ["--model", str(model)]
         if self.verbose:

@@ -147,16 +147,22 @@ class Scheduler:
     def panic(self, reason: str = "panic") -> None:
         """Drop every queued note, release every sounding one, all-notes-off, sustain-off."""
         with self._cond:
-            self._heap.clear()
-            count = len(self._sounding)
-            for pitch in list(self._sounding):
-                self._release(pitch)
-            self._send_safely(mido.Message("control_change", channel=self.channel,
-                                           control=CC_SUSTAIN, value=0))
-            self._send_safely(mido.Message("control_change", channel=self.channel,
-                                           control=CC_ALL_NOTES_OFF, value=0))
+            count = self._release_everything()
             self._cond.notify()
         logger.debug("%s: released %d sounding notes", reason, count)
+
+    def _release_everything(self) -> int:
+        """Drop the queue, note-off every sounding note, then sustain-off and all-notes-off
+        (lock held). Returns how many notes were sounding."""
+        self._heap.clear()
+        count = len(self._sounding)
+        for pitch in list(self._sounding):
+            self._release(pitch)
+        self._send_safely(mido.Message("control_change", channel=self.channel,
+                                       control=CC_SUSTAIN, value=0))
+        self._send_safely(mido.Message("control_change", channel=self.channel,
+                                       control=CC_ALL_NOTES_OFF, value=0))
+        return count
 
     def stop(self) -> None:
         """Release everything and end the thread (idempotent)."""
@@ -175,11 +181,7 @@ class Scheduler:
                     self._step()
                 except Exception:  # a send failure must not leave notes hanging
                     logger.exception("scheduler error; releasing all notes")
-                    self._heap.clear()
-                    for pitch in list(self._sounding):
-                        self._release(pitch)
-                    self._send_safely(mido.Message("control_change", channel=self.channel,
-                                                   control=CC_ALL_NOTES_OFF, value=0))
+                    self._release_everything()
 
     def _step(self) -> None:
         """Wait for the next deadline (lock held) and send what is due."""

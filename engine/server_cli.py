@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback address without CURVE (trusted networks "
                              "only)")
+    parser.add_argument("--exit-with-parent", type=int, metavar="PID",
+                        help="stop when process PID is gone (melodyd passes its own pid to its "
+                             "private engine, so a killed melodyd leaves no engine behind)")
     parser.add_argument("--make-keys", metavar="DIR",
                         help="write a server and a client CURVE key pair into DIR and exit")
 
@@ -99,6 +106,28 @@ def load_decoders(styles: list[str], models: list[str],
     return decoders
 
 
+PARENT_POLL_S = 0.5
+
+
+def watch_parent(pid: int, on_gone: Callable[[], None]) -> threading.Thread:
+    """Call ``on_gone()`` once this process is no longer the child of ``pid``.
+
+    A child whose parent dies is re-parented (to init or a subreaper), so a changed
+    ``os.getppid()`` means the parent is gone, however it died (even SIGKILL), on Linux
+    and macOS alike.
+    """
+
+    def watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(PARENT_POLL_S)
+        logger.warning("parent process %d is gone; stopping", pid)
+        on_gone()
+
+    thread = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM.
 
@@ -125,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
         server.stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if args.exit_with_parent:
+        watch_parent(args.exit_with_parent, server.stop)
     try:
         server.serve()
     finally:

@@ -26,6 +26,28 @@ def test_missing_style_lists_installed_ones(tmp_path, capsys):
     assert "romantic" in err and "installed: baroque" in err and "melody export" in err
 
 
+def test_a_style_engine_serves_every_installed_style_the_chosen_first(tmp_path):
+    for name in ("baroque", "folk", "romantic"):
+        (tmp_path / f"{name}.onnx").write_bytes(b"")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[styles]\ndirectory = "{tmp_path}"\ndefault = "folk"\n')
+    args = cli.build_parser().parse_args(["--config", str(config)])
+    models, style = cli.choose_models(args, cli.settings_from_args(args))
+    assert style == "folk"  # [styles] default
+    assert [m.stem for m in models] == ["folk", "baroque", "romantic"]
+    args = cli.build_parser().parse_args(["--config", str(config), "--style", "romantic"])
+    models, style = cli.choose_models(args, cli.settings_from_args(args))
+    assert style == "romantic" and models[0].stem == "romantic" and len(models) == 3
+
+
+def test_model_with_a_remote_engine_is_refused(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"")
+    assert cli.main(["--model", str(model), "--engine", "tcp://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "--engine" in err and "Traceback" not in err
+
+
 def test_flags_override_config(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text("[clock]\nbpm = 90.0\n[interaction]\nmode = 'accompany'\n")

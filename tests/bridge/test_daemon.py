@@ -203,3 +203,25 @@ def test_midi_messages_on_other_channels_are_ignored(rig):
 ])
 def test_follow_dynamics(velocity, player, amount, expected):
     assert follow_dynamics(velocity, player, amount) == expected
+
+
+def test_song_position_elsewhere_starts_a_fresh_seed_window():
+    """After Stop, a locate (SPP) and Continue, notes of the old timeline must not seed."""
+    from bridge.clock import MidiClock  # noqa: PLC0415
+
+    clock = MidiClock()
+    inputs = InputQueue()
+    client = EngineClient("tcp://127.0.0.1:9", ping_interval=0.1, loss_timeout=0.6)
+    daemon = Daemon(Settings(), clock, output=FakeOutput(), client=client, style=None,
+                    inputs=inputs)
+    t = time.monotonic()
+    daemon._on_clock(t, mido.Message("start"))
+    for k in range(4 * 24):  # one bar at 120 BPM
+        daemon._on_clock(t + k / 48, mido.Message("clock"))
+    old = daemon.seed
+    daemon._on_clock(t + 2.0, mido.Message("stop"))
+    daemon._on_clock(t + 2.1, mido.Message("songpos", pos=int(clock.position_beats * 4)))
+    assert daemon.seed is old  # the same position: nothing to forget
+    daemon._on_clock(t + 2.2, mido.Message("songpos", pos=0))
+    assert daemon.seed is not old and clock.position_beats == 0.0
+    inputs.close()

@@ -10,11 +10,13 @@ these tests check that those onsets come out of JACK at the right wall time.
 from __future__ import annotations
 
 import math
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from bridge_fakes import sounding_after
@@ -83,6 +85,9 @@ def test_answer_on_next_bar_on_grid_and_released(start_melodyd, probe_for, tiny_
     assert all(answer_start - period <= r.t <= answer_end + period for r in ons)
     errors = grid_errors([r.t for r in ons], lambda t: (t - origin) / spb,
                          lambda b: origin + b * spb)
+    # The dummy backend loses time on an xrun when the CPU is busy (DESIGN.md), which
+    # shifts the odd onset by a period or two; 90 % must be within one period + slack,
+    # and every onset within the late-drop bound below.
     within = sum(e <= period + SLACK_S for e in errors) / len(errors)
     assert within >= 0.9, sorted(errors)[-5:]
     assert max(errors) <= 0.025  # the scheduler's late-drop bound: nothing later is played
@@ -133,7 +138,9 @@ def test_follows_midi_clock_at_100_then_140_bpm(start_melodyd, probe_for, tiny_o
         assert ons[-1].t - ons[0].t <= 8 * spb + tolerance
         probe.clear()
     probe.stop_clock()  # the DAW stops: melodyd releases whatever still sounds
-    assert wait_until(lambda: sounding_after([r.message for r in probe.messages()]) == set(),
+    # Explicit note-offs: CC 123 alone is not trusted.
+    assert wait_until(lambda: sounding_after([r.message for r in probe.messages()
+                                              if r.message.type != "control_change"]) == set(),
                       2.0)
 
 
@@ -161,12 +168,45 @@ def start_engine(model, address: str) -> subprocess.Popen:
                              str(model)], stdin=subprocess.DEVNULL)
 
 
+def _pid_alive(pid: int) -> bool:
+    """Running (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def test_private_engine_is_restarted_and_dies_with_melodyd(start_melodyd, probe_for,
+                                                           tiny_onnx_model):
+    daemon = start_melodyd(["--model", str(tiny_onnx_model)])
+    daemon.wait_for_log("engine at .* is up")
+    first = int(re.search(r"engine child (\d+) on", daemon.log()).group(1))
+    probe = probe_for()
+    os.kill(first, signal.SIGKILL)  # the engine crashes
+    daemon.wait_for_log("engine child exited .* restarting it", timeout=20)
+    daemon.wait_for_log("engine at .* is up", count=2, timeout=60)
+    second = int(re.findall(r"engine child (\d+) on", daemon.log())[-1])
+    assert second != first
+    origin, spb = daemon.origin, 0.5
+    for _ in range(MAX_TRIES):  # a random model may end its piece at once: play again
+        phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
+        if wait_until(lambda end=phrase_end: note_ons(probe.messages(), end), 8):
+            break
+    assert note_ons(probe.messages(), phrase_end), daemon.log()
+    daemon.stop(signal.SIGKILL)  # melodyd is killed outright: no finally runs
+    assert wait_until(lambda: not _pid_alive(second), 10), "the engine outlived melodyd"
+
+
 def test_engine_loss_releases_notes_and_recovers(start_melodyd, probe_for, tiny_onnx_model):
     address = f"tcp://127.0.0.1:{free_loopback_port()}"
     engine = start_engine(tiny_onnx_model, address)
     try:
-        daemon = start_melodyd(["--model", str(tiny_onnx_model), "--engine", address,
-                                "--bars", "8"])
+        daemon = start_melodyd(["--engine", address, "--bars", "8"])
         daemon.wait_for_log("engine at .* is up")
         probe = probe_for()
         origin, spb = daemon.origin, 0.5
@@ -177,7 +217,8 @@ def test_engine_loss_releases_notes_and_recovers(start_melodyd, probe_for, tiny_
         daemon.wait_for_log("engine lost: all notes released", timeout=10)
         time.sleep(0.2)
         messages = [r.message for r in probe.messages()]
-        assert sounding_after(messages) == set()
+        # Explicit note-offs (CC 123 alone is not trusted), then CC 123.
+        assert sounding_after([m for m in messages if m.type != "control_change"]) == set()
         assert any(m.type == "control_change" and m.control == 123 for m in messages)
         after_loss = time.monotonic()
         time.sleep(1.0)

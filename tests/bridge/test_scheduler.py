@@ -144,6 +144,28 @@ def test_port_failure_does_not_kill_the_thread(rig):
     assert sounding_after(port.messages()) == set()
 
 
+def test_an_unexpected_error_releases_everything_with_sustain_off(rig):
+    port, clock, scheduler, _ = rig
+    b = now_beat(clock) + 0.5
+    scheduler.schedule("a", [Note(b, 100.0, 60, 100)])
+    assert wait_for(lambda: scheduler.sounding() == [60])
+    real_step = scheduler._step
+
+    def broken_once() -> None:
+        scheduler._step = real_step
+        raise RuntimeError("a bug in the scheduler")
+
+    scheduler._step = broken_once
+    scheduler.schedule("b", [Note(now_beat(clock) + 50.0, 1.0, 62, 100)])  # wakes the thread
+    assert wait_for(lambda: scheduler.sounding() == [])
+    messages = port.messages()
+    assert sounding_after(messages) == set()
+    assert any(m.type == "note_off" and m.note == 60 for m in messages)
+    ccs = [(m.control, m.value) for m in messages if m.type == "control_change"]
+    assert (64, 0) in ccs and (123, 0) in ccs
+    assert scheduler.pending() == 0  # the queue went too: nothing plays after the error
+
+
 def test_stopped_clock_holds_notes_until_it_runs(rig):
     port, clock, scheduler, _ = rig
     clock.set(None)
