@@ -9,7 +9,8 @@ and records the answers. Measures:
 - phrase end -> first answer note out, and trigger -> first note from the engine;
 - notes dropped for lateness (melodyd's own count);
 - idle CPU of melodyd and its engine child (% of one core over ``--idle`` seconds with
-  nobody playing, from /proc) and their resident memory.
+  nobody playing, from /proc), with the internal clock and again with ``--clock midi``
+  while the probe sends MIDI clock, and their resident memory.
 
 Prints a table and writes JSON. Run: ``python bench/live.py --model models/pretrained/X.onnx``.
 """
@@ -111,22 +112,68 @@ def wait_for_log(path: Path, pattern: str, timeout: float, count: int = 1) -> st
                      f"{path.read_text(errors='replace')[-3000:]}")
 
 
+def launch(args: argparse.Namespace, workdir: Path, name: str,
+           clock: list[str]) -> tuple[subprocess.Popen, Path]:
+    """Start melodyd on the bench's JACK server; its log goes to ``workdir/name.log``."""
+    config = workdir / "bench.toml"
+    config.write_text(CONFIG.format(bars=args.bars, polyphony=args.polyphony,
+                                    output_latency_ms=args.output_latency_ms))
+    log_path = workdir / f"{name}.log"
+    exe = shutil.which("melodyd")
+    command = [exe] if exe else [sys.executable, "-m", "bridge.cli"]
+    command += ["--backend", "jack", "--model", str(args.model), *clock,
+                "--config", str(config), "--verbose"]
+    with open(log_path, "w") as log:
+        daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+    return daemon, log_path
+
+
+def idle_cpu_percent(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """CPU of each process over ``seconds`` of nobody playing, in % of one core."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {name: 100.0 * (cpu_seconds(pid) - before[name]) / elapsed
+            for name, pid in pids.items()}
+
+
+def stop(daemon: subprocess.Popen) -> None:
+    """SIGTERM and wait (melodyd releases its notes and logs its final counts)."""
+    daemon.terminate()
+    try:
+        daemon.wait(15)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
+def idle_under_midi_clock(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    """Idle CPU of ``melodyd --clock midi`` while the probe sends MIDI clock at the tempo
+    (a DAW's transport running, nobody playing): every tick wakes melodyd."""
+    daemon, log_path = launch(args, workdir, "melodyd-midi-clock", ["--clock", "midi"])
+    probe = None
+    try:
+        wait_for_log(log_path, r"engine at .* is up", 120)
+        probe = Probe(timeout=60)
+        probe.start_clock(args.bpm)
+        time.sleep(2.0)
+        pids = {"melodyd": daemon.pid, **{f"engine[{p}]": p for p in children(daemon.pid)}}
+        return idle_cpu_percent(pids, args.idle)
+    finally:
+        if probe is not None:
+            probe.stop_clock()
+            probe.close()
+        stop(daemon)
+
+
 def run(args: argparse.Namespace) -> dict:
     server = JackServer(period=args.period)
     server.start()
     os.environ.update(server.env())
     workdir = Path(tempfile.mkdtemp(prefix="melodyd-bench-"))
-    config = workdir / "bench.toml"
-    config.write_text(CONFIG.format(bars=args.bars, polyphony=args.polyphony,
-                                    output_latency_ms=args.output_latency_ms))
-    log_path = workdir / "melodyd.log"
-    exe = shutil.which("melodyd")
-    command = [exe] if exe else [sys.executable, "-m", "bridge.cli"]
-    command += ["--backend", "jack", "--model", str(args.model), "--bpm", str(args.bpm),
-                "--config", str(config), "--verbose"]
-    with open(log_path, "w") as log:
-        daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+    daemon, log_path = launch(args, workdir, "melodyd", ["--bpm", str(args.bpm)])
     probe = None
     try:
         probe = Probe(timeout=60)
@@ -138,12 +185,7 @@ def run(args: argparse.Namespace) -> dict:
         # Idle: nobody plays. Let start-up settle first.
         time.sleep(2.0)
         pids = {"melodyd": daemon.pid, **{f"engine[{p}]": p for p in engine_pids}}
-        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        t0 = time.monotonic()
-        time.sleep(args.idle)
-        elapsed = time.monotonic() - t0
-        idle_cpu = {name: 100.0 * (cpu_seconds(pid) - before[name]) / elapsed
-                    for name, pid in pids.items()}
+        idle_cpu = idle_cpu_percent(pids, args.idle)
 
         xruns_before = server.xruns()
         errors_ms: list[float] = []
@@ -174,15 +216,21 @@ def run(args: argparse.Namespace) -> dict:
         xruns = server.xruns() - xruns_before
         rss = {name: rss_mb(pid) for name, pid in pids.items()}
         own_rss = {name: private_rss_mb(pid) for name, pid in pids.items()}
+        if probe is not None:
+            probe.close()
+            probe = None
+        stop(daemon)
+        # melodyd's own final count, logged as it stops (not a status line up to 1 s old).
         text = log_path.read_text(errors="replace")
-        statuses = re.findall(r"sent (\d+) dropped (\d+)", text)
-        sent, dropped = (int(statuses[-1][0]), int(statuses[-1][1])) if statuses else (0, 0)
+        final = re.findall(r"stopped: notes sent (\d+) dropped (\d+)", text)
+        sent, dropped = (int(final[-1][0]), int(final[-1][1])) if final else (0, 0)
         engine_latency = [float(x) for x in re.findall(r"first note (\d+) ms after trigger", text)]
+        idle_midi = idle_under_midi_clock(args, workdir) if args.midi_clock_idle else {}
     finally:
         if probe is not None:
             probe.close()
-        daemon.terminate()
-        daemon.wait(15)
+        if daemon.poll() is None:
+            stop(daemon)
         server.stop()
     return {
         "model": str(args.model), "bpm": args.bpm, "jack_period_frames": args.period,
@@ -201,6 +249,7 @@ def run(args: argparse.Namespace) -> dict:
                                             "max": max(engine_latency, default=float("nan"))},
         "notes_sent": sent, "notes_dropped": dropped, "jack_xruns_while_playing": xruns,
         "idle_cpu_percent_of_core": idle_cpu, "idle_seconds": args.idle,
+        "idle_cpu_under_midi_clock_percent_of_core": idle_midi,
         "rss_mb": rss, "rss_mb_total": sum(rss.values()),
         "rss_without_jack_shm_mb": own_rss,
         "rss_without_jack_shm_mb_total": sum(own_rss.values()),
@@ -233,6 +282,8 @@ def print_table(result: dict) -> None:
     ]
     rows += [(f"idle CPU {name}", f"{pct:.2f} % of a core over {result['idle_seconds']:g} s")
              for name, pct in result["idle_cpu_percent_of_core"].items()]
+    rows += [(f"idle CPU {name}, MIDI clock running", f"{pct:.2f} % of a core")
+             for name, pct in result["idle_cpu_under_midi_clock_percent_of_core"].items()]
     own = result["rss_without_jack_shm_mb"]
     rows += [(f"RSS {name}", f"{mb:.0f} MB ({own[name]:.0f} MB without JACK's shared memory)")
              for name, mb in result["rss_mb"].items()]
@@ -255,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-latency-ms", type=float, default=0.0,
                         help="[midi] output_latency_ms for melodyd (send this much early)")
     parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
+    parser.add_argument("--no-midi-clock-idle", dest="midi_clock_idle", action="store_false",
+                        help="skip the idle CPU run under --clock midi (a DAW's clock running)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/live.json"))
     args = parser.parse_args(argv)
     if not args.model.is_file():

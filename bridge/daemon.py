@@ -104,6 +104,9 @@ class Daemon:
             self.scheduler.stop()  # note-offs, CC 123, CC 64 = 0
             self.client.close()
             self.status.clear()
+            stats = self.scheduler.stats
+            # The last word on what was played (bench/live.py reads it after stopping us).
+            logger.info("stopped: notes sent %d dropped %d", stats.sent, stats.dropped)
 
     def _loop(self) -> None:
         poller = zmq.Poller()

@@ -29,6 +29,13 @@ CLIENT_NAME = "melodyd"
 NO_MIDI_SYSTEM = ("no MIDI system available: the ALSA sequencer is missing (load it with "
                   "`sudo modprobe snd-seq`) and no JACK server is running (start one, e.g. "
                   "with QjackCtl or `jackd -d alsa`, then run melodyd --backend jack)")
+# The fix differs by platform (keyed by sys.platform's first three letters).
+NO_MIDI_SYSTEM_ON = {
+    "dar": ("no MIDI system available: CoreMIDI did not answer; open Audio MIDI Setup "
+            "(Applications > Utilities) and check that the MIDI server runs"),
+    "win": ("no MIDI system available: Windows MIDI did not answer; install a loopMIDI "
+            "port pair (see the README) and check the device manager"),
+}
 WINDOWS_NO_VIRTUAL = ("Windows has no virtual MIDI ports: create two loopMIDI ports (e.g. "
                       "'melodyd in' and 'melodyd out') and run melodyd --connect-in "
                       "'melodyd in' --connect-out 'melodyd out'")
@@ -132,7 +139,7 @@ def choose_backend(name: str) -> str:
     for candidate in order:
         if APIS[candidate] in compiled and _api_works(APIS[candidate]):
             return candidate
-    raise BridgeError(NO_MIDI_SYSTEM)
+    raise BridgeError(NO_MIDI_SYSTEM_ON.get(sys.platform[:3], NO_MIDI_SYSTEM))
 
 
 def open_backend(name: str) -> mido.Backend:

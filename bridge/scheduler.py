@@ -55,7 +55,8 @@ class SchedulerStats:
 
     Attributes:
         sent: note-ons sent.
-        dropped: note-ons dropped for being later than the bound (or the clock stopped).
+        dropped: note-ons dropped for being later than the bound (a panic, a stop or a
+            cancel clears queued notes without counting them).
         max_late_ms: the latest note-on sent, in milliseconds after its deadline.
     """
 
