@@ -193,6 +193,19 @@ def _write_fur_elise(style: str, continuations: list[Any], img_dir: Path,
             "midi_path": os.path.relpath(midi)}  # as typed from where the command ran
 
 
+def portable_path(path: Path) -> str:
+    """``path`` relative to the working directory when inside it: the committed report
+    must not carry the paths of the machine that wrote it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _portable_facts(facts: dict[str, Any]) -> dict[str, Any]:
+    return {**facts, "file": portable_path(Path(facts["file"]))}
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the report, the JSON results and the Für Elise pictures.
 
@@ -235,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {
         "generated_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": _command_line(args),
-        "models_dir": str(models_dir), "data_root": str(data_root),
+        "models_dir": portable_path(models_dir), "data_root": portable_path(data_root),
         "config": {"bars": config.bars, "prime_bars": config.prime_bars,
                    "samples": config.samples, "max_eval_tokens": config.max_eval_tokens,
                    "sampling": {"temperature": args.temperature, "top_p": args.top_p,
@@ -260,10 +273,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             model = load_model(path)
         except MelodyError as err:
-            entry["facts"] = model_facts(path)
+            entry["facts"] = _portable_facts(model_facts(path))
             entry["notes"].append(f"cannot be loaded: {err}")
             continue
-        entry["facts"] = model_facts(path, model)
+        entry["facts"] = _portable_facts(model_facts(path, model))
         if model.style != style:
             entry["notes"].append(f"the file {path.name} says its style is {model.style!r}")
         if style not in data:

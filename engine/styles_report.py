@@ -76,6 +76,16 @@ def _fidelity_section(results: dict[str, Any]) -> list[str]:
                   "columns: predicted):", ""]
         lines += _table(("true \\ predicted", *classes),
                         [(c, *row) for c, row in zip(classes, confusion, strict=True)])
+    by_prime = [(name, style["fidelity"].get("by_prime") or {}) for name, style in
+                styles.items() if style.get("fidelity")]
+    primes = sorted({p for _, shares in by_prime for p in shares})
+    if primes:
+        lines += ["", "Continuations recognised as the model's own style, by prime (**bold**: "
+                  "the prime from the model's own style). A continuation follows its prime's "
+                  "texture, so a foreign prime pulls the judgement towards the prime's style:", ""]
+        lines += _table(("model \\ prime", *(f"`{p}`" for p in primes)),
+                        [(f"`{name}`", *(_own(name, p, shares.get(p)) for p in primes))
+                         for name, shares in by_prime])
     predicted = [(name, style["fidelity"].get("predicted") or {}) for name, style in
                  styles.items() if style.get("fidelity")]
     if classes and predicted:
@@ -84,6 +94,12 @@ def _fidelity_section(results: dict[str, Any]) -> list[str]:
                         [(f"`{name}`", *(counts.get(c, 0) for c in classes))
                          for name, counts in predicted])
     return lines
+
+
+def _own(style: str, prime: str, share: float | None) -> str:
+    """A by-prime share, bold on the prime cut from the style's own test pieces."""
+    text = _pct(share)
+    return f"**{text}**" if prime == f"{style}_test" else text
 
 
 def _stats_section(styles: dict[str, Any]) -> list[str]:

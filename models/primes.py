@@ -32,9 +32,10 @@ from models.style_classifier import DecodedPiece, decode_with_bars
 logger = logging.getLogger(__name__)
 
 # Styles whose held-out openings join the prime set, in this order, when their data exist:
-# four contrasting idioms (chorale/counterpoint, classical, romantic, one-line folk tune).
+# five contrasting idioms (chorale, classical, romantic, one-line folk tune, vocal
+# polyphony), so every shipped style is also heard continuing its own idiom.
 PRIME_STYLES = ("baroque", "classical", "romantic", "folk", "renaissance")
-MAX_DATASET_PRIMES = 4
+MAX_DATASET_PRIMES = 5
 # A prime must say something about its piece: enough notes, and not a long rest.
 MIN_PRIME_NOTES = 10
 
