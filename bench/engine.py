@@ -54,7 +54,7 @@ class BenchConfig:
 
     pasts: tuple[int, ...] = (64, 256, 512, 1000)
     prefills: tuple[int, ...] = (256, 512)
-    batches: tuple[int, ...] = (1, 8, 32)
+    batches: tuple[int, ...] = (1, 8, 20, 32)
     batch_past: int = 256
     steps: int = 200
     realtime_rate: float = 40.0

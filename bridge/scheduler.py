@@ -106,9 +106,15 @@ class Scheduler:
         self._thread.start()
 
     def wake(self) -> None:
-        """Recompute the next deadline now (the clock changed)."""
+        """Recompute the next deadline now (the clock changed).
+
+        With nothing queued there is no deadline to move, so the thread sleeps on: under a
+        DAW's MIDI clock this runs 48 times a second at 120 BPM, and an idle melodyd must
+        not wake a second thread for each tick.
+        """
         with self._cond:
-            self._cond.notify()
+            if self._heap:
+                self._cond.notify()
 
     def schedule(self, response: str, notes: Iterable[Note]) -> None:
         """Queue ``notes`` (beats on the clock's timeline) under the id ``response``."""

@@ -40,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cache lengths of the decode latency (default 64,256,512,1000)")
     parser.add_argument("--prefills", type=_counts, default=(256, 512),
                         help="prompt lengths of the prefill timing (default 256,512)")
-    parser.add_argument("--batches", type=_counts, default=(1, 8, 32),
-                        help="session counts of the batched timing (default 1,8,32)")
+    parser.add_argument("--batches", type=_counts, default=(1, 8, 20, 32),
+                        help="session counts of the batched timing (default 1,8,20,32; 20 is the "
+                             "real-time target)")
     parser.add_argument("--batch-past", type=int, default=256,
                         help="cache length of each batched session (default 256)")
     parser.add_argument("--threads", type=int, default=None,
