@@ -15,7 +15,6 @@ import time
 
 import mido
 
-
 # Clock ticks per wake-up of the daemon: a sixteenth note (24 ticks per beat).
 CLOCK_WAKE_EVERY = 6
 
