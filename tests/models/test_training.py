@@ -97,6 +97,8 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(
         torch.testing.assert_close(weights_b[name], tensor, atol=1e-6, rtol=0)
 
 
+# The test wraps optimizer.step to raise the signal mid-step; torch warns about any wrap.
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_sigterm_mid_step_stops_after_the_step_and_resumes_exactly(corpus: Path,
                                                                    tmp_path: Path) -> None:
     config = settings(steps=24, eval_every=8)
