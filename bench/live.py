@@ -30,9 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bridge.engine_child import stop_process
 from bridge.jack_rig import JackServer, Probe
 
 POSITIONS_PER_BEAT = 12
+STOP_S = 15.0  # melodyd's grace to stop after SIGTERM
 PHRASES = [
     [(0.0, 0.5, 60, 80), (1.0, 0.5, 64, 90), (2.0, 0.5, 67, 100), (3.0, 0.75, 72, 90)],
     [(0.0, 0.25, 69, 70), (0.5, 0.25, 67, 80), (1.0, 1.0, 65, 90), (2.5, 1.0, 64, 80)],
@@ -139,16 +141,6 @@ def idle_cpu_percent(pids: dict[str, int], seconds: float) -> dict[str, float]:
             for name, pid in pids.items()}
 
 
-def stop(daemon: subprocess.Popen) -> None:
-    """SIGTERM and wait (melodyd releases its notes and logs its final counts)."""
-    daemon.terminate()
-    try:
-        daemon.wait(15)
-    except subprocess.TimeoutExpired:
-        daemon.kill()
-        daemon.wait()
-
-
 def idle_under_midi_clock(args: argparse.Namespace, workdir: Path) -> dict[str, float]:
     """Idle CPU of ``melodyd --clock midi`` while the probe sends MIDI clock at the tempo
     (a DAW's transport running, nobody playing): every tick wakes melodyd."""
@@ -165,7 +157,7 @@ def idle_under_midi_clock(args: argparse.Namespace, workdir: Path) -> dict[str, 
         if probe is not None:
             probe.stop_clock()
             probe.close()
-        stop(daemon)
+        stop_process(daemon, STOP_S)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -219,7 +211,7 @@ def run(args: argparse.Namespace) -> dict:
         if probe is not None:
             probe.close()
             probe = None
-        stop(daemon)
+        stop_process(daemon, STOP_S)
         # melodyd's own final count, logged as it stops (not a status line up to 1 s old).
         text = log_path.read_text(errors="replace")
         final = re.findall(r"stopped: notes sent (\d+) dropped (\d+)", text)
@@ -229,8 +221,7 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         if probe is not None:
             probe.close()
-        if daemon.poll() is None:
-            stop(daemon)
+        stop_process(daemon, STOP_S)
         server.stop()
     return {
         "model": str(args.model), "bpm": args.bpm, "jack_period_frames": args.period,

@@ -309,13 +309,11 @@ class Daemon:
     # ----------------------------------------------------------------- safety
     def _end_request(self, request_id: str, tell_engine: bool = True) -> None:
         """Stop one response: the engine stops generating, its notes are released."""
-        response = self._responses.get(request_id)
-        if tell_engine and self.client.state == "up" and response is not None \
-                and not response.done:
-            self.client.cancel(request_id)
+        response = self._responses.pop(request_id, None)
         if response is not None and not response.done:
+            if tell_engine and self.client.state == "up":
+                self.client.cancel(request_id)
             logger.debug("%s", response.describe("cancelled"))
-        self._responses.pop(request_id, None)
         self.scheduler.cancel(request_id)
         if request_id == self._answer:
             self._answer = None

@@ -23,6 +23,19 @@ STOP_TIMEOUT_S = 3.0  # SIGTERM first (the engine cancels its streams), then SIG
 RESTART_BACKOFF_S = 5.0  # a model that crashes at load must not spin the CPU
 
 
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, wait up to ``timeout`` s, then SIGKILL: how every child of ours is stopped
+    (the engine, the test and bench JACK servers, melodyd under the benchmark)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -85,11 +98,5 @@ class EngineChild:
     def stop(self) -> None:
         """Stop the engine: SIGTERM, then SIGKILL if it does not exit in time."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            stop_process(process, STOP_TIMEOUT_S)

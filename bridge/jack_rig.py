@@ -25,6 +25,7 @@ from typing import IO
 import mido
 
 from bridge.clock import TICKS_PER_BEAT
+from bridge.engine_child import stop_process
 from bridge.ports import close_input, find_port, open_backend
 from models.exceptions import BridgeError
 
@@ -110,12 +111,7 @@ class JackServer:
         process, self._process = self._process, None
         if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(5.0)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 5.0)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -32,7 +32,7 @@ import symusic
 
 from models.exceptions import ConfigError, TokenizerError
 from models.notes import Note
-from models.settings import TokensSettings, _build_section
+from models.settings import TOKEN_MAX_DENOMINATOR, TokensSettings, _build_section
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,8 @@ TOKENIZER_VERSION = 1
 SPECIAL_TOKENS = ("PAD", "BOS", "EOS")
 # Ticks per quarter note of the scores we build from notes; miditok resamples to its own.
 _NOTES_TPQ = 480
+# Powers of two up to the vocabulary's largest denominator (1, 2, 4, 8, 16).
+_DENOMINATORS = tuple(2**k for k in range(TOKEN_MAX_DENOMINATOR.bit_length()))
 
 
 def _parse_time_signature(text: str) -> tuple[int, int]:
@@ -48,7 +50,7 @@ def _parse_time_signature(text: str) -> tuple[int, int]:
         num, den = (int(part) for part in str(text).split("/"))
     except ValueError as err:
         raise TokenizerError(f"time signature must look like '3/4' (received {text!r})") from err
-    if num < 1 or den not in (1, 2, 4, 8, 16):
+    if num < 1 or den not in _DENOMINATORS:
         raise TokenizerError(f"time signature {text!r} is not a valid n/2^k signature")
     return num, den
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from bridge.client import CurveClientKeys, EngineClient
-from bridge.engine_child import free_loopback_port
+from bridge.engine_child import free_loopback_port, stop_process
 from models.exceptions import BridgeError
 
 
@@ -34,12 +34,7 @@ def curve_engine(tiny_onnx_model, tmp_path):
                                str(tiny_onnx_model), "--curve-keys", str(keys), "--curve"],
                               stdin=subprocess.DEVNULL)
     yield address, keys
-    engine.terminate()
-    try:
-        engine.wait(10)
-    except subprocess.TimeoutExpired:
-        engine.kill()
-        engine.wait()
+    stop_process(engine, 10)
 
 
 def test_curve_client_talks_and_generates(curve_engine):
