@@ -42,6 +42,7 @@ PHRASES = [
 CONFIG = """
 [midi]
 output_latency_ms = {output_latency_ms}
+jack_client = "{jack_client}"
 [interaction]
 status_interval_s = 1.0
 response_bars = {bars}
@@ -119,7 +120,8 @@ def launch(args: argparse.Namespace, workdir: Path, name: str,
     """Start melodyd on the bench's JACK server; its log goes to ``workdir/name.log``."""
     config = workdir / "bench.toml"
     config.write_text(CONFIG.format(bars=args.bars, polyphony=args.polyphony,
-                                    output_latency_ms=args.output_latency_ms))
+                                    output_latency_ms=args.output_latency_ms,
+                                    jack_client=args.jack_client))
     log_path = workdir / f"{name}.log"
     exe = shutil.which("melodyd")
     command = [exe] if exe else [sys.executable, "-m", "bridge.cli"]
@@ -148,7 +150,7 @@ def idle_under_midi_clock(args: argparse.Namespace, workdir: Path) -> dict[str, 
     probe = None
     try:
         wait_for_log(log_path, r"engine at .* is up", 120)
-        probe = Probe(timeout=60)
+        probe = Probe(timeout=60, native=args.probe == "native")
         probe.start_clock(args.bpm)
         time.sleep(2.0)
         pids = {"melodyd": daemon.pid, **{f"engine[{p}]": p for p in children(daemon.pid)}}
@@ -168,7 +170,7 @@ def run(args: argparse.Namespace) -> dict:
     daemon, log_path = launch(args, workdir, "melodyd", ["--bpm", str(args.bpm)])
     probe = None
     try:
-        probe = Probe(timeout=60)
+        probe = Probe(timeout=60, native=args.probe == "native")
         text = wait_for_log(log_path, r"engine at .* is up", 120)
         origin = float(re.search(r"beat 0 at monotonic ([0-9.]+)", text).group(1))
         spb = 60.0 / args.bpm
@@ -224,7 +226,8 @@ def run(args: argparse.Namespace) -> dict:
         stop_process(daemon, STOP_S)
         server.stop()
     return {
-        "model": str(args.model), "bpm": args.bpm, "jack_period_frames": args.period,
+        "model": str(args.model), "bpm": args.bpm, "jack_client": args.jack_client,
+        "probe": args.probe, "jack_period_frames": args.period,
         "jack_period_ms": server.period_s * 1000, "phrases": args.phrases,
         "answered": answered, "onsets": len(errors_ms),
         "onset_error_ms": {"p50": percentile(errors_ms, 50), "p99": percentile(errors_ms, 99),
@@ -253,6 +256,7 @@ def print_table(result: dict) -> None:
     e = result["onset_error_ms"]
     rows = [
         ("model", Path(result["model"]).name),
+        ("melodyd's JACK client / probe's", f"{result['jack_client']} / {result['probe']}"),
         ("output latency compensation", f"{result['output_latency_ms']:g} ms"),
         ("tempo / JACK period", f"{result['bpm']:g} BPM / {result['jack_period_frames']} "
                                 f"frames = {result['jack_period_ms']:.2f} ms"),
@@ -296,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=int, default=64, help="JACK period in frames")
     parser.add_argument("--output-latency-ms", type=float, default=0.0,
                         help="[midi] output_latency_ms for melodyd (send this much early)")
+    parser.add_argument("--jack-client", choices=("native", "rtmidi"), default="native",
+                        help="[midi] jack_client for melodyd")
+    parser.add_argument("--probe", choices=("native", "rtmidi"), default="native",
+                        help="the probe's JACK client: native stamps each note with its "
+                             "frame's time, rtmidi with its callback's (period resolution)")
     parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
     parser.add_argument("--no-midi-clock-idle", dest="midi_clock_idle", action="store_false",
                         help="skip the idle CPU run under --clock midi (a DAW's clock running)")

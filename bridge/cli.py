@@ -177,7 +177,7 @@ def run_daemon(args: argparse.Namespace) -> int:
             address = child.address
         ports = open_ports(backend, in_name=midi.in_port, out_name=midi.out_port,
                            connect_in=midi.connect_in, connect_out=midi.connect_out,
-                           callback=inputs.callback)
+                           callback=inputs.callback, jack_client=midi.jack_client)
         if settings.clock.source == "internal":
             clock = InternalClock(settings.clock.bpm, signature)
             origin = time.monotonic()

@@ -10,6 +10,7 @@ process on the machine shares, so onsets can be checked against the wall clock.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ import mido
 
 from bridge.clock import TICKS_PER_BEAT
 from bridge.engine_child import stop_process
+from bridge.jack_native import JackClient
 from bridge.ports import close_input, find_port, open_backend
 from models.exceptions import BridgeError
 
@@ -138,30 +140,47 @@ class Probe:
     """
 
     def __init__(self, daemon_in: str = "melodyd in", daemon_out: str = "melodyd out",
-                 timeout: float = 30.0) -> None:
-        self._backend = open_backend("jack")
+                 timeout: float = 30.0, native: bool = False) -> None:
+        self.native = native
         self.received: list[Received] = []
         self._lock = threading.Lock()
+        self._client: JackClient | None = None
+        if native:
+            self._client = JackClient("melodyd-probe", "in", "out", callback=self._record)
+            list_outputs = functools.partial(self._client.list_ports, readable=False)
+            list_inputs = functools.partial(self._client.list_ports, readable=True)
+        else:
+            backend = open_backend("jack")
+            list_outputs, list_inputs = backend.get_output_names, backend.get_input_names
         end = time.monotonic() + timeout
         while True:
             try:
-                out_name = find_port(daemon_in, self._backend.get_output_names(), "output")
-                in_name = find_port(daemon_out, self._backend.get_input_names(), "input")
+                out_name = find_port(daemon_in, list_outputs(), "output")
+                in_name = find_port(daemon_out, list_inputs(), "input")
                 break
             except BridgeError:
                 if time.monotonic() > end:
+                    self._close_ports()
                     raise
                 time.sleep(0.1)
-        self.output = self._backend.open_output(out_name)
-        self.input = self._backend.open_input(in_name, callback=self._record)
+        # Probe and melodyd form a loop (each feeds the other); JACK delays the connection
+        # that closes a loop by one period. Connect the listening side first, so melodyd's
+        # notes arrive in the cycle that sent them; the probe's notes then reach melodyd
+        # one period late, like a keyboard's through a DAW.
+        if self._client is not None:
+            self._client.connect(in_name, self._client.input_name)
+            self._client.connect(self._client.output_name, out_name)
+        else:
+            self.input = backend.open_input(in_name, callback=self._record)
+            self.output = backend.open_output(out_name)
         self._clock_thread: threading.Thread | None = None
         self._clock_stop = threading.Event()
         self._clock_lock = threading.Lock()
         self._clock_anchor = (0.0, 0, 0.5 / TICKS_PER_BEAT)  # (t, tick, seconds per tick)
         self.clock_start: float | None = None  # wall time of tick 0 after Start
 
-    def _record(self, message: mido.Message) -> None:
-        t = time.monotonic()
+    def _record(self, message: mido.Message, t: float | None = None) -> None:
+        t = time.monotonic() if t is None else t  # the native client knows the frame's time
         with self._lock:
             self.received.append(Received(t, message))
 
@@ -175,8 +194,19 @@ class Probe:
         with self._lock:
             self.received.clear()
 
-    def send(self, message: mido.Message) -> float:
-        """Send now; returns the send time."""
+    def send(self, message: mido.Message, at: float | None = None) -> float:
+        """Send now, or at wall time ``at``; returns the send time.
+
+        Without the native client ``at`` is reached by sleeping, so the message leaves at
+        the start of the JACK period after it; the native client places it on the frame.
+        """
+        if self._client is not None:
+            if at is not None:
+                sleep_until(at - self._client.send_ahead_s)
+            self._client.send(message, at or 0.0)
+            return time.monotonic() if at is None else at
+        if at is not None:
+            sleep_until(at)
         t = time.monotonic()
         self.output.send(message)
         return t
@@ -194,9 +224,8 @@ class Probe:
             events.append((origin + (onset + duration) * seconds_per_beat, 0, pitch, 0))
         last = origin
         for t, on, pitch, velocity in sorted(events):
-            sleep_until(t)
             kind = "note_on" if on else "note_off"
-            last = self.send(mido.Message(kind, note=pitch, velocity=velocity))
+            last = self.send(mido.Message(kind, note=pitch, velocity=velocity), at=t)
         return last
 
     # ------------------------------------------------------------------ MIDI beat clock
@@ -254,8 +283,7 @@ class Probe:
         while not self._clock_stop.is_set():
             with self._clock_lock:
                 t, k, spt = self._clock_anchor
-            sleep_until(t + (tick - k) * spt)
-            self.output.send(mido.Message("clock"))
+            self.send(mido.Message("clock"), at=t + (tick - k) * spt)
             tick += 1
 
     def close(self) -> None:
@@ -263,5 +291,13 @@ class Probe:
         if self._clock_thread is not None:
             self._clock_stop.set()
             self._clock_thread.join(2.0)
-        close_input(self.input)
-        self.output.close()
+        self._close_ports()
+
+    def _close_ports(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            return
+        if hasattr(self, "input"):
+            close_input(self.input)
+        if hasattr(self, "output"):
+            self.output.close()

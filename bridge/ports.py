@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import mido
 import rtmidi
 
+from bridge import jack_native
+from bridge.listener import CLOCK_WAKE_EVERY
 from models.exceptions import BridgeError
 
 logger = logging.getLogger(__name__)
@@ -41,13 +43,24 @@ WINDOWS_NO_VIRTUAL = ("Windows has no virtual MIDI ports: create two loopMIDI po
                       "'melodyd in' --connect-out 'melodyd out'")
 
 
+# The input callback: a message and, where the MIDI system knows it, the
+# ``time.monotonic()`` of its arrival (None: the callback stamps it itself).
+InputCallback = Callable[..., None]
+
+
 @dataclass
 class Ports:
-    """The daemon's two ports and the MIDI system they live on."""
+    """The daemon's two ports, the MIDI system they live on and the driver behind them.
+
+    Attributes:
+        driver: ``rtmidi`` (python-rtmidi through mido) or ``native`` (melodyd's JACK
+            client, ``bridge.jack_native``).
+    """
 
     backend: str
-    input: mido.ports.BaseInput
-    output: mido.ports.BaseOutput
+    input: mido.ports.BaseInput | NativeInput
+    output: mido.ports.BaseOutput | NativeOutput
+    driver: str = "rtmidi"
 
     def close(self) -> None:
         """Close both ports (the input first, so no callback runs on a closed output)."""
@@ -57,10 +70,45 @@ class Ports:
             self.output.close()
 
 
+class NativeInput:
+    """The input side of a ``jack_native.JackClient`` (closing it closes the client)."""
+
+    def __init__(self, client: jack_native.JackClient) -> None:
+        self.client = client
+        self.name = client.input_name
+        self.closed = False
+
+    def close(self) -> None:
+        self.client.close()
+        self.closed = True
+
+
+class NativeOutput:
+    """The output side of a ``jack_native.JackClient``; a ``bridge.scheduler.TimedOutput``."""
+
+    def __init__(self, client: jack_native.JackClient) -> None:
+        self.client = client
+        self.name = client.output_name
+        self.send_ahead_s = client.send_ahead_s
+        self.closed = False
+
+    def send(self, message: mido.Message) -> None:
+        """Send in the next JACK cycle."""
+        self.client.send(message)
+
+    def send_at(self, message: mido.Message, when: float) -> None:
+        """Send at ``time.monotonic()`` time ``when`` (to the frame)."""
+        self.client.send(message, when)
+
+    def close(self) -> None:
+        self.client.close()
+        self.closed = True
+
+
 CALLBACK_DRAIN_S = 0.02  # lets a callback already waiting for the GIL finish
 
 
-def close_input(port: mido.ports.BaseInput) -> None:
+def close_input(port: mido.ports.BaseInput | NativeInput) -> None:
     """Close an input port without deadlocking against its own callback.
 
     python-rtmidi runs the callback on the MIDI system's thread (JACK's process thread),
@@ -70,7 +118,7 @@ def close_input(port: mido.ports.BaseInput) -> None:
     its callback wrapper, so cancel rtmidi's callback directly, give a callback in flight
     time to return, then close.
     """
-    rt = getattr(port, "_rt", None)
+    rt = getattr(port, "_rt", None)  # None for NativeInput: no Python in JACK's thread
     if rt is None or port.closed:
         port.close()
         return
@@ -173,14 +221,18 @@ def find_port(wanted: str, names: list[str], kind: str) -> str:
 
 
 def open_ports(backend: str, *, in_name: str, out_name: str, connect_in: str, connect_out: str,
-               callback: Callable[[mido.Message], None]) -> Ports:
+               callback: InputCallback, jack_client: str = "native") -> Ports:
     """Open the daemon's input (with ``callback``) and output port.
 
     Args:
         backend: one of ``APIS``.
         in_name, out_name: names of the virtual ports to create.
         connect_in, connect_out: existing ports to connect to instead (non-empty wins).
-        callback: called on rtmidi's thread with each incoming message.
+        callback: called on the MIDI system's thread (rtmidi) or the client's reader
+            thread (native) with each incoming message; the native client also passes
+            the message's arrival time.
+        jack_client: on JACK, ``native`` uses melodyd's own client where it is built
+            (falling back to python-rtmidi), ``rtmidi`` always uses python-rtmidi.
 
     Raises:
         BridgeError: a port cannot be found or opened, or virtual ports are asked for
@@ -188,6 +240,13 @@ def open_ports(backend: str, *, in_name: str, out_name: str, connect_in: str, co
     """
     if backend == "windows" and not (connect_in and connect_out):
         raise BridgeError(WINDOWS_NO_VIRTUAL)
+    if backend == "jack" and jack_client == "native":
+        if jack_native.available():
+            return open_native_jack_ports(in_name=in_name, out_name=out_name,
+                                          connect_in=connect_in, connect_out=connect_out,
+                                          callback=callback)
+        logger.info("melodyd's JACK client is not built here; using python-rtmidi's "
+                    "(one JACK client per port, output on period boundaries)")
     mido_backend = open_backend(backend)
     inp = out = None
     try:
@@ -211,3 +270,30 @@ def open_ports(backend: str, *, in_name: str, out_name: str, connect_in: str, co
         raise BridgeError(f"cannot open {backend} MIDI ports: {err}") from err
     logger.info("listening on %r, playing on %r (%s)", inp.name, out.name, backend)
     return Ports(backend, inp, out)
+
+
+def open_native_jack_ports(*, in_name: str, out_name: str, connect_in: str, connect_out: str,
+                           callback: InputCallback) -> Ports:
+    """Both ports on one ``jack_native.JackClient``; connected to existing ports if named.
+
+    The ports always exist under their own names; ``connect_in``/``connect_out`` add a
+    JACK connection from/to the named port (which is what rtmidi does on JACK, too).
+    """
+    # Clock ticks in the batches the daemon takes them in anyway (see bridge.listener).
+    client = jack_native.JackClient(CLIENT_NAME, in_name, out_name, callback=callback,
+                                    clock_batch=CLOCK_WAKE_EVERY)
+    try:
+        if connect_in:
+            own = {client.output_name}
+            names = [n for n in client.list_ports(readable=True) if n not in own]
+            client.connect(find_port(connect_in, names, "input"), client.input_name)
+        if connect_out:
+            own = {client.input_name}
+            names = [n for n in client.list_ports(readable=False) if n not in own]
+            client.connect(client.output_name, find_port(connect_out, names, "output"))
+    except BridgeError:
+        client.close()
+        raise
+    logger.info("listening on %r, playing on %r (jack, melodyd's own client, %.2f ms period)",
+                client.input_name, client.output_name, client.period_s * 1000)
+    return Ports("jack", NativeInput(client), NativeOutput(client), driver="native")

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import mido
 
@@ -30,6 +31,21 @@ logger = logging.getLogger(__name__)
 EARLY_S = 0.0002  # send when this close: waking for the last fraction of a ms costs more
 CC_SUSTAIN = 64
 CC_ALL_NOTES_OFF = 123
+
+
+@runtime_checkable
+class TimedOutput(Protocol):
+    """An output that places each message at its own deadline (melodyd's JACK client).
+
+    Messages handed over ``send_ahead_s`` before their time leave exactly on time instead
+    of whenever the MIDI system next runs; ``send`` still sends at once.
+    """
+
+    send_ahead_s: float
+
+    def send(self, message: mido.Message) -> None: ...
+
+    def send_at(self, message: mido.Message, when: float) -> None: ...
 
 
 @dataclass(eq=False)
@@ -72,7 +88,8 @@ class Scheduler:
     """Plays notes on ``port`` at the clock's wall time of their beats.
 
     Args:
-        port: a mido output port (any ``BaseOutput``; tests pass a fake).
+        port: a mido output port (any ``BaseOutput``; tests pass a fake), or a
+            ``TimedOutput``, which gets each message ``send_ahead_s`` early with its time.
         clock: the beat timeline.
         channel: MIDI channel 0-15 of every message sent.
         late_drop_s: a note-on this late (seconds) is dropped and counted.
@@ -91,6 +108,9 @@ class Scheduler:
         self.late_drop_s = late_drop_s
         self.on_sent = on_sent
         self.lead_s = lead_s
+        # A port that places messages at their deadline (melodyd's JACK client) gets each
+        # one this early; any other port gets it at its time.
+        self._send_ahead_s = port.send_ahead_s if isinstance(port, TimedOutput) else 0.0
         self.stats = SchedulerStats()
         self._cond = threading.Condition()
         self._heap: list[_Event] = []
@@ -202,7 +222,8 @@ class Scheduler:
             # only covers the gap, so wait for the clock to come back.
             self._cond.wait()
             return
-        wait = deadline - self.lead_s - time.monotonic()
+        due = deadline - self.lead_s  # when the message should leave the port
+        wait = due - self._send_ahead_s - time.monotonic()
         if wait > EARLY_S:
             self._cond.wait(wait)
             return
@@ -210,12 +231,12 @@ class Scheduler:
         voice = event.voice
         if event.off_first == 0:
             if voice.state == "sounding" and self._sounding.get(voice.note.pitch) is voice:
-                self._release(voice.note.pitch)
+                self._release(voice.note.pitch, due)
             voice.state = "done" if voice.state == "sounding" else voice.state
             return
         if voice.state != "pending":
             return
-        late = -wait
+        late = time.monotonic() - due
         if late > self.late_drop_s:
             voice.state = "dropped"
             self.stats.dropped += 1
@@ -224,8 +245,8 @@ class Scheduler:
         pitch = voice.note.pitch
         if pitch in self._sounding:  # same pitch again: end the old one first
             self._release(pitch)
-        self.port.send(mido.Message("note_on", channel=self.channel, note=pitch,
-                                    velocity=voice.note.velocity))
+        self._send(mido.Message("note_on", channel=self.channel, note=pitch,
+                                velocity=voice.note.velocity), due)
         voice.state = "sounding"
         self._sounding[pitch] = voice
         self.stats.sent += 1
@@ -234,15 +255,22 @@ class Scheduler:
             self.on_sent(voice.response, voice.note, late)
 
     # ----------------------------------------------------------------- helpers (lock held)
-    def _release(self, pitch: int) -> None:
+    def _release(self, pitch: int, when: float | None = None) -> None:
         voice = self._sounding.pop(pitch)
         voice.state = "done"
         self._send_safely(mido.Message("note_off", channel=self.channel, note=pitch,
-                                       velocity=0))
+                                       velocity=0), when)
 
-    def _send_safely(self, message: mido.Message) -> None:
+    def _send(self, message: mido.Message, when: float | None = None) -> None:
+        """Send now, or at ``when`` on a port that can place messages in time."""
+        if when is not None and self._send_ahead_s > 0:
+            self.port.send_at(message, when)
+        else:
+            self.port.send(message)
+
+    def _send_safely(self, message: mido.Message, when: float | None = None) -> None:
         """Send on the way out; a failing port is logged, never raised from cleanup."""
         try:
-            self.port.send(message)
+            self._send(message, when)
         except Exception as err:  # any backend failure: cleanup must go on to the next note
             logger.warning("could not send %s: %s", message.type, err)

@@ -118,6 +118,7 @@ class MidiSettings:
     """``[midi]``: the daemon's ports, output channel, lateness bound and CC controls."""
 
     backend: str = setting("auto", choices=("auto", "alsa", "jack", "coremidi", "windows"))
+    jack_client: str = setting("native", choices=("native", "rtmidi"))
     in_port: str = setting("melodyd in")
     out_port: str = setting("melodyd out")
     connect_in: str = setting("")

@@ -9,6 +9,17 @@ import mido
 
 from bridge.clock import Clock, Mapping
 
+# Sampling for the end-to-end tests: a random tiny model, at most 4 notes at once (its
+# raw output piles up 20-note clusters; tighter limits make it end its piece sooner).
+E2E_CONFIG = """
+[sampling]
+temperature = 1.0
+max_polyphony = 4
+[interaction]
+status_interval_s = 0.5
+response_bars = 2
+"""
+
 
 class FakeOutput(mido.ports.BaseOutput):
     """An output port that records ``(time.monotonic(), message)`` instead of sending."""

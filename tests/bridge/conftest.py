@@ -20,16 +20,7 @@ from bridge.jack_rig import JackServer, Probe
 # folder on the path.
 sys.path.insert(0, str(Path(__file__).parent))
 
-# Sampling for the end-to-end tests: a random tiny model, at most 4 notes at once (its
-# raw output piles up 20-note clusters; tighter limits make it end its piece sooner).
-E2E_CONFIG = """
-[sampling]
-temperature = 1.0
-max_polyphony = 4
-[interaction]
-status_interval_s = 0.5
-response_bars = 2
-"""
+from bridge_fakes import E2E_CONFIG  # after the path above
 
 
 @pytest.fixture(scope="session")
@@ -115,11 +106,13 @@ def start_melodyd(jack_server, tmp_path):
 
 @pytest.fixture
 def probe_for(jack_server):
-    """``probe_for()`` -> a ``Probe`` wired to melodyd's ports; closed at teardown."""
+    """``probe_for(native=False)`` -> a ``Probe`` wired to melodyd's ports; closed at
+    teardown. A native probe stamps each message with its frame's time; the default
+    (python-rtmidi) one with its callback's, up to a period before a frame-placed note."""
     probes: list[Probe] = []
 
-    def make() -> Probe:
-        probe = Probe(timeout=60.0)
+    def make(native: bool = False) -> Probe:
+        probe = Probe(timeout=60.0, native=native)
         probes.append(probe)
         return probe
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import mido
 import pytest
 from bridge_fakes import FakeOutput, ManualClock, sounding_after
 
@@ -174,3 +175,42 @@ def test_stopped_clock_holds_notes_until_it_runs(rig):
     assert port.messages("note_on") == []
     clock.set(Mapping(time.monotonic() + 0.05, 0.0, 0.1))
     assert wait_for(lambda: len(port.messages("note_off")) == 1)
+
+
+class TimedFakeOutput(FakeOutput):
+    """A port that places messages at their time, like melodyd's JACK client."""
+
+    send_ahead_s = 0.05
+
+    def _open(self, **kwargs: object) -> None:
+        super()._open(**kwargs)
+        self.timed: list[tuple[float, float, mido.Message]] = []  # (handed over, when, msg)
+
+    def send_at(self, message: mido.Message, when: float) -> None:
+        self.timed.append((time.monotonic(), when, message))
+        self.send(message)
+
+
+def test_timed_port_gets_notes_ahead_with_their_deadlines():
+    port = TimedFakeOutput()
+    clock = ManualClock(bpm=600.0)
+    scheduler = Scheduler(port, clock, late_drop_s=1.0, lead_s=0.01)
+    assert scheduler._send_ahead_s == port.send_ahead_s
+    scheduler.start()
+    try:
+        b = now_beat(clock) + 2.0
+        scheduler.schedule("r1", [Note(b, 0.5, 60, 100), Note(b + 1, 0.5, 62, 100)])
+        assert wait_for(lambda: len(port.timed) == 4)
+    finally:
+        scheduler.stop()
+    ons = [(h, w) for h, w, m in port.timed if m.type == "note_on"]
+    offs = [(h, w) for h, w, m in port.timed if m.type == "note_off"]
+    # Every note-on and note-off carries its beat's wall time less the output lead...
+    expected_on = [clock.time_at(b) - 0.01, clock.time_at(b + 1) - 0.01]
+    expected_off = [clock.time_at(b + 0.5) - 0.01, clock.time_at(b + 1.5) - 0.01]
+    assert [w for _, w in ons] == pytest.approx(expected_on, abs=1e-9)
+    assert [w for _, w in offs] == pytest.approx(expected_off, abs=1e-9)
+    # ...and is handed over before that time (about send_ahead_s early), not after it.
+    assert all(h < w for h, w in ons + offs)
+    # Cleanup messages (CC 123, CC 64) go out at once, untimed.
+    assert sorted(m.control for m in port.messages("control_change")) == [64, 123]

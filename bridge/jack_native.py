@@ -1,0 +1,251 @@
+"""melodyd's own JACK MIDI client (``bridge/native/jackmidi.c``), loaded with ctypes.
+
+One JACK client owns both ports, its real-time callback never runs Python, and output
+events land on the frame of their deadline instead of at the start of the next cycle
+(see the C file for why python-rtmidi and JACK-Client do not do this). The library is
+built when melodyd is installed (``hatch_build.py``); where it could not be built or
+libjack is missing, ``available()`` is false and ``bridge.ports`` uses python-rtmidi.
+
+Incoming events wait in the C ring until a reader thread, woken through a pipe, turns
+them into ``mido.Message`` objects and hands each to the callback with its arrival time
+on ``time.monotonic()`` (the time of its frame, not of the wake-up).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mido
+
+from models.exceptions import BridgeError
+
+logger = logging.getLogger(__name__)
+
+LIBRARY = Path(__file__).parent / "native" / "libmelodyd_jack.so"
+LIBJACK_NAMES = ("libjack.so.0", "libjack.so")
+ERROR_BYTES = 256
+# Hand events to the client this much before their deadline, on top of one period: the
+# process callback of the cycle holding the deadline must find them queued. Covers a
+# late wake-up of the scheduler thread on a busy machine.
+SEND_AHEAD_MARGIN_S = 0.002
+READER_JOIN_S = 2.0
+
+InputCallback = Callable[[mido.Message, float], None]
+
+
+class _Api:
+    """The C functions with their signatures."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        c = ctypes
+        self.open = _fn(lib.mm_open, c.c_void_p, [c.c_char_p, c.c_char_p, c.c_char_p, c.c_int,
+                                                  c.c_uint32, c.c_char_p, c.c_size_t])
+        self.close = _fn(lib.mm_close, None, [c.c_void_p])
+        self.port_name = _fn(lib.mm_port_name, c.c_char_p, [c.c_void_p, c.c_int])
+        self.connect = _fn(lib.mm_connect, c.c_int, [c.c_void_p, c.c_char_p, c.c_char_p])
+        self.list_ports = _fn(lib.mm_list_ports, c.c_size_t,
+                              [c.c_void_p, c.c_int, c.c_char_p, c.c_size_t])
+        self.send = _fn(lib.mm_send, c.c_int, [c.c_void_p, c.c_char_p, c.c_uint32, c.c_double])
+        self.receive = _fn(lib.mm_receive, c.c_uint32,
+                           [c.c_void_p, c.c_char_p, c.POINTER(c.c_double)])
+        self.shut_down = _fn(lib.mm_shut_down, c.c_int, [c.c_void_p])
+        self.dropped = _fn(lib.mm_dropped, c.c_uint64, [c.c_void_p, c.c_int])
+        self.sample_rate = _fn(lib.mm_sample_rate, c.c_uint32, [c.c_void_p])
+        self.period_frames = _fn(lib.mm_period_frames, c.c_uint32, [c.c_void_p])
+        self.event_bytes = lib.mm_event_bytes()
+
+
+def _fn(function: Any, restype: Any, argtypes: list[Any]) -> Any:
+    """Give a C function its ctypes signature."""
+    function.restype = restype
+    function.argtypes = argtypes
+    return function
+
+
+@functools.cache
+def _api() -> _Api | None:
+    """The loaded library, or None (logged once) where it is not built or libjack absent."""
+    if not LIBRARY.exists():
+        logger.debug("native JACK client not built (%s missing)", LIBRARY)
+        return None
+    names = [n for n in (ctypes.util.find_library("jack"), *LIBJACK_NAMES) if n]
+    for name in names:
+        try:
+            # RTLD_GLOBAL: the client library finds libjack's symbols at load time.
+            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            break
+        except OSError:
+            continue
+    else:
+        logger.debug("libjack not found (%s)", ", ".join(names))
+        return None
+    try:
+        return _Api(ctypes.CDLL(str(LIBRARY)))
+    except (OSError, AttributeError) as err:
+        logger.warning("cannot load the native JACK client %s: %s", LIBRARY, err)
+        return None
+
+
+def available() -> bool:
+    """Whether melodyd's own JACK client can be used (built, and libjack present)."""
+    return _api() is not None
+
+
+class JackClient:
+    """One JACK client with one MIDI input and one MIDI output port.
+
+    Args:
+        client_name: the JACK client's name (JACK adds a suffix if it is taken).
+        in_name, out_name: the ports' short names.
+        callback: called on the reader thread with each incoming message and the
+            ``time.monotonic()`` of its frame; None ignores input.
+        clock_batch: MIDI clock ticks reach the callback in batches of this many (each
+            with its own time); every other message at once.
+
+    Raises:
+        BridgeError: the library is not available, no server runs, or JACK refused.
+    """
+
+    def __init__(self, client_name: str, in_name: str, out_name: str,
+                 callback: InputCallback | None = None, clock_batch: int = 1) -> None:
+        api = _api()
+        if api is None:
+            raise BridgeError("melodyd's JACK client is not built; reinstall melodyd with a "
+                              "C compiler present, or use python-rtmidi's JACK ports")
+        self._api = api
+        self._callback = callback
+        self._send_lock = threading.Lock()  # the C output ring has a single producer
+        self._closed = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        error = ctypes.create_string_buffer(ERROR_BYTES)
+        handle = api.open(client_name.encode(), in_name.encode(), out_name.encode(),
+                          self._wake_w, clock_batch, error, ERROR_BYTES)
+        if not handle:
+            self._close_pipe()
+            raise BridgeError(f"cannot open a JACK client: {error.value.decode()}")
+        self._handle = ctypes.c_void_p(handle)
+        self.input_name = api.port_name(self._handle, 0).decode()
+        self.output_name = api.port_name(self._handle, 1).decode()
+        self.sample_rate = api.sample_rate(self._handle)
+        self.period_s = api.period_frames(self._handle) / self.sample_rate
+        self.send_ahead_s = self.period_s + SEND_AHEAD_MARGIN_S
+        self._reader = threading.Thread(target=self._read, name="jack-midi-in", daemon=True)
+        self._reader.start()
+
+    # ------------------------------------------------------------------ ports
+    def list_ports(self, *, readable: bool) -> list[str]:
+        """Full names of the MIDI ports we can read from (``readable``) or write to."""
+        size = 4096
+        while True:
+            buffer = ctypes.create_string_buffer(size)
+            needed = self._api.list_ports(self._handle, int(readable), buffer, size)
+            if needed <= size:
+                return [n for n in buffer.value.decode(errors="replace").split("\n") if n]
+            size = needed
+
+    def connect(self, source: str, destination: str) -> None:
+        """Connect two ports by full name.
+
+        Raises:
+            BridgeError: JACK refused (a name is wrong, or the types differ).
+        """
+        if self._api.connect(self._handle, source.encode(), destination.encode()) != 0:
+            raise BridgeError(f"JACK could not connect {source!r} to {destination!r}")
+
+    # ------------------------------------------------------------------ output
+    def send(self, message: mido.Message, when: float = 0.0) -> None:
+        """Queue ``message`` for the output at ``time.monotonic()`` time ``when``.
+
+        ``when`` 0 (or past) sends it in the next cycle. Messages leave in the order they
+        are queued, each not before its time, so queue them in time order.
+
+        Raises:
+            BridgeError: the client is closed, the server went away, or the queue is full.
+        """
+        data = bytes(message.bytes())
+        with self._send_lock:
+            if self._closed:
+                raise BridgeError("the JACK client is closed")
+            result = self._api.send(self._handle, data, len(data), when)
+        if result == -3:
+            raise BridgeError("the JACK server has gone")
+        if result == -2:
+            raise BridgeError(f"message of {len(data)} bytes is longer than the client "
+                              f"carries ({self._api.event_bytes})")
+        if result != 0:
+            raise BridgeError("the JACK output queue is full")
+
+    # ------------------------------------------------------------------ state
+    @property
+    def shut_down(self) -> bool:
+        """True once the JACK server has shut the client down."""
+        return not self._closed and bool(self._api.shut_down(self._handle))
+
+    def dropped(self) -> tuple[int, int]:
+        """Messages lost so far: (input, output)."""
+        if self._closed:
+            return (0, 0)
+        return (self._api.dropped(self._handle, 0), self._api.dropped(self._handle, 1))
+
+    def close(self) -> None:
+        """Deactivate and close the client, then stop the reader (idempotent)."""
+        with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"\0")  # wakes the reader, which sees _closed
+        if threading.current_thread() is not self._reader:
+            self._reader.join(timeout=READER_JOIN_S)
+        if self._reader.is_alive():
+            # Freeing the client under a reader still inside it would crash: leak instead.
+            logger.warning("MIDI input callback still busy; leaving the JACK client open")
+            return
+        # No Python runs in JACK's thread, so closing cannot deadlock against a callback.
+        self._api.close(self._handle)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # ------------------------------------------------------------------ input thread
+    def _read(self) -> None:
+        """Wait on the pipe; turn every queued event into a message for the callback."""
+        data = ctypes.create_string_buffer(self._api.event_bytes)
+        when = ctypes.c_double()
+        parser = mido.Parser()
+        while True:
+            try:
+                os.read(self._wake_r, 4096)  # blocks without the GIL until input arrives
+            except OSError:
+                return
+            with self._send_lock:
+                if self._closed:
+                    return
+                handle = self._handle
+            while size := self._api.receive(handle, data, ctypes.byref(when)):
+                parser.feed(data.raw[:size])
+                while (message := parser.get_message()) is not None:
+                    if self._callback is not None:
+                        self._callback_safely(message, when.value)
+            if self._api.shut_down(handle):
+                logger.warning("the JACK server shut melodyd's client down")
+                return
+
+    def _callback_safely(self, message: mido.Message, when: float) -> None:
+        try:
+            self._callback(message, when)
+        except Exception:  # one bad message must not end input for good
+            logger.exception("MIDI input callback failed on %s", message)

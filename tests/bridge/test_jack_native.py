@@ -1,0 +1,217 @@
+"""melodyd's own JACK client (bridge/native/jackmidi.c) on a real JACK server.
+
+Two clients talk through real JACK connections; each received message carries the time
+of its frame, so timing is checked to the frame, not to the period.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+
+import mido
+import pytest
+
+from bridge import jack_native, ports
+from bridge.jack_native import JackClient
+from bridge.jack_rig import JackServer
+from models.exceptions import BridgeError
+
+pytestmark = pytest.mark.jack
+needs_native = pytest.mark.skipif(not jack_native.available(),
+                                  reason="the native JACK client is not built (no C compiler "
+                                         "at install time)")
+
+FRAME_S = 1 / 48000
+
+
+class Inbox:
+    """A callback that keeps ``(arrival time, message)``."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, mido.Message]] = []
+
+    def __call__(self, message: mido.Message, t: float) -> None:
+        self.items.append((t, message))
+
+    def wait(self, count: int, timeout: float = 5.0) -> list[tuple[float, mido.Message]]:
+        end = time.monotonic() + timeout
+        while len(self.items) < count and time.monotonic() < end:
+            time.sleep(0.01)
+        return list(self.items)
+
+
+@pytest.fixture
+def pair(jack_server):
+    """Two clients, a's output wired to b's input; b records."""
+    inbox = Inbox()
+    a = JackClient("native-a", "in", "out")
+    b = JackClient("native-b", "in", "out", callback=inbox)
+    a.connect(a.output_name, b.input_name)
+    yield a, b, inbox
+    a.close()
+    b.close()
+
+
+@needs_native
+def test_timed_messages_land_on_their_frames(pair, jack_server):
+    a, _, inbox = pair
+    assert a.period_s == pytest.approx(jack_server.period_s)
+    start = time.monotonic() + 0.05
+    # Within one period and across several, deliberately off the period boundaries.
+    times = [start + k * 0.00071 for k in range(12)]
+    for k, t in enumerate(times):
+        a.send(mido.Message("note_on", note=40 + k, velocity=90), t)
+    got = inbox.wait(len(times))
+    assert [m.note for _, m in got] == [40 + k for k in range(12)]
+    errors = [abs(t_got - t) for (t_got, _), t in zip(got, times, strict=True)]
+    # One frame of rounding each way, plus float noise.
+    assert max(errors) <= 2 * FRAME_S, [round(e * 1e6, 1) for e in errors]
+
+
+@needs_native
+def test_untimed_message_goes_out_in_the_next_period(pair, jack_server):
+    a, _, inbox = pair
+    sent = time.monotonic()
+    a.send(mido.Message("control_change", control=123, value=0))
+    (t, message), = inbox.wait(1)
+    assert message.type == "control_change" and message.control == 123
+    # Stamped with its frame in the cycle that carried it: within a couple of periods
+    # (a loaded machine may delay the cycle, never the stamp before the send).
+    assert sent - jack_server.period_s <= t <= sent + 0.05
+
+
+@needs_native
+def test_every_kind_of_message_survives(pair):
+    a, _, inbox = pair
+    messages = [mido.Message("clock"), mido.Message("start"),
+                mido.Message("songpos", pos=96), mido.Message("pitchwheel", pitch=-300),
+                mido.Message("control_change", channel=5, control=21, value=64),
+                mido.Message("sysex", data=[1, 2, 3, 4, 5]),
+                mido.Message("note_off", channel=15, note=127, velocity=0)]
+    for message in messages:
+        a.send(message)
+    got = [m for _, m in inbox.wait(len(messages))]
+    assert got == messages
+
+
+@needs_native
+def test_refuses_what_it_cannot_carry_and_a_closed_client(pair):
+    a, _, _ = pair
+    with pytest.raises(BridgeError, match="longer than"):
+        a.send(mido.Message("sysex", data=[0] * 100))
+    a.close()
+    a.close()  # idempotent
+    with pytest.raises(BridgeError, match="closed"):
+        a.send(mido.Message("clock"))
+    assert a.dropped() == (0, 0)
+
+
+@needs_native
+def test_open_ports_uses_one_client_and_connects_to_named_ports(jack_server):
+    inbox = Inbox()
+    daw = JackClient("fake-daw", "midi in", "midi out", callback=inbox)
+    heard = Inbox()
+    opened = ports.open_ports("jack", in_name="melodyd in", out_name="melodyd out",
+                              connect_in="fake-daw:midi out", connect_out="fake-daw:midi in",
+                              callback=heard)
+    try:
+        assert opened.driver == "native"
+        assert opened.input.name.endswith(":melodyd in")
+        assert opened.output.name.endswith(":melodyd out")
+        # One JACK client owns both ports.
+        assert opened.input.name.split(":")[0] == opened.output.name.split(":")[0]
+        daw.send(mido.Message("note_on", note=60, velocity=100))
+        opened.output.send(mido.Message("note_on", note=72, velocity=100))
+        assert [m.note for _, m in heard.wait(1)] == [60]
+        assert [m.note for _, m in inbox.wait(1)] == [72]
+    finally:
+        opened.close()
+        daw.close()
+
+
+@needs_native
+def test_open_ports_names_the_missing_port(jack_server):
+    with pytest.raises(BridgeError, match="no input ports match 'nowhere'"):
+        ports.open_ports("jack", in_name="melodyd in", out_name="melodyd out",
+                         connect_in="nowhere", connect_out="", callback=Inbox())
+
+
+def test_open_ports_falls_back_to_rtmidi_when_not_built(jack_server, monkeypatch, caplog):
+    monkeypatch.setattr(jack_native, "available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="bridge.ports"):
+        opened = ports.open_ports("jack", in_name="fallback in", out_name="fallback out",
+                                  connect_in="", connect_out="", callback=Inbox())
+    try:
+        assert opened.driver == "rtmidi"
+        assert "not built" in caplog.text
+    finally:
+        opened.close()
+
+
+def test_rtmidi_can_be_chosen(jack_server):
+    opened = ports.open_ports("jack", in_name="chosen in", out_name="chosen out",
+                              connect_in="", connect_out="", callback=Inbox(),
+                              jack_client="rtmidi")
+    try:
+        assert opened.driver == "rtmidi"
+    finally:
+        opened.close()
+
+
+@needs_native
+def test_server_going_away_is_reported(jack_server):
+    private = JackServer(period=256)
+    private.start()
+    saved = jack_server.env()
+    os.environ.update(private.env())
+    try:
+        client = JackClient("doomed", "in", "out")
+    finally:
+        os.environ.update(saved)
+    try:
+        private.stop()
+        end = time.monotonic() + 10
+        while not client.shut_down and time.monotonic() < end:
+            time.sleep(0.05)
+        assert client.shut_down
+        with pytest.raises(BridgeError, match="gone"):
+            client.send(mido.Message("clock"))
+    finally:
+        client.close()
+
+
+@needs_native
+def test_clock_ticks_come_in_batches_each_with_its_own_time(jack_server):
+    inbox = Inbox()
+    a = JackClient("batch-a", "in", "out")
+    b = JackClient("batch-b", "in", "out", callback=inbox, clock_batch=6)
+    try:
+        a.connect(a.output_name, b.input_name)
+        start = time.monotonic() + 0.05
+        ticks = [start + k * 0.01 for k in range(5)]
+        for t in ticks:
+            a.send(mido.Message("clock"), t)
+        time.sleep(ticks[-1] - time.monotonic() + 0.2)
+        assert inbox.items == []  # five ticks wait for the sixth
+        a.send(mido.Message("clock"), time.monotonic() + 0.01)
+        got = inbox.wait(6)
+        assert len(got) == 6
+        assert [t for t, _ in got[:5]] == pytest.approx(ticks, abs=2 * FRAME_S)
+        a.send(mido.Message("clock"))
+        a.send(mido.Message("note_on", note=60, velocity=1))  # any other message: at once
+        got = inbox.wait(8)
+        assert [m.type for _, m in got[6:]] == ["clock", "note_on"]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_library_is_built_where_a_compiler_exists():
+    """The install builds the client wherever it can: a compiler here means it was built
+    (else every test above skips without anyone noticing)."""
+    if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler: melodyd uses python-rtmidi's JACK ports here")
+    assert jack_native.LIBRARY.exists(), "reinstall melodyd (pip install -e .) to build it"
