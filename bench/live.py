@@ -10,7 +10,12 @@ and records the answers. Measures:
 - notes dropped for lateness (melodyd's own count);
 - idle CPU of melodyd and its engine child (% of one core over ``--idle`` seconds with
   nobody playing, from /proc), with the internal clock and again with ``--clock midi``
-  while the probe sends MIDI clock, and their resident memory.
+  while the probe sends MIDI clock, and their resident memory;
+- with ``--idle-periods 64,128,256``, idle CPU at each JACK period next to a bare process
+  that holds nothing but the same two ports (what JACK's per-period wake-ups cost).
+
+The probe is melodyd's own JACK client by default (``--probe native``), which stamps each
+note with the time of its frame; ``--probe rtmidi`` stamps on arrival in the callback.
 
 Prints a table and writes JSON. Run: ``python bench/live.py --model models/pretrained/X.onnx``.
 """
@@ -162,6 +167,50 @@ def idle_under_midi_clock(args: argparse.Namespace, workdir: Path) -> dict[str, 
         stop_process(daemon, STOP_S)
 
 
+BARE_CLIENT = """
+import sys, time
+from bridge import ports
+ports.open_ports("jack", in_name="bare in", out_name="bare out", connect_in="",
+                 connect_out="", callback=lambda *a: None, jack_client=sys.argv[1])
+time.sleep(3600)
+"""
+
+
+def idle_sweep(args: argparse.Namespace, workdir: Path) -> list[dict]:
+    """Idle CPU at each of ``--idle-periods`` (fresh JACK server each): melodyd with the
+    internal clock, melodyd following MIDI clock, and a bare process holding nothing but
+    the same two ports (the MIDI system's own cost: JACK wakes every client each period)."""
+    rows = []
+    saved = dict(os.environ)
+    for period in args.idle_periods:
+        server = JackServer(period=period)
+        server.start()
+        os.environ.update(server.env())
+        try:
+            row = {"period_frames": period, "period_ms": server.period_s * 1000}
+            bare = subprocess.Popen([sys.executable, "-c", BARE_CLIENT, args.jack_client])
+            try:
+                time.sleep(2.0)
+                row["bare_ports"] = idle_cpu_percent({"bare": bare.pid}, args.idle)["bare"]
+            finally:
+                stop_process(bare, STOP_S)
+            daemon, log_path = launch(args, workdir, f"melodyd-idle-{period}",
+                                      ["--bpm", str(args.bpm)])
+            try:
+                wait_for_log(log_path, r"engine at .* is up", 120)
+                time.sleep(2.0)
+                row["melodyd"] = idle_cpu_percent({"m": daemon.pid}, args.idle)["m"]
+            finally:
+                stop_process(daemon, STOP_S)
+            row["melodyd_midi_clock"] = idle_under_midi_clock(args, workdir)["melodyd"]
+        finally:
+            server.stop()
+            os.environ.clear()
+            os.environ.update(saved)
+        rows.append(row)
+    return rows
+
+
 def run(args: argparse.Namespace) -> dict:
     server = JackServer(period=args.period)
     server.start()
@@ -225,6 +274,7 @@ def run(args: argparse.Namespace) -> dict:
             probe.close()
         stop_process(daemon, STOP_S)
         server.stop()
+    sweep = idle_sweep(args, workdir)
     return {
         "model": str(args.model), "bpm": args.bpm, "jack_client": args.jack_client,
         "probe": args.probe, "jack_period_frames": args.period,
@@ -244,6 +294,7 @@ def run(args: argparse.Namespace) -> dict:
         "notes_sent": sent, "notes_dropped": dropped, "jack_xruns_while_playing": xruns,
         "idle_cpu_percent_of_core": idle_cpu, "idle_seconds": args.idle,
         "idle_cpu_under_midi_clock_percent_of_core": idle_midi,
+        "idle_cpu_by_period": sweep,
         "rss_mb": rss, "rss_mb_total": sum(rss.values()),
         "rss_without_jack_shm_mb": own_rss,
         "rss_without_jack_shm_mb_total": sum(own_rss.values()),
@@ -288,6 +339,14 @@ def print_table(result: dict) -> None:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    if result["idle_cpu_by_period"]:
+        print(f"\nidle CPU, % of a core over {result['idle_seconds']:g} s "
+              f"(JACK client: {result['jack_client']})")
+        print(f"{'JACK period':>18}  {'melodyd':>8}  {'+MIDI clock':>11}  {'bare ports':>10}")
+        for row in result["idle_cpu_by_period"]:
+            period = f"{row['period_frames']} ({row['period_ms']:.2f} ms)"
+            print(f"{period:>18}  {row['melodyd']:>8.2f}  {row['melodyd_midi_clock']:>11.2f}  "
+                  f"{row['bare_ports']:>10.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the probe's JACK client: native stamps each note with its "
                              "frame's time, rtmidi with its callback's (period resolution)")
     parser.add_argument("--idle", type=float, default=10.0, help="idle CPU window, seconds")
+    parser.add_argument("--idle-periods", type=lambda text: [int(x) for x in text.split(",")
+                                                             if x.strip()],
+                        default=[], metavar="N,N,...",
+                        help="also measure idle CPU at these JACK periods (e.g. 64,128,256), "
+                             "next to a bare process holding the same two ports")
     parser.add_argument("--no-midi-clock-idle", dest="midi_clock_idle", action="store_false",
                         help="skip the idle CPU run under --clock midi (a DAW's clock running)")
     parser.add_argument("--json", type=Path, default=Path("bench/results/live.json"))

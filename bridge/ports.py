@@ -283,14 +283,16 @@ def open_native_jack_ports(*, in_name: str, out_name: str, connect_in: str, conn
     client = jack_native.JackClient(CLIENT_NAME, in_name, out_name, callback=callback,
                                     clock_batch=CLOCK_WAKE_EVERY)
     try:
-        if connect_in:
-            own = {client.output_name}
-            names = [n for n in client.list_ports(readable=True) if n not in own]
-            client.connect(find_port(connect_in, names, "input"), client.input_name)
+        # Output first: when the DAW both feeds and records melodyd, JACK delays the
+        # connection that closes that loop by one period, and it should not be ours.
         if connect_out:
             own = {client.input_name}
             names = [n for n in client.list_ports(readable=False) if n not in own]
             client.connect(client.output_name, find_port(connect_out, names, "output"))
+        if connect_in:
+            own = {client.output_name}
+            names = [n for n in client.list_ports(readable=True) if n not in own]
+            client.connect(find_port(connect_in, names, "input"), client.input_name)
     except BridgeError:
         client.close()
         raise
