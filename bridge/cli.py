@@ -190,8 +190,14 @@ def run_daemon(args: argparse.Namespace) -> int:
                         ports.input.name, *signature)
         daemon = Daemon(settings, clock, output=ports.output,
                         client=EngineClient(address, curve=curve), style=style, inputs=inputs)
-        if child is not None:
-            daemon.supervise = child.check
+        opened = ports
+
+        def supervise() -> None:
+            opened.check()  # the MIDI system went away: stop with a clear error
+            if child is not None:
+                child.check()  # restart a crashed private engine
+
+        daemon.supervise = supervise
 
         def on_signal(signum: int, _frame: Any) -> None:
             logger.info("received %s, stopping", signal.Signals(signum).name)

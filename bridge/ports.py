@@ -62,6 +62,15 @@ class Ports:
     output: mido.ports.BaseOutput | NativeOutput
     driver: str = "rtmidi"
 
+    def check(self) -> None:
+        """Raise if the MIDI system has gone (melodyd's JACK client sees the server quit).
+
+        Raises:
+            BridgeError: the JACK server shut the client down.
+        """
+        if isinstance(self.input, NativeInput) and self.input.client.shut_down:
+            raise BridgeError("the JACK server stopped; start it again, then melodyd")
+
     def close(self) -> None:
         """Close both ports (the input first, so no callback runs on a closed output)."""
         with contextlib.suppress(Exception):  # closing at exit: nothing left to save

@@ -220,3 +220,25 @@ def test_library_is_built_where_a_compiler_exists():
     if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
         pytest.skip("no C compiler: melodyd uses python-rtmidi's JACK ports here")
     assert jack_native.LIBRARY.exists(), "reinstall melodyd (pip install -e .) to build it"
+
+
+@needs_native
+@pytest.mark.slow
+def test_melodyd_stops_with_a_clear_error_when_jack_quits(jack_server, start_melodyd,
+                                                          tiny_onnx_model):
+    private = JackServer(period=256)
+    private.start()
+    saved = jack_server.env()
+    os.environ.update(private.env())
+    try:
+        daemon = start_melodyd(["--model", str(tiny_onnx_model)])
+    finally:
+        os.environ.update(saved)
+    try:
+        daemon.wait_for_log("engine at .* is up")
+        private.stop()
+        daemon.process.wait(timeout=20)
+    finally:
+        private.stop()
+    assert daemon.process.returncode == 2, daemon.log()
+    assert "error: the JACK server stopped" in daemon.log()
