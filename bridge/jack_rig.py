@@ -141,7 +141,6 @@ class Probe:
 
     def __init__(self, daemon_in: str = "melodyd in", daemon_out: str = "melodyd out",
                  timeout: float = 30.0, native: bool = False) -> None:
-        self.native = native
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._client: JackClient | None = None
