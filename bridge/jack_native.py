@@ -38,6 +38,11 @@ ERROR_BYTES = 256
 # late wake-up of the scheduler thread on a busy machine.
 SEND_AHEAD_MARGIN_S = 0.002
 READER_JOIN_S = 2.0
+# Closing waits for queued output (a stop's note-offs and all-notes-off) to leave, for at
+# most this long on top of the send-ahead and a few periods: a stuck server must not hold
+# melodyd's exit, but a clean stop must never drop its releases.
+DRAIN_MARGIN_S = 0.25
+DRAIN_PERIODS = 4
 
 InputCallback = Callable[[mido.Message, float], None]
 
@@ -50,6 +55,7 @@ class _Api:
         self.open = _fn(lib.mm_open, c.c_void_p, [c.c_char_p, c.c_char_p, c.c_char_p, c.c_int,
                                                   c.c_uint32, c.c_char_p, c.c_size_t])
         self.close = _fn(lib.mm_close, None, [c.c_void_p])
+        self.drain = _fn(lib.mm_drain, c.c_int, [c.c_void_p, c.c_double])
         self.port_name = _fn(lib.mm_port_name, c.c_char_p, [c.c_void_p, c.c_int])
         self.connect = _fn(lib.mm_connect, c.c_int, [c.c_void_p, c.c_char_p, c.c_char_p])
         self.list_ports = _fn(lib.mm_list_ports, c.c_size_t,
@@ -139,6 +145,8 @@ class JackClient:
         self.sample_rate = api.sample_rate(self._handle)
         self.period_s = api.period_frames(self._handle) / self.sample_rate
         self.send_ahead_s = self.period_s + SEND_AHEAD_MARGIN_S
+        self.drain_timeout_s = (self.send_ahead_s + DRAIN_PERIODS * self.period_s
+                                + DRAIN_MARGIN_S)
         self._reader = threading.Thread(target=self._read, name="jack-midi-in", daemon=True)
         self._reader.start()
 
@@ -198,11 +206,21 @@ class JackClient:
         return (self._api.dropped(self._handle, 0), self._api.dropped(self._handle, 1))
 
     def close(self) -> None:
-        """Deactivate and close the client, then stop the reader (idempotent)."""
+        """Let queued output leave, deactivate and close the client, then stop the reader
+        (idempotent).
+
+        Messages queued before ``close`` (a stop's note-offs, CC 123, CC 64) reach the
+        connected ports: the client stays active until JACK has taken them, within a bound
+        (``drain_timeout_s``) so a stalled server cannot hold melodyd's exit.
+        """
         with self._send_lock:
             if self._closed:
                 return
             self._closed = True
+            drained = self._api.drain(self._handle, self.drain_timeout_s)
+        if drained == -1:
+            logger.warning("JACK did not take melodyd's last %s of output; closing anyway",
+                           f"{self.drain_timeout_s:.2f} s")
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")  # wakes the reader, which sees _closed
         if threading.current_thread() is not self._reader:

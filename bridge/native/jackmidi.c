@@ -80,6 +80,11 @@ extern int jack_midi_event_write(void *port_buffer, jack_nframes_t time,
 
 typedef struct {
     jack_time_t usecs; /* JACK time of the event (input: arrival frame; output: deadline) */
+    /* Input only: the arrival as CLOCK_MONOTONIC seconds, converted with the offset
+     * measured once for the whole cycle, so events of one frame (a tick and a note
+     * played on it) keep exactly the same time instead of each getting its own
+     * freshly measured, microsecond-noisy offset. */
+    double monotonic_s;
     uint32_t size;
     jack_midi_data_t data[MM_EVENT_BYTES];
 } mm_event;
@@ -128,6 +133,7 @@ typedef struct {
     _Atomic uint64_t in_dropped;   /* input lost: ring full or message too long */
     _Atomic uint64_t out_dropped;  /* output lost: JACK's port buffer was full */
     _Atomic int shut_down;         /* the server went away */
+    _Atomic uint64_t cycles;       /* process callbacks completed: mm_drain waits on it */
 } mm_client;
 
 static double monotonic_s(void) {
@@ -165,6 +171,8 @@ static int process(jack_nframes_t nframes, void *arg) {
         next_us = cycle_us + (jack_time_t)(1e6 * nframes / jack_get_sample_rate(c->client));
     }
     double us_per_frame = (double)(next_us - cycle_us) / nframes;
+    double offset_us = 0.0; /* measured on the first input event of the cycle */
+    int offset_known = 0;
 
     /* Input: each event keeps the time of its own frame. */
     void *in_buffer = jack_port_get_buffer(c->in, nframes);
@@ -179,6 +187,11 @@ static int process(jack_nframes_t nframes, void *arg) {
             continue;
         }
         slot->usecs = cycle_us + (jack_time_t)(event.time * us_per_frame);
+        if (!offset_known) {
+            offset_us = jack_offset_us();
+            offset_known = 1;
+        }
+        slot->monotonic_s = ((double)slot->usecs - offset_us) * 1e-6;
         slot->size = (uint32_t)event.size;
         memcpy(slot->data, event.buffer, event.size);
         ring_commit(&c->in_ring);
@@ -216,6 +229,7 @@ static int process(jack_nframes_t nframes, void *arg) {
         last_frame = frame;
         ring_pop(&c->out_ring);
     }
+    atomic_fetch_add_explicit(&c->cycles, 1, memory_order_release);
     return 0;
 }
 
@@ -267,6 +281,35 @@ mm_client *mm_open(const char *client_name, const char *in_name, const char *out
         return NULL;
     }
     return c;
+}
+
+static void sleep_us(long usecs) {
+    struct timespec ts = {usecs / 1000000, (usecs % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* Wait until every queued output event has been written into JACK's port buffer and the
+ * cycle that wrote it has completed (so the ports it is connected to have read it), for
+ * at most `timeout_s`. Call before mm_close: deactivating with events still in the ring
+ * loses them, and with them a stop's note-offs and all-notes-off. Returns 0 once drained,
+ * -1 on timeout, -3 if the server has gone (nothing can leave any more). */
+int mm_drain(mm_client *c, double timeout_s) {
+    double end = monotonic_s() + timeout_s;
+    for (;;) {
+        if (atomic_load(&c->shut_down)) return -3;
+        if (ring_peek(&c->out_ring) == NULL) break;
+        if (monotonic_s() >= end) return -1;
+        sleep_us(500);
+    }
+    /* The last event left in a cycle that may still be running: wait for two more ends
+     * of cycle, so that cycle and the one after it (its readers, in async mode) finish. */
+    uint64_t seen = atomic_load_explicit(&c->cycles, memory_order_acquire);
+    while (atomic_load_explicit(&c->cycles, memory_order_acquire) < seen + 2) {
+        if (atomic_load(&c->shut_down)) return -3;
+        if (monotonic_s() >= end) return -1;
+        sleep_us(500);
+    }
+    return 0;
 }
 
 /* Deactivate and close: after this returns the process callback never runs again. */
@@ -332,7 +375,7 @@ uint32_t mm_receive(mm_client *c, uint8_t *data, double *when_s) {
     if (event == NULL) return 0;
     uint32_t size = event->size;
     memcpy(data, event->data, size);
-    *when_s = ((double)event->usecs - jack_offset_us()) * 1e-6;
+    *when_s = event->monotonic_s;
     ring_pop(&c->in_ring);
     return size;
 }

@@ -98,6 +98,45 @@ def test_every_kind_of_message_survives(pair):
 
 
 @needs_native
+def test_close_lets_queued_output_leave_first(pair):
+    """A stop queues its note-offs and CC 123 and closes at once: they must still arrive
+    (closing used to deactivate the client with them still in its ring)."""
+    a, _, inbox = pair
+    release = [mido.Message("note_off", note=60 + k, velocity=0) for k in range(8)]
+    release.append(mido.Message("control_change", control=123, value=0))
+    # The first one is due a little later, as a scheduled note-off can be: everything
+    # queued behind it waits for it, so no cycle can carry them before close() runs.
+    a.send(release[0], time.monotonic() + 0.02)
+    for message in release[1:]:
+        a.send(message)
+    a.close()
+    assert [m for _, m in inbox.wait(len(release), timeout=1.0)] == release
+
+
+@needs_native
+def test_events_of_one_frame_share_one_time(jack_server):
+    """A clock tick and a note played on it reach melodyd with the same time, so the note
+    lands exactly on the tick's beat (a per-event time base put it microseconds before)."""
+    inbox = Inbox()
+    a = JackClient("frame-a", "in", "out")
+    b = JackClient("frame-b", "in", "out", callback=inbox)
+    try:
+        a.connect(a.output_name, b.input_name)
+        for k in range(20):
+            when = time.monotonic() + 0.02 + k * 0.0037
+            a.send(mido.Message("clock"), when)
+            a.send(mido.Message("note_on", note=60, velocity=80), when)
+        got = inbox.wait(40)
+        assert len(got) == 40
+        for (t_tick, tick), (t_note, note) in zip(got[::2], got[1::2], strict=True):
+            assert (tick.type, note.type) == ("clock", "note_on")
+            assert t_note == t_tick
+    finally:
+        a.close()
+        b.close()
+
+
+@needs_native
 def test_refuses_what_it_cannot_carry_and_a_closed_client(pair):
     a, _, _ = pair
     with pytest.raises(BridgeError, match="longer than"):
