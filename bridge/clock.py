@@ -104,6 +104,14 @@ class Clock:
         mapping = self._mapping
         return None if mapping is None else mapping.time_at(beat)
 
+    def input_beat(self, t: float) -> float | None:
+        """Beat a player's event at wall time ``t`` belongs to, or ``None`` if it has none.
+
+        The same as ``beat_at`` here; ``MidiClock`` also places notes played between Start
+        and the first tick, and never before the point the transport started from.
+        """
+        return self.beat_at(t)
+
     def bar_of(self, beat: float) -> int:
         """Index of the bar holding ``beat``."""
         return math.floor(beat / self.bar_length + 1e-9)
@@ -146,6 +154,9 @@ class MidiClock(Clock):
         self._ticks: deque[tuple[float, int]] = deque(maxlen=self._window)
         self._position = 0  # tick index the next clock message sounds
         self._playing = False
+        # Beat the transport last started or continued from: a player's note is never
+        # placed before it (it belongs to the timeline that starts there).
+        self._origin = 0.0
         self._spb = 60.0 / initial_bpm  # kept across stops: the last tempo seen
         self._lock = threading.Lock()  # one writer normally; tests may feed from two
 
@@ -168,6 +179,27 @@ class MidiClock(Clock):
     def _resume(self) -> None:
         self._playing = True
         self._ticks.clear()
+        self._origin = self._position / TICKS_PER_BEAT
+        # The old line no longer holds: until the first tick there is no tempo line,
+        # only the position that tick will sound (see input_beat).
+        self._publish(None, notify=False)
+
+    def input_beat(self, t: float) -> float | None:
+        """Beat of a player's event at wall time ``t``.
+
+        Between Start (or Continue) and the first tick the event belongs to the beat that
+        tick sounds: a player who starts on "one" as the DAW starts plays slightly before
+        the tick that carries it, or in the same JACK frame. After the first tick, an
+        event timed a hair before the origin (stamping jitter) is clamped to it.
+        Stopped: ``None``.
+        """
+        with self._lock:
+            if not self._playing:
+                return None
+            origin = self._origin
+            mapping = self._mapping if self._ticks else None
+        # No line yet (before the first tick, or while that tick is being published).
+        return origin if mapping is None else max(mapping.beat_at(t), origin)
 
     def stop(self) -> None:
         """MIDI Stop: freeze the position; the timeline has no wall time until it plays."""

@@ -142,7 +142,7 @@ class Daemon:
             return
         if msg.type not in ("note_on", "note_off"):
             return
-        beat = self.clock.beat_at(t)
+        beat = self.clock.input_beat(t)
         if beat is None:
             return  # the DAW's transport is stopped: no timeline to put the note on
         if msg.type == "note_on" and msg.velocity > 0:

@@ -228,20 +228,43 @@ class Probe:
         return last
 
     # ------------------------------------------------------------------ MIDI beat clock
-    def start_clock(self, bpm: float, lead: float = 0.2) -> float:
+    def start_clock(self, bpm: float, lead: float = 0.2, *,
+                    downbeat: Sequence[mido.Message] = (), order: str = "note-tick") -> float:
         """Send Start, then 24 ticks per beat from ``lead`` seconds on (a thread).
+
+        Args:
+            bpm: the tempo of the ticks.
+            lead: seconds from Start to the first tick.
+            downbeat: messages a player sends on "one" as the transport starts.
+            order: where ``downbeat`` goes: ``"note-tick"`` (in the first tick's frame,
+                before the tick), ``"tick-note"`` (same frame, after it) or
+                ``"pre-tick"`` (between Start and the first tick).
 
         Returns:
             The wall time of tick 0 (beat 0 of the daemon's timeline).
         """
+        if order not in ("note-tick", "tick-note", "pre-tick"):
+            raise ValueError(f"order must be note-tick, tick-note or pre-tick (received "
+                             f"{order!r})")
         t0 = time.monotonic() + lead
         with self._clock_lock:
             self._clock_anchor = (t0, 0, 60.0 / bpm / TICKS_PER_BEAT)
         self.clock_start = t0
         self.send(mido.Message("start"))
+        first_tick = 0
+        if downbeat:
+            # The first tick goes out here, with the downbeat in the chosen order: queued
+            # for the same time, the native client writes them into one frame.
+            pre = order == "pre-tick"
+            batch = [*downbeat, mido.Message("clock")] if order != "tick-note" else [
+                mido.Message("clock"), *downbeat]
+            for message in batch:
+                at = t0 - lead / 2 if pre and message.type != "clock" else t0
+                self.send(message, at=at)
+            first_tick = 1
         self._clock_stop.clear()
-        self._clock_thread = threading.Thread(target=self._run_clock, name="probe-clock",
-                                              daemon=True)
+        self._clock_thread = threading.Thread(target=self._run_clock, args=(first_tick,),
+                                              name="probe-clock", daemon=True)
         self._clock_thread.start()
         return t0
 
@@ -277,8 +300,7 @@ class Probe:
             self._clock_thread = None
         self.send(mido.Message("stop"))
 
-    def _run_clock(self) -> None:
-        tick = 0
+    def _run_clock(self, tick: int = 0) -> None:
         while not self._clock_stop.is_set():
             with self._clock_lock:
                 t, k, spt = self._clock_anchor

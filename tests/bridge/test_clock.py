@@ -94,3 +94,32 @@ def test_midi_clock_stop_continue_and_song_position():
     assert clock.time_at(4.0) == pytest.approx(t + 5.0, abs=1e-6)
     clock.start()  # Start goes back to the top
     assert clock.position_beats == 0.0
+
+
+def test_midi_clock_places_notes_before_the_first_tick_on_it():
+    clock = MidiClock()
+    assert clock.input_beat(0.9) is None  # stopped: no timeline
+    clock.start()
+    # Played between Start and the first tick: it belongs to the beat that tick sounds.
+    assert clock.input_beat(0.95) == 0.0
+    feed(clock, 1.0, 120.0, 1)
+    # Same time as the first tick (one JACK frame): exactly beat 0.
+    assert clock.input_beat(1.0) == 0.0
+    # A hair before it (stamping jitter) is clamped to the origin, never negative.
+    assert clock.input_beat(1.0 - 1e-6) == 0.0
+    assert clock.input_beat(1.25) == pytest.approx(0.5)
+
+
+def test_midi_clock_continue_starts_a_new_origin():
+    clock = MidiClock()
+    clock.start()
+    t = feed(clock, 0.0, 120.0, 48)  # two beats
+    clock.stop()
+    assert clock.input_beat(t + 0.1) is None
+    clock.resume()
+    # The old tempo line is gone: a note before the first tick sounds at the position.
+    assert clock.beat_at(t + 1.0) is None
+    assert clock.input_beat(t + 1.0) == pytest.approx(2.0)
+    feed(clock, t + 2.0, 120.0, 2)
+    assert clock.input_beat(t + 2.0 - 0.01) == pytest.approx(2.0)
+    assert clock.input_beat(t + 2.5) == pytest.approx(3.0)
