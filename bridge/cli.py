@@ -194,8 +194,8 @@ def run_daemon(args: argparse.Namespace) -> int:
 
         def supervise() -> None:
             opened.check()  # the MIDI system went away: stop with a clear error
-            if child is not None:
-                child.check()  # restart a crashed private engine
+            if child is not None and child.check():  # it died (and is restarted)
+                daemon.client.lose("the engine child exited")
 
         daemon.supervise = supervise
 

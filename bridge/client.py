@@ -183,17 +183,27 @@ class EngineClient:
                 self.on_up()
         return replies
 
+    def lose(self, reason: str) -> None:
+        """Declare the engine lost now: report it, throw the socket away (nothing stale
+        reaches its successor) and reconnect; ``on_up`` fires when it answers again.
+
+        Called on silence by ``service``, and by whoever knows sooner (the engine child
+        that died and was restarted faster than the silence timeout).
+        """
+        if self.state == "lost":
+            return
+        self.state = "lost"
+        logger.warning("engine at %s lost (%s); reconnecting", self.address, reason)
+        self.close()
+        self.open()
+        self.on_lost()
+
     def service(self) -> float:
         """Send a due ping, detect a lost engine; returns seconds until the next call."""
         now = self._now()
         since = now - max(self._last_reply, self._opened_at)
         if self.state == "up" and since > self._loss_timeout:
-            self.state = "lost"
-            logger.warning("engine at %s lost (no reply for %.1f s); reconnecting",
-                           self.address, since)
-            self.close()
-            self.open()
-            self.on_lost()
+            self.lose(f"no reply for {since:.1f} s")
             now = self._now()
         if now >= self._next_ping:
             self.send("ping", t=now)

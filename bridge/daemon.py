@@ -336,7 +336,7 @@ class Daemon:
     def _engine_lost(self) -> None:
         for response in self._responses.values():
             if not response.done:
-                logger.debug("%s", response.describe("engine lost"))
+                logger.warning("%s", response.describe("abandoned: engine lost"))
         self._responses.clear()  # the engine forgot them; nothing to cancel
         self._silence("engine lost")
 

@@ -58,6 +58,7 @@ class EngineChild:
         self.verbose = verbose
         self._process: subprocess.Popen[bytes] | None = None
         self._started_at = 0.0
+        self._reported_exit: subprocess.Popen[bytes] | None = None  # its death was reported
 
     @property
     def pid(self) -> int | None:
@@ -85,15 +86,26 @@ class EngineChild:
         self._started_at = time.monotonic()
         logger.info("engine child %d on %s", self._process.pid, self.address)
 
-    def check(self) -> None:
-        """Restart the engine if it died (at most once per ``RESTART_BACKOFF_S``)."""
+    def check(self) -> bool:
+        """Restart the engine if it died (at most once per ``RESTART_BACKOFF_S``).
+
+        Returns:
+            Whether it had died: whatever it was generating is lost, even if its successor
+            answers before the bridge notices any silence.
+        """
         process = self._process
         if process is None or process.poll() is None:
-            return
-        if time.monotonic() - self._started_at < RESTART_BACKOFF_S:
-            return
-        logger.warning("engine child exited with code %s; restarting it", process.returncode)
-        self.start()
+            return False
+        if self._reported_exit is not process:
+            self._reported_exit = process
+            logger.warning("engine child exited with code %s", process.returncode)
+            died = True
+        else:
+            died = False
+        if time.monotonic() - self._started_at >= RESTART_BACKOFF_S:
+            logger.warning("restarting the engine child")
+            self.start()
+        return died
 
     def stop(self) -> None:
         """Stop the engine: SIGTERM, then SIGKILL if it does not exit in time."""

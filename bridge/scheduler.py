@@ -24,6 +24,7 @@ from typing import Protocol, runtime_checkable
 import mido
 
 from bridge.clock import Clock
+from models.exceptions import BridgeError
 from models.notes import Note
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,9 @@ class Scheduler:
             while not self._stopping:
                 try:
                     self._step()
+                except BridgeError as err:  # the MIDI system said why: one line is enough
+                    logger.warning("cannot play (%s); releasing all notes", err)
+                    self._release_everything()
                 except Exception:  # a send failure must not leave notes hanging
                     logger.exception("scheduler error; releasing all notes")
                     self._release_everything()

@@ -36,6 +36,7 @@ class FakeEngine:
         self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
         self.requests: list[dict] = []
         self.mute = False  # stop answering anything (engine lost)
+        self.hold_done = False  # stream the notes but never finish (still generating)
         self.answer_notes = [(0.0, 0.5, 60, 64), (1.0, 30.0, 62, 64), (20.0, 0.5, 64, 64)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -64,7 +65,8 @@ class FakeEngine:
                 notes = [{"onset": start + o, "duration": d, "pitch": p, "velocity": v}
                          for o, d, p, v in self.answer_notes]
                 self._send(identity, {"type": "notes", "id": rid, "notes": notes})
-                self._send(identity, {"type": "done", "id": rid, "reason": "complete"})
+                if not self.hold_done:
+                    self._send(identity, {"type": "done", "id": rid, "reason": "complete"})
 
     def of_type(self, kind: str) -> list[dict]:
         return [r for r in list(self.requests) if r["type"] == kind]
@@ -160,6 +162,30 @@ def test_engine_loss_releases_and_recovers(rig):
     before = len(engine.of_type("generate"))
     play_phrase(inputs, clock, (65, 67))
     assert wait_for(lambda: len(engine.of_type("generate")) > before)
+
+
+def test_engine_replaced_mid_answer_is_reported_at_once(rig, caplog):
+    """A private engine that dies and is restarted answers pings again before any silence
+    shows: the supervisor declares the loss, and the abandoned answer is logged."""
+    daemon, engine, port, inputs, clock = rig
+    engine.hold_done = True
+    play_phrase(inputs, clock)
+    assert wait_for(lambda: 62 in daemon.scheduler.sounding())
+    declared = []
+
+    def supervise() -> None:  # runs on the daemon's thread, like bridge.cli's supervisor
+        if not declared:
+            declared.append(True)
+            daemon.client.lose("the engine child exited")
+
+    with caplog.at_level("WARNING"):
+        daemon.supervise = supervise
+        assert wait_for(lambda: not daemon.scheduler.sounding())
+    assert sounding_after(port.messages()) == set()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("lost (the engine child exited)" in line for line in lines), lines
+    assert any("abandoned: engine lost" in line for line in lines), lines
+    assert wait_for(lambda: daemon.client.state == "up")
 
 
 def test_panic_control_releases_everything(rig):

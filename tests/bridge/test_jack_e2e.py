@@ -235,7 +235,8 @@ def test_private_engine_is_restarted_and_dies_with_melodyd(start_melodyd, probe_
     first = int(re.search(r"engine child (\d+) on", daemon.log()).group(1))
     probe = probe_for()
     os.kill(first, signal.SIGKILL)  # the engine crashes
-    daemon.wait_for_log("engine child exited .* restarting it", timeout=20)
+    daemon.wait_for_log("engine child exited with code", timeout=20)
+    daemon.wait_for_log("restarting the engine child", timeout=20)
     daemon.wait_for_log("engine at .* is up", count=2, timeout=60)
     second = int(re.findall(r"engine child (\d+) on", daemon.log())[-1])
     assert second != first
@@ -247,6 +248,33 @@ def test_private_engine_is_restarted_and_dies_with_melodyd(start_melodyd, probe_
     assert note_ons(probe.messages(), phrase_end), daemon.log()
     daemon.stop(signal.SIGKILL)  # melodyd is killed outright: no finally runs
     assert wait_until(lambda: not _pid_alive(second), 10), "the engine outlived melodyd"
+
+
+def test_private_engine_crash_during_an_answer_is_reported_and_released(
+        start_melodyd, probe_for, tiny_onnx_model):
+    """The child is restarted within the loss timeout, so silence alone would never
+    reveal the crash: it must still be declared lost at once and its notes released
+    (test_daemon checks that an unfinished answer is logged as abandoned)."""
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bars", "8"])
+    daemon.wait_for_log("engine at .* is up")
+    first = int(re.search(r"engine child (\d+) on", daemon.log()).group(1))
+    probe = probe_for()
+    origin, spb = daemon.origin, 0.5
+    for _ in range(MAX_TRIES):  # a random model may end its answer at once: play again
+        phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
+        if wait_until(lambda end=phrase_end: note_ons(probe.messages(), end), 10):
+            break
+    assert note_ons(probe.messages(), phrase_end), daemon.log()
+    killed = time.monotonic()
+    os.kill(first, signal.SIGKILL)
+    # Declared lost by the supervisor, well before the protocol's 3 s of silence.
+    daemon.wait_for_log("lost \\(the engine child exited\\)", timeout=2.5)
+    daemon.wait_for_log("engine lost: all notes released", timeout=5)
+    assert time.monotonic() - killed < 3.0
+    time.sleep(0.2)
+    messages = [r.message for r in probe.messages()]
+    assert sounding_after([m for m in messages if m.type != "control_change"]) == set()
+    daemon.wait_for_log("engine at .* is up", count=2, timeout=60)
 
 
 def test_engine_loss_releases_notes_and_recovers(start_melodyd, probe_for, tiny_onnx_model):

@@ -16,7 +16,7 @@ import pytest
 
 from bridge import jack_native, ports
 from bridge.jack_native import JackClient
-from bridge.jack_rig import JackServer
+from bridge.jack_rig import JackServer, Probe
 from models.exceptions import BridgeError
 
 pytestmark = pytest.mark.jack
@@ -270,14 +270,30 @@ def test_melodyd_stops_with_a_clear_error_when_jack_quits(jack_server, start_mel
     saved = jack_server.env()
     os.environ.update(private.env())
     try:
-        daemon = start_melodyd(["--model", str(tiny_onnx_model)])
+        daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bars", "8"])
+        daemon.wait_for_log("engine at .* is up")
+        probe = Probe(native=True)  # on the private server too
     finally:
         os.environ.update(saved)
     try:
-        daemon.wait_for_log("engine at .* is up")
+        # Stop the server while melodyd is playing an answer, its scheduler mid-send.
+        for _ in range(4):
+            start = time.monotonic() + 0.2
+            for k, pitch in enumerate((60, 64, 67)):
+                probe.send(mido.Message("note_on", note=pitch, velocity=90), start + k * 0.25)
+                probe.send(mido.Message("note_off", note=pitch), start + k * 0.25 + 0.2)
+            end = time.monotonic() + 6.0
+            while time.monotonic() < end and not any(
+                    r.message.type == "note_on" for r in probe.messages(start + 0.7)):
+                time.sleep(0.02)
+            if any(r.message.type == "note_on" for r in probe.messages(start + 0.7)):
+                break
+        probe.close()
         private.stop()
         daemon.process.wait(timeout=20)
     finally:
         private.stop()
-    assert daemon.process.returncode == 2, daemon.log()
-    assert "error: the JACK server stopped" in daemon.log()
+    log = daemon.log()
+    assert daemon.process.returncode == 2, log
+    assert "error: the JACK server stopped" in log
+    assert "Traceback" not in log  # one line says what happened, no scheduler stack
