@@ -20,6 +20,10 @@ from models.notes import Note
 
 logger = logging.getLogger(__name__)
 
+# File names read as MIDI, compared in lower case (".Midi" and ".MID" are MIDI too).
+# ".kar" karaoke files are Standard MIDI Files with lyric events (read, lyrics ignored);
+# ".rmi" files wrap one in a RIFF "RMID" container (unwrapped by ``smf_bytes``).
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".rmi")
 # Ticks per quarter note of the files we write: divisible by 3 and 4 (triplets, sixteenths).
 _TICKS_PER_QUARTER = 480
 # Marker text that says where generated notes start after a prime (read by `melody plot`).
@@ -49,19 +53,78 @@ class MidiNotes:
         return self.time_signature[0] * 4.0 / self.time_signature[1]
 
 
+def is_midi_name(path: str | Path) -> bool:
+    """Whether a file name has one of ``MIDI_SUFFIXES``, in any letter case."""
+    return Path(path).suffix.lower() in MIDI_SUFFIXES
+
+
+def smf_bytes(data: bytes) -> bytes | None:
+    """The Standard MIDI File in ``data``, or ``None`` when ``data`` holds none.
+
+    That is ``data`` itself when it starts with ``MThd``, or the ``data`` chunk of a RIFF
+    ``RMID`` file (which symusic does not unwrap by itself).
+    """
+    if data.startswith(b"MThd"):
+        return data
+    if not (data.startswith(b"RIFF") and data[8:12] == b"RMID"):
+        return None
+    offset = 12
+    while offset + 8 <= len(data):
+        chunk, size = data[offset:offset + 4], int.from_bytes(data[offset + 4:offset + 8], "little")
+        if chunk == b"data":
+            inner = data[offset + 8:offset + 8 + size]
+            return inner if inner.startswith(b"MThd") else None
+        offset += 8 + size + (size & 1)  # RIFF chunks are padded to an even length
+    return None
+
+
+def score_from_bytes(data: bytes, source: str = "MIDI data") -> symusic.Score:
+    """Parse MIDI bytes into a symusic score, whatever the file was called.
+
+    symusic picks its parser from the file name's suffix and refuses ``.Midi`` or ``.kar``
+    ("Unknown file format"), so files are always parsed from their bytes.
+
+    Raises:
+        DataError: not a MIDI file, a file symusic cannot parse, or a header whose time
+            division is 0 ticks per quarter note (every beat position would divide by it).
+    """
+    smf = smf_bytes(data)
+    if smf is None:
+        raise DataError(f"{source} is not a MIDI file (starts with {data[:4]!r}, "
+                        f"not MThd or RIFF RMID)")
+    try:
+        score = symusic.Score.from_midi(smf)
+    except (RuntimeError, ValueError) as err:  # symusic's errors on malformed files
+        raise DataError(f"cannot parse {source}: {err}"[:300]) from err
+    if score.ticks_per_quarter <= 0:
+        raise DataError(f"{source} has {score.ticks_per_quarter} ticks per quarter note "
+                        f"in its header (must be at least 1)")
+    return score
+
+
+def load_score(path: str | Path) -> symusic.Score:
+    """Read a MIDI file (any suffix, plain or RIFF RMID) into a symusic score.
+
+    Raises:
+        DataError: the file is missing or unreadable, or ``score_from_bytes`` refuses it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"MIDI file not found: {path}")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read MIDI file {path}: {err}") from err
+    return score_from_bytes(data, f"MIDI file {path}")
+
+
 def read_midi(path: str | Path) -> MidiNotes:
     """Read a MIDI file into beat-timed notes.
 
     Raises:
         DataError: the file is missing or is not a readable MIDI file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"MIDI file not found: {path}")
-    try:
-        score = symusic.Score(str(path))
-    except (RuntimeError, ValueError, OSError) as err:
-        raise DataError(f"cannot read MIDI file {path}: {err}") from err
+    score = load_score(path)
     tpq = score.ticks_per_quarter
     notes = [Note(n.time / tpq, max(n.duration, 1) / tpq, n.pitch, max(1, n.velocity))
              for track in score.tracks if not track.is_drum for n in track.notes]

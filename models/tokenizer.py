@@ -198,8 +198,12 @@ class MelodyTokenizer:
         return [self.bos_id] * bos + list(sequence.ids) + [self.eos_id] * eos
 
     def encode_file(self, path: str | Path) -> list[int]:
-        """Token ids of a MIDI file (symusic raises on a corrupt file)."""
-        return self.encode_score(symusic.Score(str(path)))
+        """Token ids of a MIDI file (symusic raises on a corrupt file).
+
+        Parsed as MIDI whatever the suffix: symusic guesses the format from the name and
+        calls ``.Midi`` or ``.kar`` files an "Unknown file format".
+        """
+        return self.encode_score(symusic.Score(str(path), fmt="midi"))
 
     def notes_to_score(self, notes: Iterable[Note],
                        time_signature: tuple[int, int] = (4, 4)) -> symusic.Score:
