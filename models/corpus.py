@@ -493,6 +493,22 @@ def corpus_midi_files(name: str, jobs: int = 0, *,
     return root, files
 
 
+def corpus_failures(name: str) -> list[tuple[str, str]]:
+    """``(score, error)`` of each score of a converted corpus that has no MIDI file.
+
+    Raises:
+        DataError: unknown corpus.
+    """
+    failures = []
+    for collection in get_corpus(name).collections:
+        index = load_index(COLLECTIONS[collection])
+        for record in (index or {}).get("pieces", []):
+            if not record.get("midi"):
+                failures.append((str(record["source"]),
+                                 str(record.get("error") or "no MIDI written")))
+    return sorted(failures)
+
+
 def corpus_summary(names: Iterable[str] | None = None) -> list[dict[str, Any]]:
     """Pieces and notes of each corpus, from the cache (``None`` counts when not converted)."""
     rows = []

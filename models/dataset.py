@@ -8,16 +8,23 @@ splits), adds transposed copies of the training pieces, and writes per split
 ``{split}.offsets.npy`` (int64, ``n + 1`` start offsets), plus ``manifest.json``.
 ``TokenDataset`` opens them again as memory maps.
 
+Every entry of a source folder is accounted for: a file is kept, or listed in the
+manifest's skip table with a reason (a name that is not MIDI, a broken link, a FIFO, a
+piece with too many tokens, ...). Suffixes are compared in any letter case, and karaoke
+``.kar`` files are read: they are Standard MIDI Files with lyrics.
+
 Torch-free: the training loop wraps ``TokenDataset`` in its own torch dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
 import os
+import stat
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -28,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from models.exceptions import DataError
+from models.midifile import MIDI_SUFFIXES, score_from_bytes, smf_bytes
 from models.settings import DataSettings, TokensSettings
 from models.tokenizer import MelodyTokenizer
 
@@ -37,7 +45,6 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "melodyd-dataset"
 MANIFEST_VERSION = 1
 SPLITS = ("train", "validation", "test")
-MIDI_SUFFIXES = (".mid", ".midi")
 CORPUS_PREFIX = "corpus:"
 
 # Reasons a file is skipped (the keys of the manifest's skip table).
@@ -46,6 +53,17 @@ SKIP_PARSE = "fails to parse"
 SKIP_EMPTY = "empty"
 SKIP_TOO_LARGE = "too large"
 SKIP_POLYPHONIC = "polyphonic"
+SKIP_TOO_MANY_TOKENS = "too many tokens"
+SKIP_EMPTY_BARS = "empty bars"
+# Reasons found while walking the folder, before any file is opened.
+SKIP_NOT_MIDI_NAME = "not a MIDI name"
+SKIP_BROKEN_LINK = "broken link"
+SKIP_LINK_LOOP = "link loop"
+SKIP_DUPLICATE = "duplicate"
+SKIP_NOT_REGULAR = "not a regular file"
+SKIP_UNREADABLE = "unreadable"
+# A score of a bundled corpus that music21 could not turn into MIDI.
+SKIP_NOT_CONVERTED = "not converted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,26 +78,133 @@ class PieceResult:
 
 
 # ----------------------------------------------------------------- sources
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+_Key = tuple[int, int]  # (device, inode): one file or folder, whatever the path to it
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), f"file mode {oct(mode)}")
+
+
+def scan_folder(root: Path) -> tuple[list[Path], list[PieceResult]]:
+    """Every entry under ``root``: the MIDI files to read, and the others with a reason.
+
+    Links are followed, after every real folder has been walked, so that a file or folder
+    reached both directly and through a link is read under its own name. A link back into
+    the folders above it is a loop; a second way to a file or folder already met is a
+    duplicate (reading it twice could put one piece in two splits). FIFOs and devices are
+    never opened: reading a FIFO blocks until someone writes to it. The files come back
+    sorted by their names relative to ``root``.
+    """
+    skipped: list[PieceResult] = []
+    candidates: dict[_Key, list[tuple[bool, str, Path]]] = {}
+    seen_dirs: dict[_Key, str] = {}
+    # Folder links wait until every real folder is known: (path, name, ancestors).
+    pending: list[tuple[Path, str, tuple[_Key, ...]]] = []
+
+    def skip(rel: str, reason: str, detail: str) -> None:
+        skipped.append(PieceResult(rel, None, reason=reason, detail=detail))
+
+    def enter(path: Path, rel: str, key: _Key, ancestors: tuple[_Key, ...], linked: bool) -> None:
+        if key in ancestors:
+            skip(rel, SKIP_LINK_LOOP, f"links back to {seen_dirs[key] or 'the source folder'}")
+        elif key in seen_dirs:
+            skip(rel, SKIP_DUPLICATE, f"the same folder as {seen_dirs[key]}")
+        else:
+            seen_dirs[key] = rel
+            walk(path, rel, (*ancestors, key), linked)
+
+    def walk(folder: Path, rel_folder: str, ancestors: tuple[_Key, ...], linked: bool) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            skip(rel_folder or ".", SKIP_UNREADABLE, f"cannot list the folder: {err.strerror}")
+            return
+        for entry in entries:
+            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
+            is_link = entry.is_symlink()
+            try:
+                info = os.stat(entry.path)  # follows links
+            except OSError as err:
+                if is_link and err.errno == errno.ENOENT:
+                    skip(rel, SKIP_BROKEN_LINK,
+                         f"links to {os.readlink(entry.path)!r}, which does not exist")
+                elif err.errno == errno.ELOOP:
+                    skip(rel, SKIP_LINK_LOOP, f"links in a circle ({err.strerror})")
+                else:
+                    skip(rel, SKIP_UNREADABLE, f"{err.strerror or err}")
+                continue
+            key = (info.st_dev, info.st_ino)
+            if stat.S_ISDIR(info.st_mode):
+                if is_link:
+                    pending.append((Path(entry.path), rel, ancestors))
+                else:
+                    enter(Path(entry.path), rel, key, ancestors, linked)
+            elif not stat.S_ISREG(info.st_mode):
+                skip(rel, SKIP_NOT_REGULAR, f"{_kind(info.st_mode)}, not a file")
+            elif Path(entry.name).suffix.lower() not in MIDI_SUFFIXES:
+                suffix = Path(entry.name).suffix
+                skip(rel, SKIP_NOT_MIDI_NAME, (f"suffix {suffix!r}" if suffix else "no suffix")
+                     + f" (read: {', '.join(MIDI_SUFFIXES)}, in any case)")
+            else:
+                candidates.setdefault(key, []).append((linked or is_link, rel, Path(entry.path)))
+
+    try:
+        top = root.stat()
+    except OSError as err:
+        raise DataError(f"cannot read the source folder {root}: {err}") from err
+    root_key = (top.st_dev, top.st_ino)
+    seen_dirs[root_key] = ""
+    walk(root, "", (root_key,), False)
+    while pending:
+        path, rel, ancestors = pending.pop(0)
+        try:
+            info = path.stat()
+        except OSError as err:  # removed or changed since it was listed
+            skip(rel, SKIP_UNREADABLE, f"{err.strerror or err}")
+            continue
+        enter(path, rel, (info.st_dev, info.st_ino), ancestors, True)
+    files: dict[str, Path] = {}
+    for names in candidates.values():
+        # The file's own name (not a link's) is read; every other way to it is reported.
+        _, kept, path = min(names)
+        files[kept] = path
+        for _, rel, _ in names:
+            if rel != kept:
+                skip(rel, SKIP_DUPLICATE, f"the same file as {kept}")
+    return [files[rel] for rel in sorted(files)], skipped
+
+
 def resolve_source(source: str, jobs: int = 0, *,
-                   progress: bool = True) -> tuple[Path, list[Path]]:
-    """The root folder and sorted MIDI files of a folder or ``corpus:NAME``.
+                   progress: bool = True) -> tuple[Path, list[Path], list[PieceResult]]:
+    """The root folder, sorted MIDI files and unread entries of a folder or ``corpus:NAME``.
+
+    Returns:
+        The root (file names are relative to it), the files to tokenize, and one
+        ``PieceResult`` with a reason for each entry that is not read (see ``scan_folder``;
+        for a corpus, each score music21 could not convert).
 
     Raises:
         DataError: the folder does not exist or holds no MIDI file, or the corpus is unknown.
     """
     if source.startswith(CORPUS_PREFIX):
-        from models.corpus import corpus_midi_files  # noqa: PLC0415 - music21 only when needed
+        from models.corpus import corpus_failures, corpus_midi_files  # noqa: PLC0415 - music21
 
-        return corpus_midi_files(source[len(CORPUS_PREFIX):], jobs, progress=progress)
+        name = source[len(CORPUS_PREFIX):]
+        root, files = corpus_midi_files(name, jobs, progress=progress)
+        failed = [PieceResult(piece, None, reason=SKIP_NOT_CONVERTED, detail=error)
+                  for piece, error in corpus_failures(name)]
+        return root, files, failed
     root = Path(source).expanduser()
     if not root.is_dir():
         raise DataError(f"source folder not found: {root} (give a folder of MIDI files "
                         f"or corpus:NAME, see `melody data corpora`)")
-    files = sorted(p for p in root.rglob("*")
-                   if p.is_file() and p.suffix.lower() in MIDI_SUFFIXES)
+    files, skipped = scan_folder(root)
     if not files:
-        raise DataError(f"no .mid or .midi files under {root}")
-    return root, files
+        others = f" (only {len(skipped)} other entries)" if skipped else ""
+        raise DataError(f"no {', '.join(MIDI_SUFFIXES)} files under {root}{others}")
+    return root, files, skipped
 
 
 # ----------------------------------------------------------------- one file (in a worker)
@@ -99,15 +224,105 @@ def is_polyphonic(score: Any, tolerance_ticks: int) -> bool:
     return False
 
 
+@dataclasses.dataclass(frozen=True)
+class PieceShape:
+    """What a score's note onsets promise about its tokens, known before tokenizing.
+
+    Bars are counted with the longest bar the vocabulary has (6 beats by default), so
+    both counts are lower bounds of what the tokenizer will make: a piece refused on them
+    would have been refused after tokenizing too.
+
+    Attributes:
+        notes: non-drum notes within the vocabulary's pitch range.
+        bars: bars up to the last onset, at least (each is one ``Bar`` token).
+        empty_run: the longest run of bars without an onset, at least (leading bars
+            before the first onset included: the tokens start at beat 0).
+        first_tick: the earliest onset; negative when the file's times overflowed.
+    """
+
+    notes: int
+    bars: int
+    empty_run: int
+    first_tick: int
+
+
+def _longest_bar_beats(tokenizer: MelodyTokenizer) -> float:
+    """Beats of the longest bar the vocabulary can hold (4/4 is always there)."""
+    beats = [4.0]
+    for text in tokenizer.settings.time_signatures:
+        numerator, denominator = (int(part) for part in text.split("/"))
+        beats.append(numerator * 4.0 / denominator)
+    return max(beats)
+
+
+def piece_shape(score: Any, tokenizer: MelodyTokenizer) -> PieceShape:
+    """The cheap lower bounds of ``PieceShape`` (milliseconds even for 1e9 ticks)."""
+    low, high = tokenizer.settings.pitch_min, tokenizer.settings.pitch_max
+    onsets = []
+    for track in score.tracks:
+        if track.is_drum or not len(track.notes):
+            continue
+        arrays = track.notes.numpy()
+        inside = (arrays["pitch"] >= low) & (arrays["pitch"] <= high)
+        onsets.append(arrays["time"][inside].astype(np.int64))
+    times = np.unique(np.concatenate(onsets)) if onsets else np.zeros(0, dtype=np.int64)
+    if not times.size:
+        return PieceShape(0, 0, 0, 0)
+    bar_ticks = _longest_bar_beats(tokenizer) * score.ticks_per_quarter
+    # An interval of g ticks holds at least floor(g / longest bar) bar lines.
+    gaps = np.diff(times, prepend=0)
+    lines = np.floor(gaps / bar_ticks)
+    empty = np.maximum(lines - 1, 0)
+    empty[0] = lines[0]  # bars before the first onset are all empty
+    return PieceShape(notes=int(sum(len(t) for t in onsets)),
+                      bars=int(times[-1] // bar_ticks) + 1,
+                      empty_run=int(empty.max()), first_tick=int(times[0]))
+
+
+def longest_empty_run(tokens: np.ndarray, tokenizer: MelodyTokenizer) -> int:
+    """The longest run of ``Bar`` tokens with no ``Pitch`` token in their bars."""
+    bars = np.flatnonzero(tokens == tokenizer.bar_id)
+    if not bars.size:
+        return 0
+    pitches = np.concatenate([[0], np.cumsum(_pitch_table(tokenizer)[tokens] >= 0)])
+    ends = np.append(bars[1:], len(tokens))
+    empty = (pitches[ends] - pitches[bars]) == 0
+    # Length of each run of True: positions of run starts and ends in the padded mask.
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], empty.astype(np.int8), [0]])))
+    return int((edges[1::2] - edges[::2]).max()) if edges.size else 0
+
+
+def _limits(name: str, notes: int, tokens: int, empty_run: int, settings: DataSettings,
+            *, bound: str = "") -> PieceResult | None:
+    """The skip result of a piece over a limit, or ``None``; ``bound`` marks estimates."""
+    if notes < settings.min_notes:
+        return PieceResult(name, None, notes=notes, reason=SKIP_EMPTY,
+                           detail=f"{notes} notes < min_notes {settings.min_notes}")
+    if tokens > settings.max_tokens:
+        return PieceResult(name, None, notes=notes, reason=SKIP_TOO_MANY_TOKENS,
+                           detail=f"{bound}{tokens} tokens > max_tokens {settings.max_tokens}"
+                                  f" ({notes} notes)")
+    if empty_run > settings.max_empty_bars:
+        return PieceResult(name, None, notes=notes, reason=SKIP_EMPTY_BARS,
+                           detail=f"{bound}{empty_run} bars in a row without a note > "
+                                  f"max_empty_bars {settings.max_empty_bars}")
+    return None
+
+
 def tokenize_file(path: Path, name: str, tokenizer: MelodyTokenizer,
                   settings: DataSettings) -> PieceResult:
-    """Tokenize one MIDI file, or say why it is skipped. Never raises on bad input."""
-    import symusic  # noqa: PLC0415 - imported by the tokenizer anyway
+    """Tokenize one MIDI file, or say why it is skipped. Never raises on bad input.
 
+    The limits of ``settings`` (``max_file_bytes``, ``min_notes``, ``max_tokens``,
+    ``max_empty_bars``) are checked on the file and on its note onsets before MidiTok
+    runs, since MidiTok's time and memory grow with the bars a piece spans, not with its
+    size: a 200-byte file with huge delta times spans millions of bars. The exact token
+    counts are checked again afterwards.
+    """
     try:
         size = path.stat().st_size
     except OSError as err:
-        return PieceResult(name, None, reason=SKIP_PARSE, detail=str(err))
+        return PieceResult(name, None, reason=SKIP_UNREADABLE, detail=str(err))
     if size == 0:
         return PieceResult(name, None, reason=SKIP_EMPTY, detail="0 bytes")
     if size > settings.max_file_bytes:
@@ -115,17 +330,29 @@ def tokenize_file(path: Path, name: str, tokenizer: MelodyTokenizer,
                            detail=f"{size} bytes > max_file_bytes {settings.max_file_bytes}")
     try:
         with open(path, "rb") as fh:
-            head = fh.read(12)
+            # One byte more than allowed: a file that grew since stat() is still refused.
+            data = fh.read(settings.max_file_bytes + 1)
     except OSError as err:
-        return PieceResult(name, None, reason=SKIP_PARSE, detail=str(err))
-    # Standard MIDI files start with MThd; RIFF "RMID" files wrap one.
-    if not (head.startswith(b"MThd") or (head.startswith(b"RIFF") and head[8:12] == b"RMID")):
+        return PieceResult(name, None, reason=SKIP_UNREADABLE, detail=str(err))
+    if len(data) > settings.max_file_bytes:
+        return PieceResult(name, None, reason=SKIP_TOO_LARGE,
+                           detail=f"more than max_file_bytes {settings.max_file_bytes} bytes")
+    if smf_bytes(data) is None:
         return PieceResult(name, None, reason=SKIP_NOT_MIDI,
-                           detail=f"starts with {head[:4]!r}, not a MIDI header")
+                           detail=f"starts with {data[:4]!r}, not a MIDI header")
     try:
-        score = symusic.Score(str(path))
-    except (RuntimeError, ValueError, OSError) as err:  # symusic's errors on bad files
+        score = score_from_bytes(data, "the file")
+    except DataError as err:
         return PieceResult(name, None, reason=SKIP_PARSE, detail=str(err)[:200])
+    shape = piece_shape(score, tokenizer)
+    if shape.first_tick < 0:
+        return PieceResult(name, None, reason=SKIP_PARSE,
+                           detail=f"a note at tick {shape.first_tick} (the file's delta "
+                                  f"times overflow symusic's 32-bit ticks)")
+    refused = _limits(name, shape.notes, shape.bars + 2, shape.empty_run, settings,
+                      bound="at least ")
+    if refused is not None:
+        return refused
     if settings.monophonic:
         # One grid step of tolerance: a legato overlap is still one line of melody.
         tolerance = score.ticks_per_quarter // tokenizer.settings.positions_per_beat
@@ -134,19 +361,18 @@ def tokenize_file(path: Path, name: str, tokenizer: MelodyTokenizer,
                                detail="notes overlap after merging tracks")
     try:
         ids = tokenizer.encode_score(score)
-    except (RuntimeError, ValueError, IndexError, KeyError) as err:
-        # MidiTok can trip on odd files (e.g. a time signature it cannot represent).
-        return PieceResult(name, None, reason=SKIP_PARSE, detail=f"tokenizer: {err}"[:200])
+    except (RuntimeError, ValueError, IndexError, KeyError, OverflowError,
+            ZeroDivisionError) as err:
+        # MidiTok and symusic can still trip on odd files (a time signature MidiTok
+        # cannot represent, a time that overflows int32 once resampled).
+        return PieceResult(name, None, reason=SKIP_PARSE,
+                           detail=f"tokenizer: {type(err).__name__}: {err}"[:200])
     tokens = np.asarray(ids, dtype=np.uint16)
-    notes = int(np.isin(tokens, _pitch_ids(tokenizer)).sum())
-    if notes < settings.min_notes:
-        return PieceResult(name, None, notes=notes, reason=SKIP_EMPTY,
-                           detail=f"{notes} notes < min_notes {settings.min_notes}")
+    notes = int((_pitch_table(tokenizer)[tokens] >= 0).sum())
+    refused = _limits(name, notes, len(tokens), longest_empty_run(tokens, tokenizer), settings)
+    if refused is not None:
+        return refused
     return PieceResult(name, tokens, notes=notes)
-
-
-def _pitch_ids(tokenizer: MelodyTokenizer) -> np.ndarray:
-    return np.array([i for i, t in enumerate(tokenizer.tokens) if t.startswith("Pitch_")])
 
 
 # Per-process state of the workers, set once by the pool initializer (building the
@@ -404,8 +630,8 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
     """
     started = time.monotonic()
     tokenizer = tokenizer or MelodyTokenizer()
-    root, files = resolve_source(source, settings.jobs, progress=progress)
-    results = tokenize_files(root, files, tokenizer, settings, progress=progress)
+    root, files, unread = resolve_source(source, settings.jobs, progress=progress)
+    results = tokenize_files(root, files, tokenizer, settings, progress=progress) + unread
     kept = {r.name: r for r in results if r.tokens is not None}
     if not kept:
         reasons = Counter(r.reason for r in results)

@@ -50,6 +50,8 @@ class DataSettings:
     monophonic: bool = setting(False)
     max_file_bytes: int = setting(4_000_000, low=1)
     min_notes: int = setting(8, low=1)
+    max_tokens: int = setting(250_000, low=16)
+    max_empty_bars: int = setting(64, low=0)
 
     def check(self) -> None:
         """Cross-field rule: validation and test together leave pieces to train on."""

@@ -21,13 +21,14 @@ from models.corpus import (
     cache_dir,
     convert_collections,
     convert_source,
+    corpus_failures,
     corpus_midi_files,
     corpus_summary,
     get_corpus,
     load_index,
     source_files,
 )
-from models.dataset import SPLITS, TokenDataset, build_dataset
+from models.dataset import SKIP_NOT_CONVERTED, SPLITS, TokenDataset, build_dataset
 from models.exceptions import DataError
 from models.settings import DataSettings
 
@@ -241,3 +242,20 @@ def test_a_build_of_other_collections_does_not_wait(tiny_cached: CorpusSpec,
     finally:
         other.close()
     assert load_index(COLLECTIONS["verdi"])["converted"] == 1
+
+
+def test_scores_that_failed_to_convert_are_in_the_skip_table(tiny_cached: CorpusSpec,
+                                                             private_cache: Path,
+                                                             tmp_path: Path) -> None:
+    index_path = private_cache / "corpus" / "verdi" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["pieces"].append({"source": "verdi/broken.mxl", "midi": None, "notes": 0,
+                            "error": "parse: ValueError: no measures"})
+    index_path.write_text(json.dumps(index))
+    assert corpus_failures("tiny") == [("verdi/broken.mxl", "parse: ValueError: no measures")]
+    manifest = build_dataset("corpus:tiny", tmp_path / "out",
+                             DataSettings(jobs=1, val_fraction=0.34, test_fraction=0.34),
+                             progress=False)
+    assert manifest["skipped"] == {SKIP_NOT_CONVERTED: [
+        {"file": "verdi/broken.mxl", "detail": "parse: ValueError: no measures"}]}
+    assert manifest["files"] == 4

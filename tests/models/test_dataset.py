@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import symusic
 
+from bench.hostile_folder import _rmid as _wrap_rmid
+from bench.hostile_folder import check_build, huge_delta_midi, make_hostile_folder, smf
+from bench.hostile_folder import melody as hostile_melody
 from models import dataset
 from models.cli import main
 from models.dataset import (
+    SKIP_DUPLICATE,
     SKIP_EMPTY,
+    SKIP_EMPTY_BARS,
     SKIP_NOT_MIDI,
     SKIP_PARSE,
     SKIP_POLYPHONIC,
     SKIP_TOO_LARGE,
+    SKIP_TOO_MANY_TOKENS,
     SPLITS,
     TokenDataset,
     build_dataset,
@@ -26,6 +34,7 @@ from models.dataset import (
     split_pieces,
 )
 from models.exceptions import ConfigError, DataError
+from models.midifile import read_midi
 from models.settings import DataSettings, load_settings
 from models.tokenizer import MelodyTokenizer
 
@@ -389,3 +398,161 @@ def test_an_unexpected_error_on_one_file_is_recorded(midi_folder: Path, tmp_path
     manifest = build(midi_folder, tmp_path / "out")
     [entry] = manifest["skipped"][SKIP_PARSE]
     assert entry["file"] == "set1/tune03.mid" and "ZeroDivisionError" in entry["detail"]
+
+
+# ----------------------------------------------------------------- hostile input (issue 12)
+def pieces_lengths(out: Path) -> list[int]:
+    """Token length of every sequence of every split of a built dataset."""
+    lengths = []
+    for split in SPLITS:
+        data = TokenDataset(out, split)
+        lengths += [len(data[i]) for i in range(len(data))]
+    return lengths
+
+
+def test_every_entry_of_a_hostile_folder_is_kept_or_skipped_with_its_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = make_hostile_folder(tmp_path / "src")
+    # Every score MidiTok is handed is recorded: the files that span millions of bars
+    # must be refused before it runs (it took 56 s and 4 GB on one of them).
+    encoded: list[float] = []
+    real = MelodyTokenizer.encode_score
+
+    def spy(self: MelodyTokenizer, score: symusic.Score, **kwargs) -> list[int]:
+        onsets = [n.time for t in score.tracks for n in t.notes]
+        encoded.append(max(onsets, default=0) / score.ticks_per_quarter)
+        return real(self, score, **kwargs)
+
+    monkeypatch.setattr(MelodyTokenizer, "encode_score", spy)
+    data_settings = settings()
+    manifest = build_dataset(str(tmp_path / "src"), tmp_path / "out", data_settings,
+                             progress=False)
+    row = check_build(tmp_path / "out", manifest, expected, data_settings)
+    assert row["problems"] == []
+    assert manifest["files"] == len(expected) == row["entries"]
+    assert {"huge_delta.mid", "case/Upper.Midi", "case/MIXED.mId", "karaoke.kar",
+            "dangling.mid", "loop_a.mid", "circle", "pipe.mid", "zero.mid", "text.mid",
+            "tpq_zero.mid", "resample_overflow.mid"} <= set(expected)
+    details = {entry["file"]: entry["detail"] for entries in manifest["skipped"].values()
+               for entry in entries}
+    assert "max_tokens 250000" in details["huge_delta.mid"]
+    assert "max_empty_bars 64" in details["sparse.mid"]
+    assert "0 ticks per quarter" in details["tpq_zero.mid"]
+    assert "OverflowError" in details["resample_overflow.mid"]
+    assert "does not exist" in details["dangling.mid"]
+    assert "FIFO" in details["pipe.mid"]
+    assert details["alias.mid"] == "the same file as good/tune1.mid"
+    assert max(encoded) < 1000, "a score spanning millions of beats reached MidiTok"
+    assert max(pieces_lengths(tmp_path / "out")) <= data_settings.max_tokens
+
+
+def test_the_hostile_folder_builds_the_same_in_worker_processes(tmp_path: Path) -> None:
+    expected = make_hostile_folder(tmp_path / "src")
+    data_settings = settings(jobs=2)
+    manifest = build_dataset(str(tmp_path / "src"), tmp_path / "out", data_settings,
+                             progress=False)
+    assert check_build(tmp_path / "out", manifest, expected, data_settings)["problems"] == []
+
+
+@pytest.mark.parametrize(("name", "data", "reason", "detail"), [
+    ("huge_delta.mid", huge_delta_midi(), SKIP_TOO_MANY_TOKENS, "at least 3670021 tokens"),
+    ("tpq_zero.mid", smf(hostile_melody(12), division=0), SKIP_PARSE, "0 ticks per quarter"),
+    ("wrapped.mid", smf(hostile_melody(18, gap=0x0FFFFFFF, lead=0x0FFFFFFF)), SKIP_PARSE,
+     "overflow"),
+], ids=["huge-delta", "tpq-zero", "int32-wrap"])
+def test_tokenize_file_refuses_without_raising(tmp_path: Path, name: str, data: bytes,
+                                               reason: str, detail: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(data)
+    result = dataset.tokenize_file(path, name, MelodyTokenizer(), settings())
+    assert result.tokens is None
+    assert result.reason == reason and detail in result.detail
+
+
+def test_a_piece_over_max_tokens_is_skipped_after_tokenizing(midi_folder: Path,
+                                                             tmp_path: Path) -> None:
+    # Few bars, many notes: the bar count before tokenizing cannot tell, the tokens do.
+    write_midi(midi_folder / "long.mid", melody(5, length=120))
+    manifest = build(midi_folder, tmp_path / "out", max_tokens=300)
+    [entry] = manifest["skipped"][SKIP_TOO_MANY_TOKENS]
+    assert entry["file"] == "long.mid"
+    assert re.fullmatch(r"\d+ tokens > max_tokens 300 \(120 notes\)", entry["detail"])
+    assert max(pieces_lengths(tmp_path / "out")) <= 300
+
+
+def test_empty_bars_are_counted_exactly_on_the_tokens(midi_folder: Path,
+                                                      tmp_path: Path) -> None:
+    # Bars 0-1 and 9-10 hold notes: seven empty 4/4 bars lie between them, which the
+    # check before tokenizing (counting 6-beat bars, the longest) sees as at least four.
+    notes = [(float(b), 1.0, 60 + b % 5, 80) for b in range(8)]
+    notes += [(36.0 + b, 1.0, 62, 80) for b in range(8)]
+    write_midi(midi_folder / "gap.mid", notes)
+    manifest = build(midi_folder, tmp_path / "a", max_empty_bars=6)
+    [entry] = manifest["skipped"][SKIP_EMPTY_BARS]
+    assert entry == {"file": "gap.mid",
+                     "detail": "7 bars in a row without a note > max_empty_bars 6"}
+    kept = build(midi_folder, tmp_path / "b", max_empty_bars=7)
+    assert kept["skipped"] == {}
+
+
+def test_leading_empty_bars_count(tmp_path: Path) -> None:
+    tokenizer = MelodyTokenizer()
+    path = write_midi(tmp_path / "late.mid", [(40.0 + b, 1.0, 60, 80) for b in range(8)])
+    result = dataset.tokenize_file(path, "late.mid", tokenizer, settings(max_empty_bars=9))
+    assert result.reason == SKIP_EMPTY_BARS and result.detail.startswith("10 bars")
+    ids = np.asarray(tokenizer.encode_file(path), dtype=np.uint16)
+    assert dataset.longest_empty_run(ids, tokenizer) == 10
+
+
+@pytest.mark.parametrize("name", ["a.Midi", "b.mId", "c.MID", "d.kar", "e.KAR", "f.rmi"])
+def test_midi_files_load_whatever_the_case_of_their_suffix(tmp_path: Path, name: str) -> None:
+    data = smf(hostile_melody(12))
+    (tmp_path / name).write_bytes(_wrap_rmid(data) if name.endswith(".rmi") else data)
+    assert len(read_midi(tmp_path / name).notes) == 12
+    if not name.endswith(".rmi"):  # encode_file leaves RIFF unwrapping to load_score
+        assert MelodyTokenizer().encode_file(tmp_path / name)[0] == MelodyTokenizer().bos_id
+    files, skipped = dataset.scan_folder(tmp_path)
+    assert [f.name for f in files] == [name] and skipped == []
+
+
+def test_a_link_is_reported_and_the_file_read_under_its_own_name(tmp_path: Path) -> None:
+    write_midi(tmp_path / "z" / "real.mid", melody(1))
+    (tmp_path / "a_link.mid").symlink_to("z/real.mid")
+    (tmp_path / "a_folder").symlink_to("z")
+    files, skipped = dataset.scan_folder(tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["z/real.mid"]
+    assert sorted((s.name, s.reason, s.detail) for s in skipped) == [
+        ("a_folder", SKIP_DUPLICATE, "the same folder as z"),
+        ("a_link.mid", SKIP_DUPLICATE, "the same file as z/real.mid")]
+
+
+def test_a_link_to_a_folder_outside_is_read(tmp_path: Path) -> None:
+    write_midi(tmp_path / "elsewhere" / "tune.mid", melody(1))
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "linked").symlink_to(tmp_path / "elsewhere")
+    files, skipped = dataset.scan_folder(tmp_path / "src")
+    assert [f.relative_to(tmp_path / "src").as_posix() for f in files] == ["linked/tune.mid"]
+    assert skipped == []
+
+
+def test_a_folder_of_other_files_names_what_it_found(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "readme.txt").write_text("nothing here")
+    os.mkfifo(tmp_path / "src" / "pipe")
+    with pytest.raises(DataError, match=r"no \.mid, \.midi, \.kar, \.rmi files .* 2 other"):
+        build(tmp_path / "src", tmp_path / "out")
+
+
+@pytest.mark.parametrize("toml", ["[data]\nmax_tokens = 3\n", "[data]\nmax_empty_bars = -1\n"])
+def test_piece_limits_are_range_checked(tmp_path: Path, toml: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(toml)
+    key, value = toml.split("\n")[1].split(" = ")
+    with pytest.raises(ConfigError, match=f"{key}.*{value}"):
+        load_settings(config)
+
+
+def test_default_limits_come_from_config_toml() -> None:
+    data = load_settings().data
+    assert data.max_tokens == DataSettings().max_tokens == 250_000
+    assert data.max_empty_bars == DataSettings().max_empty_bars == 64
