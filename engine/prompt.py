@@ -6,7 +6,9 @@ into the stream: ``Bar TimeSig`` up to the start bar and a ``Position`` for the 
 The model therefore starts exactly where the caller asked, on the caller's bar grid.
 
 A seed longer than the model's budget loses whole bars from its start (never a cut in the
-middle of a note), so the model always sees a well-formed piece.
+middle of a note), so the model always sees a well-formed piece. Bars that cannot fit are
+dropped before anything is encoded, so the cost of a prompt is bounded by the budget, not
+by how far the seed lies from the start or how long it is.
 """
 
 from __future__ import annotations
@@ -50,6 +52,44 @@ def _grid(beats: float, step: float) -> int:
     return math.floor(beats / step + 0.5)
 
 
+# The fewest tokens a seed note encodes into (Pitch, Velocity, Duration; its Position may
+# be shared) and a bar (Bar TimeSig: MidiTok's REMI repeats the signature every bar, and
+# the bars up to the start are forced as both), for ``_first_bar_that_can_fit``.
+_MIN_TOKENS_PER_NOTE = 3
+_MIN_TOKENS_PER_BAR = 2
+
+
+def _first_bar_that_can_fit(tokenizer: MelodyTokenizer, seed: list[Note], *, step: float,
+                            per_bar: int, start_bar: int, max_tokens: int) -> int:
+    """The earliest seed bar from which the prompt could still fit in ``max_tokens``.
+
+    A window from bar ``b`` to the start needs at least ``BOS``, ``Bar TimeSig`` per bar
+    and three tokens per distinct note the vocabulary can hold; any earlier bar would be
+    trimmed by ``build_prompt`` anyway, so it is never encoded. Returns ``start_bar``
+    when no seed bar fits (the response then starts without seed notes).
+    """
+    counts: dict[int, int] = {}
+    seen: set[tuple[int, int]] = set()
+    for note in seed:
+        grid = _grid(note.onset, step)
+        # MidiTok drops notes outside its pitch range and identical (onset, pitch) pairs
+        # would not cost more: count neither, so the bound stays a lower bound.
+        if (grid, note.pitch) in seen or f"Pitch_{note.pitch}" not in tokenizer.vocab:
+            continue
+        seen.add((grid, note.pitch))
+        bar = grid // per_bar
+        counts[bar] = counts.get(bar, 0) + 1
+    first = start_bar
+    notes = 0
+    for bar in sorted(counts, reverse=True):
+        notes += counts[bar]
+        needed = 1 + _MIN_TOKENS_PER_BAR * (start_bar - bar) + _MIN_TOKENS_PER_NOTE * notes
+        if needed > max_tokens:
+            break
+        first = bar
+    return first
+
+
 def build_prompt(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, request: GenerateRequest,
                  max_tokens: int, *, allow_eos: bool = True) -> Prompt:
     """Encode a request's seed and force its start.
@@ -76,6 +116,9 @@ def build_prompt(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, request: Ge
     seed = sorted((n for n in request.seed if _grid(n.onset, step) < start),
                   key=lambda n: (n.onset, n.pitch))
     first_bar = min((_grid(n.onset, step) // per_bar for n in seed), default=start_bar_abs)
+    first_bar = max(first_bar, _first_bar_that_can_fit(
+        tokenizer, seed, step=step, per_bar=per_bar, start_bar=start_bar_abs,
+        max_tokens=max_tokens))
     while True:
         window = [n for n in seed if _grid(n.onset, step) >= first_bar * per_bar]
         shifted = [Note(max(0.0, n.onset - first_bar * bar_length), n.duration, n.pitch,
