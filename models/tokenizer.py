@@ -41,6 +41,9 @@ TOKENIZER_VERSION = 1
 SPECIAL_TOKENS = ("PAD", "BOS", "EOS")
 # Ticks per quarter note of the scores we build from notes; miditok resamples to its own.
 _NOTES_TPQ = 480
+# symusic stores ticks as int32: a note ending past this tick (~4.47 million beats at
+# _NOTES_TPQ) would overflow inside the library instead of failing clearly.
+_MAX_TICK = 2**31 - 1
 # Powers of two up to the vocabulary's largest denominator (1, 2, 4, 8, 16).
 _DENOMINATORS = tuple(2**k for k in range(TOKEN_MAX_DENOMINATOR.bit_length()))
 
@@ -207,13 +210,22 @@ class MelodyTokenizer:
 
     def notes_to_score(self, notes: Iterable[Note],
                        time_signature: tuple[int, int] = (4, 4)) -> symusic.Score:
-        """A one-track score of beat-timed notes (onsets must be >= 0)."""
+        """A one-track score of beat-timed notes (onsets must be >= 0).
+
+        Raises:
+            TokenizerError: a note ends beyond the score's int32 ticks (callers encode
+                times relative to a nearby bar, as the engine's prompt does).
+        """
         score = symusic.Score(_NOTES_TPQ)
         score.time_signatures.append(symusic.TimeSignature(0, *time_signature))
         track = symusic.Track(name="notes", program=0, is_drum=False)
         for note in notes:
             start = round(note.onset * _NOTES_TPQ)
             length = max(1, round(note.duration * _NOTES_TPQ))
+            if start + length > _MAX_TICK:
+                raise TokenizerError(
+                    f"a note at beat {note.onset:g} lasting {note.duration:g} beats ends past "
+                    f"beat {_MAX_TICK / _NOTES_TPQ:.0f}, the last one a score can hold")
             track.notes.append(symusic.Note(start, length, note.pitch, note.velocity))
         score.tracks.append(track)
         return score
