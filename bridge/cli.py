@@ -15,11 +15,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.cli import configure_logging, load_commands, run_command
 from models.exceptions import BridgeError, MelodyError
 from models.settings import Settings, load_settings, parse_time_signature
+
+if TYPE_CHECKING:  # annotations only: the daemon's modules load when it runs
+    from bridge.guardian import Guardian
+    from bridge.ports import Ports
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +138,27 @@ def list_ports_command(settings: Settings) -> int:
     return 0
 
 
+def start_guardian(ports: Ports) -> Guardian | None:
+    """The note guardian for melodyd's own JACK client (see bridge.guardian), or None.
+
+    melodyd goes on without it where it cannot run: it only matters if melodyd is killed
+    outright, and then only a separate process can release the notes.
+    """
+    from bridge.guardian import Guardian  # noqa: PLC0415 - loads the native client
+
+    if ports.driver != "native":
+        logger.info("no note guardian with %s ports: a SIGKILL of melodyd can leave notes "
+                    "sounding (README, 'If melodyd is killed')", ports.driver)
+        return None
+    guardian = Guardian(ports.output.name)
+    try:
+        guardian.start()
+    except BridgeError as err:
+        logger.warning("%s; going on without it", err)
+        return None
+    return guardian
+
+
 def run_daemon(args: argparse.Namespace) -> int:
     """Start the parts in order, serve, stop them in reverse.
 
@@ -171,6 +196,7 @@ def run_daemon(args: argparse.Namespace) -> int:
     backend = choose_backend(midi.backend)
     inputs = InputQueue()
     ports = None
+    guardian = None
     try:
         if child is not None:
             child.start()  # loads while we open ports
@@ -178,6 +204,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         ports = open_ports(backend, in_name=midi.in_port, out_name=midi.out_port,
                            connect_in=midi.connect_in, connect_out=midi.connect_out,
                            callback=inputs.callback, jack_client=midi.jack_client)
+        guardian = start_guardian(ports)
         if settings.clock.source == "internal":
             clock = InternalClock(settings.clock.bpm, signature)
             origin = time.monotonic()
@@ -211,7 +238,9 @@ def run_daemon(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
     finally:
         if ports is not None:
-            ports.close()
+            ports.close()  # the releases have left: the guardian has nothing to do
+        if guardian is not None:
+            guardian.stop()
         if child is not None:
             child.stop()
         inputs.close()

@@ -60,6 +60,8 @@ class _Api:
         self.connect = _fn(lib.mm_connect, c.c_int, [c.c_void_p, c.c_char_p, c.c_char_p])
         self.list_ports = _fn(lib.mm_list_ports, c.c_size_t,
                               [c.c_void_p, c.c_int, c.c_char_p, c.c_size_t])
+        self.connections = _fn(lib.mm_connections, c.c_size_t,
+                               [c.c_void_p, c.c_char_p, c.c_char_p, c.c_size_t])
         self.send = _fn(lib.mm_send, c.c_int, [c.c_void_p, c.c_char_p, c.c_uint32, c.c_double])
         self.receive = _fn(lib.mm_receive, c.c_uint32,
                            [c.c_void_p, c.c_char_p, c.POINTER(c.c_double)])
@@ -153,10 +155,23 @@ class JackClient:
     # ------------------------------------------------------------------ ports
     def list_ports(self, *, readable: bool) -> list[str]:
         """Full names of the MIDI ports we can read from (``readable``) or write to."""
+        return self._names(lambda buffer, size: self._api.list_ports(
+            self._handle, int(readable), buffer, size)) or []
+
+    def connections(self, port: str) -> list[str] | None:
+        """Full names of the ports connected to ``port`` (any client's); None if it is gone."""
+        return self._names(lambda buffer, size: self._api.connections(
+            self._handle, port.encode(), buffer, size))
+
+    @staticmethod
+    def _names(fill: Callable[[Any, int], int]) -> list[str] | None:
+        """Call a C lister with a growing buffer; its lines, or None if it returned 0."""
         size = 4096
         while True:
             buffer = ctypes.create_string_buffer(size)
-            needed = self._api.list_ports(self._handle, int(readable), buffer, size)
+            needed = fill(buffer, size)
+            if needed == 0:
+                return None
             if needed <= size:
                 return [n for n in buffer.value.decode(errors="replace").split("\n") if n]
             size = needed

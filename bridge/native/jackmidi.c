@@ -58,6 +58,9 @@ extern int jack_connect(jack_client_t *client, const char *src, const char *dst)
 extern const char **jack_get_ports(jack_client_t *client, const char *name_pattern,
                                    const char *type_pattern, unsigned long flags);
 extern void jack_free(void *ptr);
+extern jack_port_t *jack_port_by_name(jack_client_t *client, const char *port_name);
+extern const char **jack_port_get_all_connections(const jack_client_t *client,
+                                                  const jack_port_t *port);
 extern jack_nframes_t jack_get_sample_rate(jack_client_t *client);
 extern jack_nframes_t jack_get_buffer_size(jack_client_t *client);
 extern jack_time_t jack_get_time(void);
@@ -333,11 +336,9 @@ int mm_connect(mm_client *c, const char *source, const char *destination) {
     return result == EEXIST ? 0 : result;
 }
 
-/* Names of the MIDI ports that can be read from (`outputs` 1) or written to (0), one
- * per line, into `buffer`; returns the length needed (call again with more room). */
-size_t mm_list_ports(mm_client *c, int outputs, char *buffer, size_t buffer_size) {
-    const char **names = jack_get_ports(c->client, NULL, JACK_DEFAULT_MIDI_TYPE,
-                                        outputs ? JackPortIsOutput : JackPortIsInput);
+/* Write `names` (NULL-terminated, may be NULL) one per line into `buffer` and free them
+ * with jack_free; returns the length needed (call again with more room). */
+static size_t join_names(const char **names, char *buffer, size_t buffer_size) {
     size_t needed = 0;
     if (buffer_size > 0) buffer[0] = '\0';
     for (size_t i = 0; names != NULL && names[i] != NULL; i++) {
@@ -351,6 +352,25 @@ size_t mm_list_ports(mm_client *c, int outputs, char *buffer, size_t buffer_size
     }
     if (names != NULL) jack_free(names);
     return needed + 1;
+}
+
+/* Names of the MIDI ports that can be read from (`outputs` 1) or written to (0), one
+ * per line, into `buffer`; returns the length needed (call again with more room). */
+size_t mm_list_ports(mm_client *c, int outputs, char *buffer, size_t buffer_size) {
+    return join_names(jack_get_ports(c->client, NULL, JACK_DEFAULT_MIDI_TYPE,
+                                     outputs ? JackPortIsOutput : JackPortIsInput),
+                      buffer, buffer_size);
+}
+
+/* Names of the ports connected to the port called `port_name` (any client's), one per
+ * line, into `buffer`; returns the length needed, 0 if no such port exists. */
+size_t mm_connections(mm_client *c, const char *port_name, char *buffer, size_t buffer_size) {
+    jack_port_t *port = jack_port_by_name(c->client, port_name);
+    if (port == NULL) {
+        if (buffer_size > 0) buffer[0] = '\0';
+        return 0;
+    }
+    return join_names(jack_port_get_all_connections(c->client, port), buffer, buffer_size);
 }
 
 /* Queue `data` for output at CLOCK_MONOTONIC time `when_s` (<= 0: as soon as possible).

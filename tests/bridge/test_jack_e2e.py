@@ -210,6 +210,49 @@ def test_stop_during_answer_leaves_nothing_sounding(start_melodyd, probe_for,
     assert controls[-2:] == [(64, 0), (123, 0)], controls
 
 
+@pytest.mark.skipif(not jack_native.available(), reason="the guardian needs the native client")
+def test_sigkill_during_answer_the_guardian_releases_every_note(start_melodyd, probe_for,
+                                                                tiny_onnx_model):
+    """Killed outright, melodyd runs no cleanup and its ports vanish: the guardian process
+    sends the note-offs and all-notes-off to where melodyd's output was connected."""
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bars", "8"])
+    text = daemon.wait_for_log("engine at .* is up")
+    guardian = int(re.search(r"note guardian (\d+) watches", text).group(1))
+    probe = probe_for()
+    origin, spb = daemon.origin, 0.5
+    sounding: set = set()
+    for _ in range(2 * MAX_TRIES):  # kill while a note of the answer sounds
+        phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
+        if wait_until(lambda end=phrase_end: sounding_after(
+                [r.message for r in probe.messages(end)]), 10):
+            sounding = sounding_after([r.message for r in probe.messages(phrase_end)])
+            break
+    assert sounding, daemon.log()
+    daemon.stop(signal.SIGKILL)
+    assert wait_until(lambda: not _pid_alive(guardian), 5), "the guardian did not finish"
+    messages = [r.message for r in probe.messages()]
+    assert sounding_after([m for m in messages if m.type != "control_change"]) == set()
+    controls = [(m.control, m.value) for m in messages if m.type == "control_change"]
+    assert controls[-2:] == [(64, 0), (123, 0)], controls
+
+
+def test_clean_stop_sends_the_guardian_away_quietly(start_melodyd, probe_for,
+                                                    tiny_onnx_model):
+    daemon = start_melodyd(["--model", str(tiny_onnx_model)])
+    text = daemon.wait_for_log("engine at .* is up")
+    match = re.search(r"note guardian (\d+) watches", text)
+    if not jack_native.available():
+        assert match is None and "no note guardian" in text
+        return
+    probe = probe_for()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert wait_until(lambda: not _pid_alive(int(match.group(1))), 5)
+    assert "melodyd died" not in daemon.log()
+    # melodyd's own stop released everything; the guardian added nothing after it.
+    controls = [m for m in (r.message for r in probe.messages()) if m.type == "control_change"]
+    assert len([m for m in controls if m.control == 123]) == 1, controls
+
+
 def start_engine(model, address: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "engine", "--bind", address, "--model",
                              str(model)], stdin=subprocess.DEVNULL)
