@@ -26,8 +26,24 @@ MAX_SEED_NOTES = 2048
 MAX_ID_CHARS = 64
 MAX_BARS = 64
 # Beats beyond this are no real timeline (about 58 days at 120 BPM); it keeps bar
-# arithmetic far away from float precision trouble.
+# arithmetic far away from float precision trouble. Absolute positions this large are
+# fine: the engine encodes the seed relative to its first bar, so only distances cost.
 MAX_BEAT = 1e7
+# What a request may span, in beats. A bridge's seed window is a few bars (``[interaction]
+# seed_bars``, at most 64: 384 beats of 12/8), and it asks for the bar after the player's
+# phrase. Both limits are far above that, and far below what costs the engine time: every
+# bar between the seed's first bar and the start is encoded on the engine's one thread
+# (about 2 us per beat), and the tokenizer's int32 ticks overflow at ~4.47 million beats.
+# From the seed's first onset to the latest end (onset + duration) of its notes; also the
+# longest note.
+MAX_SEED_SPAN_BEATS = 1024.0
+# From that end of the seed to ``start_beat`` (a start before it is fine: seed notes at or
+# after the start are ignored).
+MAX_START_DISTANCE_BEATS = 1024.0
+# Integer literals longer than this are never parsed into ints: no field holds one (the
+# largest, ``sampling.seed``, has 19 digits), and Python refuses to convert more than
+# ``sys.get_int_max_str_digits()`` digits, which can be set as low as 640.
+MAX_INT_DIGITS = 600
 MAX_SAMPLING_SEED = 2**63 - 1
 VALID_DENOMINATORS = (1, 2, 4, 8, 16)
 
@@ -97,6 +113,32 @@ class CancelRequest:
 Request = HelloRequest | PingRequest | StatsRequest | GenerateMessage | CancelRequest
 
 
+class HugeInteger:
+    """An integer literal of more than ``MAX_INT_DIGITS`` digits, kept unconverted.
+
+    ``decode_frame`` puts one in place of such a literal, so the message still parses (its
+    ``id`` can be echoed) and the field that holds it is refused by name: it is neither an
+    ``int`` nor a ``float``, so every type check refuses it as ``invalid``.
+    """
+
+    __slots__ = ("digits", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text[:24]
+        self.digits = len(text.lstrip("-"))
+
+    def __repr__(self) -> str:
+        return f"{self.text}... (an integer of {self.digits} digits)"
+
+
+def _parse_int(text: str) -> int | HugeInteger:
+    # Called by json for every integer literal; Python's own int() would raise ValueError
+    # past its digit limit (and takes quadratic time below it).
+    if len(text) > MAX_INT_DIGITS:
+        return HugeInteger(text)
+    return int(text)
+
+
 def _invalid(message: str) -> ProtocolError:
     return ProtocolError("invalid", message)
 
@@ -116,8 +158,16 @@ def _reject_unknown(obj: Mapping[str, Any], known: tuple[str, ...], where: str) 
 
 def _short(value: Any) -> str:
     """``repr`` of a received value, cut so an error reply stays one readable line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
+        # Shown by magnitude: a 300-digit pitch is not worth 300 characters.
+        return f"{str(value)[:24]}... (an integer of {len(str(abs(value)))} digits)"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _beats(value: float) -> str:
+    """A time in beats for a message: ``10000000``, ``4.5``, ``0.333333``."""
+    return f"{value:.10g}"
 
 
 def _reject_constant(name: str) -> float:
@@ -139,7 +189,7 @@ def decode_frame(frame: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> dict[str, 
     except UnicodeDecodeError as err:
         raise ProtocolError("bad_json", f"message is not UTF-8: {err.reason}") from err
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except json.JSONDecodeError as err:
         raise ProtocolError("bad_json", f"message is not JSON: {err.msg} at char {err.pos}") \
             from err
@@ -174,14 +224,24 @@ def _string(obj: Mapping[str, Any], key: str, where: str = "", *, required: bool
 
 def _number(value: Any, name: str, low: float | None = None, high: float | None = None, *,
             low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _invalid(f"{name} must be a number (received {_short(value)})")
+    # A float literal beyond 1.8e308 parses as infinity; NaN/Infinity themselves are
+    # refused as bad_json when the frame is decoded.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _invalid(f"{name} must be a finite number (received {_short(value)})")
+    # Bounds before float(): comparing an int with a float is exact in Python, while
+    # float() of an int over 309 digits raises OverflowError.
     if low is not None and (value <= low if low_open else value < low):
         bound = f"above {low}" if low_open else f"at least {low}"
         raise _invalid(f"{name} must be {bound} (received {_short(value)})")
     if high is not None and value > high:
         raise _invalid(f"{name} must be at most {high} (received {_short(value)})")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise _invalid(f"{name} must be a number a float can hold, at most about 1.8e308 "
+                       f"(received {_short(value)})") from None
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:
@@ -213,7 +273,8 @@ def parse_note(value: Any, index: int) -> Note:
             raise _invalid(f"field {where}.{key} is required")
     return Note(
         onset=_number(note["onset"], f"{where}.onset", 0.0, MAX_BEAT),
-        duration=_number(note["duration"], f"{where}.duration", 0.0, MAX_BEAT, low_open=True),
+        duration=_number(note["duration"], f"{where}.duration", 0.0, MAX_SEED_SPAN_BEATS,
+                         low_open=True),
         pitch=_integer(note["pitch"], f"{where}.pitch", 0, 127),
         velocity=_integer(note["velocity"], f"{where}.velocity", 1, 127),
     )
@@ -290,6 +351,32 @@ def parse_time_signature(value: Any) -> tuple[int, int]:
     return value[0], value[1]
 
 
+def check_window(seed: tuple[Note, ...], start_beat: float) -> None:
+    """Refuse a seed spanning too many beats, or a start too far after the seed.
+
+    Checked before anything is encoded, so a request of a few hundred bytes cannot make
+    the engine encode millions of bars. Only distances are limited: a seed and start
+    near beat 8000 (bar 2000 of 4/4) are as cheap as near beat 0.
+
+    Raises:
+        ProtocolError: ``invalid``, with the span or distance received and the limit.
+    """
+    if not seed:
+        return
+    first = min(note.onset for note in seed)
+    end = max(note.onset + note.duration for note in seed)
+    span = end - first
+    if span > MAX_SEED_SPAN_BEATS:
+        raise _invalid(f"seed spans {_beats(span)} beats (from its first onset at beat "
+                       f"{_beats(first)} to its last note's end at beat {_beats(end)}); "
+                       f"the limit is {_beats(MAX_SEED_SPAN_BEATS)} beats")
+    distance = start_beat - end
+    if distance > MAX_START_DISTANCE_BEATS:
+        raise _invalid(f"start_beat {_beats(start_beat)} lies {_beats(distance)} beats after "
+                       f"the seed's end at beat {_beats(end)}; the limit is "
+                       f"{_beats(MAX_START_DISTANCE_BEATS)} beats")
+
+
 def parse_generate(obj: Mapping[str, Any], max_seed_notes: int = MAX_SEED_NOTES
                    ) -> GenerateMessage:
     """The fields of a ``generate`` message (envelope already checked).
@@ -310,6 +397,7 @@ def parse_generate(obj: Mapping[str, Any], max_seed_notes: int = MAX_SEED_NOTES
     if "start_beat" not in obj:
         raise _invalid("field 'start_beat' is required")
     start_beat = _number(obj["start_beat"], "start_beat", 0.0, MAX_BEAT)
+    check_window(notes, start_beat)
     bars = _integer(obj.get("bars", 2), "bars", 1, MAX_BARS)
     time_signature = parse_time_signature(obj.get("time_signature", [4, 4]))
     sampling = parse_sampling(obj.get("sampling", {}))
@@ -327,7 +415,8 @@ def parse_request(obj: Mapping[str, Any], max_seed_notes: int = MAX_SEED_NOTES) 
         ProtocolError: ``bad_version``, ``unknown_type`` or ``invalid``.
     """
     version = obj.get("v")
-    if isinstance(version, bool) or version != PROTOCOL_VERSION:
+    # Exactly an int: True == 1 and 1.0 == 1 in Python, yet neither is version 1.
+    if type(version) is not int or version != PROTOCOL_VERSION:
         shown = "missing" if "v" not in obj else _short(version)
         raise ProtocolError("bad_version",
                             f"protocol version must be {PROTOCOL_VERSION} (received {shown})")

@@ -73,6 +73,10 @@ def test_generate_defaults():
     (b'{"v": 2, "type": "ping"}', "bad_version"),
     (b'{"v": "1", "type": "ping"}', "bad_version"),
     (b'{"v": true, "type": "ping"}', "bad_version"),
+    (b'{"v": 1.0, "type": "ping"}', "bad_version"),
+    (b'{"v": 1e0, "type": "ping"}', "bad_version"),
+    (b'{"v": 1, "type": "ping", "t": Infinity}', "bad_json"),
+    (b'{"v": 1, "type": "ping", "t": -Infinity}', "bad_json"),
     (b'{"v": 1}', "unknown_type"),
     (b'{"v": 1, "type": "generat"}', "unknown_type"),
     (b'{"v": 1, "type": 5}', "unknown_type"),
@@ -83,6 +87,7 @@ def test_generate_defaults():
     (b'{"v": 1, "type": "hello", "extra": 1}', "invalid"),
 ], ids=["truncated", "not-utf8", "empty", "array", "string", "number", "null", "nan",
         "deep-nesting", "no-version", "version-2", "version-string", "version-bool",
+        "version-float", "version-exponent", "infinity", "minus-infinity",
         "no-type", "typo-type", "type-int", "cancel-no-fields", "cancel-target-int",
         "ping-t-string", "empty-id", "hello-unknown-field"])
 def test_malformed_frames_are_refused_with_their_code(data, code):
@@ -208,8 +213,120 @@ def test_error_codes_are_documented():
         assert f"`{reason}`" in doc, reason
 
 
+def test_window_limits_are_documented_with_their_values():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text("utf-8")
+    for name, value in (("max_seed_span_beats", protocol.MAX_SEED_SPAN_BEATS),
+                        ("max_start_distance_beats", protocol.MAX_START_DISTANCE_BEATS)):
+        assert f"| `{name}` | {value:g} beats |" in doc, name
+    assert f"more than {protocol.MAX_INT_DIGITS} digits" in doc
+
+
+def raw_generate(**literals: str) -> bytes:
+    """A generate frame whose fields are spliced in as raw JSON text (huge number literals)."""
+    text = json.dumps(generate())[:-1]
+    for key, literal in literals.items():
+        text += f', "{key}": {literal}'
+    return (text + "}").encode()
+
+
+@pytest.mark.parametrize("data, needle", [
+    # 400 digits: more than a float can hold (float() would raise OverflowError).
+    (raw_generate(start_beat="1" + "0" * 400), "start_beat must be at most"),
+    (raw_generate(start_beat="-" + "9" * 400), "start_beat must be at least"),
+    (raw_generate(bars="7" * 400), "bars must be within 1 and 64"),
+    (raw_generate(sampling='{"temperature": 1%s}' % ("0" * 330)), "sampling.temperature"),
+    (raw_generate(sampling='{"seed": 1%s}' % ("0" * 330)), "sampling.seed"),
+    (raw_generate(constraints='{"pitch_max": 6%s}' % ("0" * 400)), "constraints.pitch_max"),
+    (raw_generate(seed='[{"onset": 1%s, "duration": 1, "pitch": 60, "velocity": 80}]'
+                  % ("0" * 320)), "seed[0].onset"),
+    (b'{"v": 1, "type": "ping", "t": 1' + b"0" * 400 + b"}", "t must be a number"),
+    # 5000 digits: beyond Python's int-string conversion limit (4300 by default).
+    (raw_generate(start_beat="1" * 5000), "start_beat must be a number"),
+    (raw_generate(bars="1" * 5000), "bars must be an integer"),
+    (raw_generate(seed='[{"onset": 0, "duration": 1, "pitch": %s, "velocity": 80}]'
+                  % ("6" * 5000)), "seed[0].pitch must be an integer"),
+    (b'{"v": 1, "type": "ping", "t": ' + b"1" * 5000 + b"}", "t must be a number"),
+    (b'{"v": 1, "type": "hello", "x": ' + b"1" * 5000 + b"}", "unknown field 'x'"),
+    # Float literals that overflow to infinity are no beats either.
+    (raw_generate(start_beat="1e400"), "start_beat must be a finite number (received inf)"),
+    (b'{"v": 1, "type": "ping", "t": -1e400}', "t must be a finite number (received -inf)"),
+], ids=["int-400-start", "int-400-negative", "int-400-bars", "int-330-temperature",
+        "int-330-sampling-seed", "int-400-pitch-max", "int-320-onset", "int-400-ping",
+        "digits-5000-start", "digits-5000-bars", "digits-5000-pitch", "digits-5000-ping",
+        "digits-5000-unknown", "float-overflow-start", "float-overflow-ping"])
+def test_huge_numbers_are_invalid_and_named(data, needle):
+    code, message = code_of(data)
+    assert code == "invalid", message
+    assert needle in message
+    assert len(message) < 300  # the value is shown cut, never thousands of digits
+
+
+def test_huge_version_number_is_a_bad_version():
+    code, message = code_of(b'{"v": ' + b"1" * 5000 + b', "type": "ping"}')
+    assert code == "bad_version" and "5000 digits" in message
+
+
+def test_huge_digits_still_echo_the_id():
+    data = raw_generate(start_beat="1" * 5000)
+    obj = protocol.decode_frame(data)
+    assert protocol.request_id_of(obj) == "g1"
+
+
+def note_at(onset: float, duration: float = 1.0) -> dict:
+    return {"onset": onset, "duration": duration, "pitch": 60, "velocity": 80}
+
+
+@pytest.mark.parametrize("fields, needles", [
+    # A note at beat 0 and a response ten million beats later (the issue's stall).
+    ({"seed": [note_at(0)], "start_beat": 1e7, "time_signature": [3, 8]},
+     ["start_beat", "10000000", "beat 1", f"{protocol.MAX_START_DISTANCE_BEATS:g}"]),
+    # A seed spanning four million beats.
+    ({"seed": [note_at(0), note_at(4e6)], "start_beat": 4e6 + 2},
+     ["seed spans 4000001 beats", f"{protocol.MAX_SEED_SPAN_BEATS:g}"]),
+    # Seed notes after the start are still part of the seed's span.
+    ({"seed": [note_at(0), note_at(9e6)], "start_beat": 4},
+     ["seed spans 9000001 beats"]),
+    ({"seed": [note_at(0, 1e7)], "start_beat": 4},
+     ["seed[0].duration must be at most", "received 10000000"]),
+    ({"seed": [note_at(0, 4.5e6)], "start_beat": 4}, ["seed[0].duration"]),
+], ids=["far-start", "huge-span", "span-past-start", "huge-duration", "overflowing-duration"])
+def test_seed_window_limits_are_checked_before_encoding(fields, needles):
+    code, message = code_of(frame(generate(**fields)))
+    assert code == "invalid", message
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+def test_window_limits_are_generous_and_inclusive():
+    span, gap = protocol.MAX_SEED_SPAN_BEATS, protocol.MAX_START_DISTANCE_BEATS
+    # Far more than the few bars a seed window holds (64 bars of 12/8 is 384 beats).
+    assert span >= 384 and gap >= 384
+    seed = [note_at(100), note_at(100 + span - 1, 1.0)]
+    request = protocol.parse_message(frame(generate(seed=seed, start_beat=100 + span + gap)))
+    assert len(request.request.seed) == 2
+    code, _ = code_of(frame(generate(seed=seed, start_beat=100 + span + gap + 0.5)))
+    assert code == "invalid"
+    code, _ = code_of(frame(generate(seed=[note_at(100), note_at(100 + span, 0.25)])))
+    assert code == "invalid"
+
+
+@pytest.mark.parametrize("seed_beat, start_beat", [(8000, 8008), (9_999_000, 9_999_004),
+                                                   (0, 0), (1e7 - 4, 1e7)])
+def test_large_song_positions_are_accepted(seed_beat, start_beat):
+    # A DAW at bar 2000 (or much later) is a real song position: only the distances count.
+    seed = [note_at(seed_beat), note_at(seed_beat + 1.5, 0.5)]
+    request = protocol.parse_message(frame(generate(seed=seed, start_beat=start_beat))).request
+    assert request.start_beat == start_beat and request.seed[0].onset == seed_beat
+
+
+def test_start_before_the_seed_is_accepted():
+    # Seed notes at or after the start are ignored by the engine, not refused.
+    request = protocol.parse_message(frame(generate(seed=[note_at(50)], start_beat=8))).request
+    assert request.start_beat == 8
+
+
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70)
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.integers(-10**400, 10**400)
     | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
                                                                 max_size=4),
