@@ -28,7 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from engine import protocol
 from engine.keys import CurveKeys
-from engine.streams import Streams
+from engine.streams import Streams, vocabulary_pitch_range
 from models.exceptions import EngineError, MelodyError, ProtocolError
 from models.settings import EngineSettings
 
@@ -275,6 +275,8 @@ class EngineServer:
                 "max_seed_notes": self.settings.max_seed_notes,
                 "max_active": self.settings.max_active,
                 "max_bars": protocol.MAX_BARS,
+                "max_seed_span_beats": protocol.MAX_SEED_SPAN_BEATS,
+                "max_start_distance_beats": protocol.MAX_START_DISTANCE_BEATS,
                 "session_idle_s": self.settings.session_idle_s}
 
     # --- output --------------------------------------------------------------------------
@@ -301,4 +303,9 @@ def _facts(decoder: Any) -> dict[str, Any]:
     """What ``hello`` tells about one style's model."""
     model = getattr(decoder, "model", None)
     facts = getattr(model, "facts", None)
-    return dict(facts()) if facts is not None else {}
+    result = dict(facts()) if facts is not None else {}
+    # The range ``constraints.pitch_min/pitch_max`` must stay in for this style.
+    pitches = vocabulary_pitch_range(decoder)
+    if pitches is not None:
+        result["pitch_min"], result["pitch_max"] = pitches
+    return result

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine import protocol
+from engine.requests import Constraints
 from models.exceptions import ProtocolError
 from models.settings import EngineSettings
 
@@ -51,6 +52,40 @@ class Stream:
     def key(self) -> StreamKey:
         """Ids are chosen by clients, so they are unique per client only."""
         return self.identity, self.request_id
+
+
+def vocabulary_pitch_range(decoder: Any) -> tuple[int, int] | None:
+    """The pitches a style's vocabulary is meant to play (``[tokens] pitch_min/max``).
+
+    ``None`` for a decoder without a tokenizer (test doubles).
+    """
+    settings = getattr(getattr(decoder, "tokenizer", None), "settings", None)
+    if settings is None:
+        return None
+    return int(settings.pitch_min), int(settings.pitch_max)
+
+
+def check_pitch_range(style: str, decoder: Any, constraints: Constraints) -> None:
+    """Refuse a requested pitch range that leaves the style's vocabulary range.
+
+    The protocol admits MIDI's 0-127; the range a model plays is its vocabulary's. The
+    vocabulary also holds a token for ``pitch_max + 1`` (MidiTok's pitch range is
+    inclusive and the tokenizer passes ``pitch_max + 1``; kept so shipped models still
+    load), so without this check a ``pitch_max`` of 109 or more could yield pitch 109.
+
+    Raises:
+        ProtocolError: ``invalid``, naming the field, the value and the style's range.
+    """
+    allowed = vocabulary_pitch_range(decoder)
+    if allowed is None:
+        return
+    low, high = allowed
+    for name in ("pitch_min", "pitch_max"):
+        value = getattr(constraints, name)
+        if not low <= value <= high:
+            raise ProtocolError("invalid", f"constraints.{name} must be within {low} and "
+                                f"{high}, the pitch range of style {style!r} "
+                                f"(received {value})")
 
 
 @dataclass
@@ -91,7 +126,8 @@ class Streams:
         """Start a generate and send what is already complete.
 
         Raises:
-            ProtocolError: ``unknown_style``, ``duplicate_id`` or ``busy``.
+            ProtocolError: ``unknown_style``, ``invalid`` (a pitch range outside the
+                style's vocabulary), ``duplicate_id`` or ``busy``.
             EngineError: the decoder cannot serve the request (e.g. its time signature).
         """
         style = message.request.style
@@ -99,6 +135,7 @@ class Streams:
         if decoder is None:
             raise ProtocolError("unknown_style", f"style {style!r} is not loaded "
                                 f"(loaded: {', '.join(self.decoders)})")
+        check_pitch_range(style, decoder, message.request.constraints)
         key = (identity, message.id)
         if key in self.running:
             raise ProtocolError("duplicate_id",
