@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.decoder import Generation, StyleDecoder
+from engine.decoder import Generation, StyleDecoder, _Binding
 from engine.model import LoadedModel, load_model
 from engine.requests import GenerateRequest, SamplingParams
 from models.notes import Note
@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 # Steps between two resets of a cache to its nominal length ("decode at past P" means
 # past P to P + _RESET - 1).
 _RESET = 16
+# Decoder -> the pool generation whose rows hold random keys/values already.
+_FILLED: dict[int, int] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,11 +115,11 @@ def _random_tokens(model: LoadedModel, count: int, seed: int = 0) -> np.ndarray:
     return rng.integers(4, model.tokenizer.vocab_size, size=(1, count), dtype=np.int64)
 
 
-def _random_cache(decoder: StyleDecoder, batch: int, past: int, seed: int = 0) -> list[np.ndarray]:
-    spec = decoder.model.card.cache
+def _fill_random(decoder: StyleDecoder, seed: int = 0) -> None:
+    """Random keys/values in every row of the decoder's pool (timing ignores content)."""
     rng = np.random.default_rng(seed)
-    return [rng.standard_normal((batch, spec.num_heads, past, spec.head_dim), dtype=np.float32)
-            for _ in spec.inputs]
+    for buffer in decoder.pool.buffers:
+        buffer[...] = rng.standard_normal(buffer.shape, dtype=np.float32)
 
 
 def _generation(decoder: StyleDecoder, key: str) -> Generation:
@@ -129,10 +131,9 @@ def _generation(decoder: StyleDecoder, key: str) -> Generation:
 
 
 def _set_past(decoder: StyleDecoder, gens: Sequence[Generation], past: int) -> None:
-    """Give each generation a random cache of length ``past`` (outside any timing)."""
-    decoder._unbatch()
-    for index, gen in enumerate(gens):
-        gen.cache = _random_cache(decoder, 1, past, seed=index)
+    """Give each generation a cache of length ``past`` (outside any timing)."""
+    for gen in gens:
+        decoder.pool.lengths[gen.slot] = past
         gen.cache_len = past
         gen.next_position = past
 
@@ -142,10 +143,12 @@ def _step_times(decoder: StyleDecoder, gens: list[Generation], past: int,
     samples: list[tuple[float, float]] = []
     for _ in range(3):  # warm-up: first calls allocate ONNX Runtime's buffers
         decoder.step(gens)
+    if _FILLED.get(id(decoder)) != decoder.pool.generation:  # new rows since the last fill
+        _fill_random(decoder)
+        _FILLED[id(decoder)] = decoder.pool.generation
     while len(samples) < steps:
         _set_past(decoder, gens, past)
-        decoder.step(gens)  # the first step after a reset restacks the batch: untimed
-        for _ in range(min(_RESET - 1, steps - len(samples))):
+        for _ in range(min(_RESET, steps - len(samples))):
             with _Clock() as clock:
                 decoder.step(gens)
             samples.append(clock.sample)
@@ -161,21 +164,28 @@ def bench_decode(decoder: StyleDecoder, past: int, steps: int) -> dict[str, floa
 
 
 def bench_model_call(decoder: StyleDecoder, past: int, steps: int) -> dict[str, float]:
-    """The bare ONNX call of one cached token (no grammar, no sampling)."""
-    cache = _random_cache(decoder, 1, past)
-    ids = _random_tokens(decoder.model, 1)
-    pos = np.array([[past]], dtype=np.int64)
-    mask = np.ones((1, past + 1), dtype=np.int64)
-    return stats_ms(_timed(lambda: decoder._run(ids, pos, mask, cache), steps))
+    """The bare ONNX call of one cached token (no grammar, no sampling), in place."""
+    gen = _generation(decoder, f"call{past}")
+    _set_past(decoder, [gen], past)
+    binding = _Binding(decoder._session, decoder.pool, decoder._names, start=gen.slot,
+                       stop=gen.slot + 1, seq=1)
+    binding.input_ids[0, 0] = 5
+    binding.position_ids[0, 0] = past
+    binding.query_seqlens[0] = 1
+    binding.seqlens_k[0] = past
+    binding.total[()] = past + 1
+    result = stats_ms(_timed(lambda: decoder._call(binding, 1, 1), steps))
+    decoder.cancel(gen)
+    return result
 
 
 def bench_recompute(decoder: StyleDecoder, past: int, reps: int) -> dict[str, float]:
     """The same next token computed without a cache: the whole ``past + 1`` tokens."""
-    ids = _random_tokens(decoder.model, past + 1)
-    pos = np.arange(past + 1, dtype=np.int64)[None, :]
-    mask = np.ones((1, past + 1), dtype=np.int64)
-    empty = decoder.ops.empty()
-    return stats_ms(_timed(lambda: decoder._run(ids, pos, mask, empty), reps, 1))
+    ids = _random_tokens(decoder.model, past + 1)[0].tolist()
+    gen = _generation(decoder, f"recompute{past}")
+    result = stats_ms(_timed(lambda: decoder._prefill(gen.slot, ids, 0), reps, 1))
+    decoder.cancel(gen)
+    return result
 
 
 def bench_prefill(decoder: StyleDecoder, length: int, reps: int) -> dict[str, float]:

@@ -98,3 +98,108 @@ class CacheOps:
             else:
                 rows.append([np.ascontiguousarray(t[:, row:row + 1]) for t in batched])
         return rows
+
+
+class KVPool:
+    """Key/value buffers that every call of the in-place graph reads and writes directly.
+
+    One array ``[rows, heads, capacity, head_dim]`` per cache input, allocated once (and
+    doubled in rows when more generations run at once); a running generation owns one
+    row (its slot) from its prefill to its end. ONNX Runtime gets pointers into these
+    arrays as both the past input and the present output, so a decode step writes one
+    position per row and nothing is copied between steps. Row ``r`` holds
+    ``lengths[r]`` valid entries at indices ``0..``; the rest is scratch.
+
+    Attributes:
+        spec: the card's cache description.
+        capacity: positions per row (the model's context length).
+        buffers: the arrays, in the order of the card's cache inputs.
+        lengths: valid entries per row.
+    """
+
+    def __init__(self, spec: CacheSpec, capacity: int, rows: int = 4) -> None:
+        self.spec = spec
+        self.capacity = capacity
+        self.buffers: list[np.ndarray] = []
+        self.lengths = np.zeros(0, dtype=np.int64)
+        self._free: list[int] = []
+        self.generation = 0  # bumped whenever the buffers move (bindings must be rebuilt)
+        self._grow(rows)
+
+    @property
+    def rows(self) -> int:
+        """Rows allocated."""
+        return len(self.lengths)
+
+    def _grow(self, rows: int) -> None:
+        spec = self.spec
+        shape = (rows, spec.num_heads, self.capacity, spec.head_dim)
+        old, used = self.buffers, self.rows
+        self.buffers = [np.zeros(shape, dtype=np.float32) for _ in spec.inputs]
+        for new, previous in zip(self.buffers, old, strict=False):
+            new[:used] = previous
+        self.lengths = np.concatenate([self.lengths, np.zeros(rows - used, dtype=np.int64)])
+        self._free = sorted({*self._free, *range(used, rows)})
+        self.generation += 1
+
+    def acquire(self) -> int:
+        """A free row (the lowest, so running rows stay packed at the front)."""
+        if not self._free:
+            self._grow(2 * self.rows)
+        slot = self._free.pop(0)
+        self.lengths[slot] = 0
+        return slot
+
+    def release(self, slot: int) -> None:
+        """Give a row back."""
+        self.lengths[slot] = 0
+        self._free.append(slot)
+        self._free.sort()
+
+    def used_rows(self) -> int:
+        """One past the highest row in use (0 when none is)."""
+        busy = [r for r in range(self.rows) if r not in set(self._free)]
+        return max(busy) + 1 if busy else 0
+
+    def load(self, slot: int, cache: Cache, length: int) -> None:
+        """Copy the first ``length`` entries of a compact cache ``[1, H, n, D]`` into a row."""
+        for buffer, part in zip(self.buffers, cache, strict=True):
+            buffer[slot, :, :length] = part[0, :, :length]
+        self.lengths[slot] = length
+
+    def save(self, slot: int) -> Cache:
+        """A compact copy ``[1, H, length, D]`` of a row's valid entries."""
+        length = int(self.lengths[slot])
+        return [buffer[slot:slot + 1, :, :length].copy() for buffer in self.buffers]
+
+    def slide(self, slot: int, sink: int, drop: int) -> None:
+        """Drop ``drop`` entries after the first ``sink`` ones of a row, in place."""
+        length = int(self.lengths[slot])
+        for buffer in self.buffers:
+            row = buffer[slot]
+            # Overlapping ranges: numpy copies through a temporary when they overlap.
+            row[:, sink:length - drop] = row[:, sink + drop:length]
+        self.lengths[slot] = length - drop
+
+
+def window_feeds(spec: CacheSpec, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs of one call that runs a whole window ``ids`` [S] from an empty cache.
+
+    For a key/value graph the buffer is exactly as long as the window; ONNX Runtime
+    returns a new present buffer (no binding), which a one-off evaluation can afford.
+    """
+    ids = np.asarray(ids, dtype=np.int64)[None, :]
+    seq = ids.shape[1]
+    ops = CacheOps(spec)
+    feeds: dict[str, np.ndarray] = {"input_ids": ids}
+    if ops.is_kv:
+        feeds["position_ids"] = np.arange(seq, dtype=np.int64)[None, :]
+        feeds["seqlens_k"] = np.array([seq - 1], dtype=np.int32)
+        feeds["query_seqlens"] = np.array([seq], dtype=np.int32)
+        feeds["total_sequence_length"] = np.array(seq, dtype=np.int32)
+        cache = [np.zeros((1, spec.num_heads, seq, spec.head_dim), dtype=np.float32)
+                 for _ in spec.inputs]
+    else:
+        cache = ops.empty(1)
+    feeds.update(zip(spec.inputs, cache, strict=True))
+    return feeds

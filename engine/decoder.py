@@ -6,14 +6,18 @@ one batched ONNX Runtime call advances every generation by one token. Each gener
 samples under its own grammar and constraints and streams each note as soon as its
 ``Duration`` is sampled (:meth:`Generation.drain_notes`).
 
-Caches:
-- per session, the cache of the last generation is kept (least recently used sessions are
-  dropped); a new request whose tokens share a prefix with it reuses that prefix and
-  prefills only the rest;
-- running generations of a style share one left-padded batch cache that is rebuilt only
-  when the set of generations changes, so a steady jam copies no cache between steps;
-- when a cache reaches the context length, the oldest entries after a few "sink" tokens
-  are dropped in one slide and positions keep counting (RoPE is relative).
+Caches (transformer models, format 2):
+- every running generation owns one row of the style's ``KVPool``: buffers of the context
+  length that ONNX Runtime reads as the past and writes as the present through I/O binding,
+  so a step writes one position per row and no cache is copied or stacked between steps;
+  rows of one batched call have their own lengths and positions (a row that is not
+  stepped rides along idle, ``query_seqlens`` 0, untouched);
+- per session, a compact copy of the last generation's cache is kept when it ends (least
+  recently used sessions are dropped); a new request whose tokens share a prefix with it
+  copies that prefix into its row and prefills only the rest;
+- when a row reaches the context length, the oldest entries after a few "sink" tokens are
+  dropped in one in-place move and positions keep counting (RoPE is relative).
+Recurrent models keep their small state per generation and are stacked per batch.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.cache import Cache, CacheOps
+from engine.cache import Cache, CacheOps, KVPool
 from engine.grammar import Grammar, VocabularyMasks
 from engine.model import LoadedModel, ort_errors
 from engine.prompt import build_prompt
@@ -78,7 +82,8 @@ class Generation:
         # Decoding state: the stream the cache holds, the cache (None while it lives in
         # the style's batch), the next token's absolute position and the next logits.
         self.stream: list[int] = []
-        self.cache: Cache | None = None
+        self.cache: Cache | None = None   # recurrent state (kv models use ``slot``)
+        self.slot: int | None = None      # this generation's row of the style's KVPool
         self.cache_len = 0
         self.next_position = 0
         self.slid = False
@@ -121,6 +126,37 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
+class _Binding:
+    """An I/O binding of rows ``[start, stop)`` of a pool, with its input arrays.
+
+    The small inputs live in arrays bound by pointer once, so a decode step only writes
+    numbers into them; the cache inputs and outputs point at the same pool memory.
+    """
+
+    def __init__(self, session: object, pool: KVPool, names: tuple[list[str], list[str]], *,
+                 start: int, stop: int, seq: int) -> None:
+        rows = stop - start
+        self.binding = session.io_binding()
+        self.input_ids = np.zeros((rows, seq), dtype=np.int64)
+        self.position_ids = np.zeros((rows, seq), dtype=np.int64)
+        self.seqlens_k = np.zeros(rows, dtype=np.int32)
+        self.query_seqlens = np.zeros(rows, dtype=np.int32)
+        self.total = np.zeros((), dtype=np.int32)
+        self.key = (pool.generation, start, stop, seq)
+        for name, array in (("input_ids", self.input_ids), ("position_ids", self.position_ids),
+                            ("seqlens_k", self.seqlens_k), ("query_seqlens", self.query_seqlens),
+                            ("total_sequence_length", self.total)):
+            self._bind(name, array, output=False)
+        for past, present, buffer in zip(*names, pool.buffers, strict=True):
+            rows_view = buffer[start:stop]
+            self._bind(past, rows_view, output=False)
+            self._bind(present, rows_view, output=True)
+
+    def _bind(self, name: str, array: np.ndarray, *, output: bool) -> None:
+        bind = self.binding.bind_output if output else self.binding.bind_input
+        bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+
+
 class StyleDecoder:
     """Decodes every generation of one loaded model.
 
@@ -146,10 +182,15 @@ class StyleDecoder:
         self._cache_inputs = list(model.card.cache.inputs)
         self._sessions: OrderedDict[Hashable, _SessionCache] = OrderedDict()
         self._ids = itertools.count(1)
-        # The batch cache of the running generations (in this order) and their padding.
+        # Recurrent models: the stacked state of the running generations (in this order).
         self._batch: list[Generation] = []
         self._batch_cache: Cache | None = None
         self._batch_pads: list[int] = []
+        # Transformer models: one row per running generation, and the step's binding.
+        self.pool = (KVPool(model.card.cache, model.context_length) if self.ops.is_kv
+                     else None)
+        self._names = (self._cache_inputs, list(model.card.cache.outputs))
+        self._step_binding: _Binding | None = None
 
     # ----------------------------------------------------------------- public API
     @property
@@ -184,14 +225,18 @@ class StyleDecoder:
         tokens = prompt.tokens
         reuse, cache = self._reusable(session_key, tokens)
         new = tokens[reuse:]
-        positions = np.arange(reuse, len(tokens), dtype=np.int64)[None, :]
-        logits, cache = self._run(np.asarray([new], dtype=np.int64), positions,
-                                  np.ones((1, len(tokens)), dtype=np.int64), cache)
+        if self.pool is not None:
+            gen.slot = self.pool.acquire()
+            if reuse:
+                self.pool.load(gen.slot, cache, reuse)
+            gen.logits = self._prefill(gen.slot, new, reuse)
+        else:
+            logits, cache = self._run(np.asarray([new], dtype=np.int64), cache)
+            gen.cache = cache
+            gen.logits = logits[0, -1]
         gen.stream = list(tokens)
-        gen.cache = cache
         gen.cache_len = len(tokens)
         gen.next_position = len(tokens)
-        gen.logits = logits[0, -1]
         gen.prefill_tokens = len(new)
         gen.reused_tokens = reuse
         logger.debug("%s: prompt %d tokens (%d reused), bars %d-%d of the stream",
@@ -230,7 +275,7 @@ class StyleDecoder:
         reuse = min(common_prefix(cached.stream, tokens), len(tokens) - 1)
         if self.ops.is_kv:
             if reuse > 0:
-                return reuse, self.ops.prefix(cached.cache, reuse)
+                return reuse, cached.cache  # the row copies only the first ``reuse``
         elif reuse == len(cached.stream):  # a recurrent state only holds its whole stream
             return reuse, cached.cache
         return 0, self.ops.empty()
@@ -259,6 +304,10 @@ class StyleDecoder:
         """Take a finished generation out of the batch and keep its cache for its session."""
         if gen in self._batch:
             self._unbatch()
+        if gen.slot is not None:
+            gen.cache = self.pool.save(gen.slot)
+            self.pool.release(gen.slot)
+            gen.slot = None
         if gen.cache is None:
             return
         self._sessions[gen.session_key] = _SessionCache(gen.stream, gen.cache,
@@ -285,19 +334,80 @@ class StyleDecoder:
         full = [g for g in running if g.cache_len + 1 > context]
         if not full:
             return
-        self._unbatch()
         sink = min(self.settings.sink_tokens, context // 4)
         drop = max(1, int(context * self.settings.slide_fraction))
         for gen in full:
             drop_now = min(drop, gen.cache_len - sink)
-            gen.cache = self.ops.slide(gen.cache, sink, drop_now)
+            self.pool.slide(gen.slot, sink, drop_now)
             gen.cache_len -= drop_now
             gen.slid = True
             logger.debug("%s: slid the cache window by %d tokens", gen.id, drop_now)
 
     def _forward(self, running: list[Generation]) -> None:
         """One model call on the pending token of every running generation."""
+        if self.pool is None:
+            self._forward_recurrent(running)
+            return
         self._slide_if_full(running)
+        pool = self.pool
+        stop = max(g.slot for g in running) + 1
+        binding = self._step_binding
+        if binding is None or binding.key != (pool.generation, 0, stop, 1):
+            binding = self._step_binding = _Binding(self._session, pool, self._names,
+                                                         start=0, stop=stop, seq=1)
+        # Rows not stepped now (free, or a generation the caller left out) ride along
+        # idle: no new token, their cache untouched, their logits ignored.
+        lengths = pool.lengths[:stop]
+        binding.query_seqlens[:] = 0
+        binding.input_ids[:] = 0
+        binding.position_ids[:] = 0
+        for gen in running:
+            binding.input_ids[gen.slot, 0] = gen.pending
+            binding.position_ids[gen.slot, 0] = gen.next_position
+            binding.query_seqlens[gen.slot] = 1
+        total = lengths + binding.query_seqlens
+        binding.seqlens_k[:] = np.maximum(total - 1, 0)
+        binding.total[()] = max(int(total.max()), 1)
+        logits = self._call(binding, stop, 1)
+        for gen in running:
+            gen.logits = logits[gen.slot, 0]
+            pool.lengths[gen.slot] += 1
+            gen.stream.append(gen.pending)
+            gen.pending = None
+            gen.next_position += 1
+            gen.cache_len += 1
+
+    def _prefill(self, slot: int, tokens: Sequence[int], reuse: int) -> np.ndarray:
+        """Run a prompt's new tokens into its row after ``reuse`` cached ones; last logits."""
+        pool = self.pool
+        binding = _Binding(self._session, pool, self._names, start=slot, stop=slot + 1,
+                           seq=len(tokens))
+        binding.input_ids[0] = tokens
+        binding.position_ids[0] = np.arange(reuse, reuse + len(tokens))
+        binding.query_seqlens[0] = len(tokens)
+        binding.seqlens_k[0] = reuse + len(tokens) - 1
+        binding.total[()] = reuse + len(tokens)
+        logits = self._call(binding, 1, len(tokens))
+        pool.lengths[slot] = reuse + len(tokens)
+        return logits[0, -1]
+
+    def _call(self, binding: _Binding, rows: int, seq: int) -> np.ndarray:
+        """Run a bound call; the logits [rows, seq, vocab] in a fresh array.
+
+        Raises:
+            EngineError: ONNX Runtime rejects the inputs or fails.
+        """
+        logits = np.empty((rows, seq, self.tokenizer.vocab_size), dtype=np.float32)
+        binding.binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape),
+                                    logits.ctypes.data)
+        try:
+            self._session.run_with_iobinding(binding.binding)
+        except ort_errors() as err:
+            raise EngineError(f"model {self.model.path.name} failed: {err}") from err
+        return logits
+
+    def _forward_recurrent(self, running: list[Generation]) -> None:
+        """One call of a recurrent model: states stacked while the batch stays the same."""
         if self._batch != running:
             self._unbatch()
             self._batch_cache, self._batch_pads = self.ops.stack([g.cache for g in running])
@@ -307,15 +417,7 @@ class StyleDecoder:
         batch = len(running)
         input_ids = np.fromiter((g.pending for g in running), dtype=np.int64,
                                 count=batch).reshape(batch, 1)
-        positions = np.fromiter((g.next_position for g in running), dtype=np.int64,
-                                count=batch).reshape(batch, 1)
-        mask = None
-        if self.ops.is_kv:
-            width = self.ops.length(self._batch_cache) + 1
-            mask = np.ones((batch, width), dtype=np.int64)
-            for row, pad in enumerate(self._batch_pads):
-                mask[row, :pad] = 0
-        logits, self._batch_cache = self._run(input_ids, positions, mask, self._batch_cache)
+        logits, self._batch_cache = self._run(input_ids, self._batch_cache)
         for row, gen in enumerate(running):
             gen.logits = logits[row, -1]
             gen.stream.append(gen.pending)
@@ -323,17 +425,13 @@ class StyleDecoder:
             gen.next_position += 1
             gen.cache_len += 1
 
-    def _run(self, input_ids: np.ndarray, position_ids: np.ndarray,
-             attention_mask: np.ndarray | None, cache: Cache) -> tuple[np.ndarray, Cache]:
-        """One ONNX Runtime call: logits [B, S, V] and the new cache.
+    def _run(self, input_ids: np.ndarray, cache: Cache) -> tuple[np.ndarray, Cache]:
+        """One ONNX Runtime call of a recurrent model: logits [B, S, V] and the new state.
 
         Raises:
             EngineError: ONNX Runtime rejects the inputs or fails.
         """
         feeds = {"input_ids": input_ids}
-        if self.ops.is_kv:
-            feeds["position_ids"] = position_ids
-            feeds["attention_mask"] = attention_mask
         feeds.update(zip(self._cache_inputs, cache, strict=True))
         try:
             outputs = self._session.run(self._outputs, feeds)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.cache import CacheOps
+from engine.cache import window_feeds
 from engine.decoder import StyleDecoder
 from engine.model import LoadedModel, ort_errors
 from engine.requests import GenerateRequest, SamplingParams
@@ -106,12 +106,7 @@ def _window_logits(model: LoadedModel, ids: np.ndarray) -> np.ndarray:
     Raises:
         EngineError: ONNX Runtime fails.
     """
-    ops = CacheOps(model.card.cache)
-    feeds: dict[str, np.ndarray] = {"input_ids": ids[None, :].astype(np.int64)}
-    if ops.is_kv:
-        feeds["position_ids"] = np.arange(len(ids), dtype=np.int64)[None, :]
-        feeds["attention_mask"] = np.ones((1, len(ids)), dtype=np.int64)
-    feeds.update(zip(model.card.cache.inputs, ops.empty(1), strict=True))
+    feeds = window_feeds(model.card.cache, ids)
     try:
         (logits,) = model.session.run(["logits"], feeds)
     except ort_errors() as err:

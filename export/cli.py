@@ -38,9 +38,11 @@ def _non_negative(text: str) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the command's arguments."""
     parser.description = (
-        "Export a melodyd checkpoint to ONNX. The graph takes input_ids, position_ids, "
-        "attention_mask and past_key_values.{i}.key/.value and returns logits and "
-        "present.{i}.key/.value (LSTM/GRU: past_state.* -> present_state.*); its "
+        "Export a melodyd checkpoint to ONNX. The GPT graph takes input_ids, position_ids, "
+        "seqlens_k, query_seqlens, total_sequence_length and past_key_values.{i}.key/.value "
+        "(a buffer shared with present.{i}.key/.value that each call updates in place) and "
+        "returns logits and present.{i}.key/.value (LSTM/GRU: past_state.* -> "
+        "present_state.*); its "
         "'melodyd' metadata describes the model, tokenizer, style and cache. The file is "
         "written only after ONNX Runtime matched PyTorch within 1e-4 on a prefill and 16 "
         "decode steps at batch 1 and batch > 1.")
@@ -48,8 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="MODEL.onnx",
                         help="ONNX file to write (its directory must exist)")
     parser.add_argument("--int8", action="store_true",
-                        help="write ONNX Runtime's dynamic int8 quantization (MatMul weights) "
-                             f"instead of fp32; refused unless its top-1 agreement with fp32 "
+                        help="write weight-only int8 (MatMul weights, one scale per output "
+                             "channel, float arithmetic) instead of fp32; refused unless its "
+                             "cached decoding equals its full pass within 1e-3, its top-1 "
+                             "agreement with fp32 "
                              f"is >= --min-agreement ({MIN_AGREEMENT}) and its mean KL is "
                              f"<= --max-kl ({MAX_KL} nats)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, metavar="N",

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from models.exceptions import ExportError, ModelError
 from models.model_card import (
+    FORMAT_VERSION,
     METADATA_KEY,
     CacheSpec,
     ModelCard,
@@ -112,7 +113,7 @@ def build_card(checkpoint: Mapping[str, Any], *, style: str, quantization: str =
     arch = checkpoint["arch"]
     model_config = dict(checkpoint["model_config"])
     card = {
-        "format_version": 1,
+        "format_version": FORMAT_VERSION,
         "arch": arch,
         "model_config": model_config,
         "tokenizer": dict(checkpoint["tokenizer"]),

@@ -1,26 +1,18 @@
-"""Trace a melodyd model into one ONNX graph with its cache as inputs and outputs.
+"""Export a melodyd model to one ONNX graph with its cache as inputs and outputs.
 
-The GPT graph serves both prefill and decode: a prefill passes zero-length past tensors
-(ONNX Runtime accepts a dimension of size 0; the parity check exercises it on every
-export), a decode step passes the previous step's ``present.*`` outputs. Names and
-dynamic axes follow ``docs/architecture.md``:
+GPT models are written node by node from their weights by ``export.gpt_graph`` (an
+in-place KV cache around ONNX Runtime's GroupQueryAttention; the contract is described
+there and in ``docs/architecture.md``). Recurrent models are traced with torch:
 
-    input_ids [batch, seq], position_ids [batch, seq], attention_mask [batch, past_seq],
-    past_key_values.{i}.key/.value [batch, heads, past, head_dim]
-    -> logits [batch, seq, vocab], present.{i}.key/.value [batch, heads, past_seq, head_dim]
+    input_ids [batch, seq], past_state.h (and .c) [layers, batch, hidden] -> logits,
+    present_state.h (and .c).
 
-Recurrent models: input_ids, past_state.h (and .c) [layers, batch, hidden] -> logits,
-present_state.h (and .c).
-
-Exporter choice: torch 2.13 offers the new ``dynamo=True`` exporter and the older
-TorchScript one (``dynamo=False``, deprecated but present). Both passed the parity check
-on the tiny GPT (max difference 4.8e-7 with dynamo, 3.6e-7 with TorchScript, zero-length
-past included). We use the TorchScript exporter because it names dynamic axes exactly as
-the contract does (``batch``, ``seq``, ``past``, ``past_seq``; torch.export invents
-``s11``-style names and cannot declare ``past_seq = past + seq`` on an input), and it
-exported the tiny GPT in 0.7 s where dynamo took 23 s on the busy 2-core machine. The
-parity check, not the exporter, is what makes an export trustworthy, so switching when
-the TorchScript path is removed only means changing ``_export``.
+Exporter choice for the recurrent models: torch 2.13 offers the new ``dynamo=True``
+exporter and the older TorchScript one (``dynamo=False``, deprecated but present). We use
+the TorchScript exporter because it names dynamic axes exactly as the contract does and
+exported in under a second where dynamo took 23 s on the busy 2-core machine. The parity
+check, not the exporter, is what makes an export trustworthy, so switching when the
+TorchScript path is removed only means changing ``_export``.
 """
 
 from __future__ import annotations
@@ -33,6 +25,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from export.gpt_graph import GRAPH_OPSET, write_gpt_graph
 from models.exceptions import ExportError
 from models.model_card import KV_INPUTS, LOGITS, RNN_INPUTS, kv_cache_names, rnn_state_names
 
@@ -43,24 +36,7 @@ MIN_OPSET = 14          # scaled_dot_product_attention needs 14
 MAX_OPSET = 20          # the highest the TorchScript exporter emits
 # Example sizes for tracing: every dynamic axis gets a value > 1 and distinct from the
 # others, so nothing is constant-folded to a size seen only in the example.
-_EXAMPLE_BATCH, _EXAMPLE_SEQ, _EXAMPLE_PAST = 2, 3, 5
-
-
-class KVGraph(nn.Module):
-    """The GPT with flat, named-tensor inputs and outputs, as the ONNX graph sees it."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.num_layers = model.config.n_layer
-
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor,
-                *past_flat: Tensor) -> tuple[Tensor, ...]:
-        """(input_ids, position_ids, attention_mask, k0, v0, k1, v1, ...) -> (logits, k0', ...)."""
-        past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(self.num_layers)]
-        logits, present = self.model(input_ids, past=past, position_ids=position_ids,
-                                     attention_mask=attention_mask)
-        return (logits, *(t for layer in present for t in layer))
+_EXAMPLE_BATCH, _EXAMPLE_SEQ = 2, 3
 
 
 class RNNGraph(nn.Module):
@@ -92,28 +68,21 @@ def dynamic_axes(arch: str, num_layers: int) -> dict[str, dict[int, str]]:
                                        LOGITS: {0: "batch", 1: "seq"}}
     if arch == "gpt":
         axes["position_ids"] = {0: "batch", 1: "seq"}
-        axes["attention_mask"] = {0: "batch", 1: "past_seq"}
-        axes.update({name: {0: "batch", 2: "past"} for name in inputs[len(KV_INPUTS):]})
-        axes.update({name: {0: "batch", 2: "past_seq"} for name in outputs[1:]})
+        axes["seqlens_k"] = {0: "batch"}
+        axes["query_seqlens"] = {0: "batch"}
+        axes.update({name: {0: "batch", 2: "capacity"} for name in inputs[len(KV_INPUTS):]})
+        axes.update({name: {0: "batch", 2: "capacity"} for name in outputs[1:]})
     else:
         axes.update({name: {1: "batch"} for name in inputs[1:] + outputs[1:]})
     return axes
 
 
-def example_inputs(model: nn.Module, arch: str) -> tuple[Tensor, ...]:
-    """Tracing inputs with batch > 1 and a non-empty past, in graph input order."""
-    batch, seq, past = _EXAMPLE_BATCH, _EXAMPLE_SEQ, _EXAMPLE_PAST
-    vocab = model.config.vocab_size
+def example_inputs(model: nn.Module) -> tuple[Tensor, ...]:
+    """Tracing inputs of a recurrent model, with batch > 1, in graph input order."""
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, vocab, (batch, seq), generator=generator)
-    if arch != "gpt":
-        return (input_ids, *model.initial_state(batch))
-    cfg = model.config
-    position_ids = (torch.arange(seq) + past).unsqueeze(0).repeat(batch, 1)
-    attention_mask = torch.ones(batch, past + seq, dtype=torch.int64)
-    cache = [torch.randn(batch, cfg.n_head, past, cfg.head_dim, generator=generator)
-             for _ in range(2 * cfg.n_layer)]
-    return (input_ids, position_ids, attention_mask, *cache)
+    input_ids = torch.randint(0, model.config.vocab_size, (_EXAMPLE_BATCH, _EXAMPLE_SEQ),
+                              generator=generator)
+    return (input_ids, *model.initial_state(_EXAMPLE_BATCH))
 
 
 def frozen_axes(model: onnx.ModelProto, axes: dict[str, dict[int, str]]) -> list[str]:
@@ -164,8 +133,17 @@ def export_graph(model: nn.Module, arch: str, path: str | Path,
     path = Path(path)
     model = model.eval()
     num_layers = model.config.n_layer
-    wrapper = KVGraph(model) if arch == "gpt" else RNNGraph(model)
-    args = example_inputs(model, arch)
+    if arch == "gpt":
+        if opset < GRAPH_OPSET:
+            raise ExportError(f"the GPT graph needs opset {GRAPH_OPSET} or later "
+                              f"(received {opset})")
+        proto = write_gpt_graph(model, path, opset)
+        problems = frozen_axes(proto, dynamic_axes(arch, num_layers))
+        if problems:
+            raise ExportError("the GPT graph froze dynamic axes: " + "; ".join(problems))
+        return proto
+    wrapper = RNNGraph(model)
+    args = example_inputs(model)
     try:
         with torch.no_grad():
             _export(wrapper, args, path, arch=arch, num_layers=num_layers, opset=opset)

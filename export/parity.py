@@ -2,9 +2,15 @@
 
 Each case runs a prefill of random length (from an empty cache) and then single-token
 decode steps, feeding each side its own cache back, so errors that accumulate in the
-cache show up. Batched cases give every row a different history length through left
-padding, ``attention_mask`` and ``position_ids`` (the way the engine batches sessions);
-recurrent models have no mask, so their batched rows share one length.
+cache show up.
+
+Key/value graphs: a batched case gives every row its own history length and its own
+absolute positions (rows start at random positions, as after the engine slid a window),
+prefills all rows in one right-padded call, decodes them together (one step leaves a row
+idle) and compares every row with the PyTorch model run on that row alone, through its
+own forward and concatenating cache: logits at each valid position and the row's part of
+every present buffer. Recurrent models have no per-row length, so their batched rows
+share one length and are compared through the traced wrapper.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from export.runtime import OnnxLM, TorchLM, left_pad
+from export.runtime import OnnxLM, TorchLM, right_pad
 from models.exceptions import ExportError
 from models.model_card import LOGITS
 
@@ -87,7 +93,7 @@ class ParityReport:
 def _compare(onnx_lm: OnnxLM, torch_lm: TorchLM, feeds: dict[str, np.ndarray],
              torch_cache: list[np.ndarray], report: ParityReport,
              ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Run one call on both sides (each with its own cache); return both new caches."""
+    """Run one recurrent call on both sides (each with its own state); return both states."""
     onnx_out = onnx_lm.run(feeds)
     torch_feeds = dict(feeds)
     torch_feeds.update(zip(onnx_lm.cache_inputs, torch_cache, strict=True))
@@ -97,35 +103,108 @@ def _compare(onnx_lm: OnnxLM, torch_lm: TorchLM, feeds: dict[str, np.ndarray],
             [torch_out[n] for n in onnx_lm.cache_outputs])
 
 
-def run_case(onnx_lm: OnnxLM, torch_lm: TorchLM, rng: np.random.Generator, *, batch: int,
-             vocab: int, max_prefill: int, steps: int, report: ParityReport,
-             progress: tqdm | None = None) -> None:
-    """One prefill then ``steps`` decode steps at ``batch``, recorded into ``report``."""
-    longest = int(rng.integers(2, max_prefill + 1))
-    if onnx_lm.kind == "kv":
-        # Row 0 has the longest history; the others are shorter and left-padded.
-        lengths = [longest, *(int(n) for n in rng.integers(1, longest + 1, batch - 1))]
-    else:
-        lengths = [longest] * batch
-    rows = [rng.integers(1, vocab, n).tolist() for n in lengths]
-    ids, mask, positions = left_pad(rows)
+def _run_rnn_case(onnx_lm: OnnxLM, torch_lm: TorchLM, rng: np.random.Generator, *,
+                  batch: int, vocab: int, max_prefill: int, steps: int, report: ParityReport,
+                  progress: tqdm | None) -> str:
+    length = int(rng.integers(2, max_prefill + 1))
+    ids = rng.integers(1, vocab, (batch, length))
     cache = onnx_lm.empty_cache(batch)
-    feeds = onnx_lm.feeds(ids, cache, positions, mask)
-    onnx_cache, torch_cache = _compare(onnx_lm, torch_lm, feeds, cache, report)
-    next_pos = positions[:, -1:] + 1
+    onnx_cache, torch_cache = _compare(onnx_lm, torch_lm, onnx_lm.feeds(ids, cache), cache,
+                                       report)
     for _ in range(steps):
         token = rng.integers(1, vocab, (batch, 1))
-        if onnx_lm.kind == "kv":
-            mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-            feeds = onnx_lm.feeds(token, onnx_cache, next_pos, mask)
-            next_pos = next_pos + 1
-        else:
-            feeds = onnx_lm.feeds(token, onnx_cache)
-        onnx_cache, torch_cache = _compare(onnx_lm, torch_lm, feeds, torch_cache, report)
+        onnx_cache, torch_cache = _compare(onnx_lm, torch_lm, onnx_lm.feeds(token, onnx_cache),
+                                           torch_cache, report)
         if progress is not None:
             progress.update(1)
-    report.cases.append(f"batch {batch}: rows of {'/'.join(map(str, lengths))} tokens "
-                        f"+ {steps} steps")
+    return f"batch {batch}: rows of {length} tokens + {steps} steps"
+
+
+def _torch_row(model: nn.Module, tokens: np.ndarray, positions: np.ndarray,
+               past: list | None) -> tuple[np.ndarray, list]:
+    """PyTorch logits [S, V] and the row's new cache, for one row alone."""
+    with torch.no_grad():
+        logits, present = model(torch.from_numpy(tokens[None, :].astype(np.int64)), past=past,
+                                position_ids=torch.from_numpy(positions[None, :]))
+    return logits[0].numpy(), present
+
+
+def _record_kv(report: ParityReport, onnx_out: dict[str, np.ndarray], cache_outputs: list[str],
+               row: int, length: int, *, torch_logits: np.ndarray, onnx_logits: np.ndarray,
+               torch_cache: list) -> None:
+    """Fold one row's logits and its valid part of every present buffer into ``report``."""
+    expected = {LOGITS: torch_logits}
+    got = {LOGITS: onnx_logits}
+    for index, name in enumerate(cache_outputs):
+        expected[name] = torch_cache[index // 2][index % 2][0].numpy()
+        got[name] = onnx_out[name][row, :, :length]
+    report.record(got, expected)
+
+
+def _run_kv_case(onnx_lm: OnnxLM, model: nn.Module, rng: np.random.Generator, *, batch: int,
+                 vocab: int, max_prefill: int, steps: int, report: ParityReport,
+                 progress: tqdm | None) -> str:
+    longest = int(rng.integers(2, max_prefill + 1))
+    lengths = [longest, *(int(n) for n in rng.integers(1, longest + 1, batch - 1))]
+    # Row 0 starts at position 0; the others anywhere, as after a slide of the window.
+    starts = [0, *(int(n) for n in rng.integers(0, 4 * max_prefill, batch - 1))]
+    rows = [rng.integers(1, vocab, n) for n in lengths]
+    ids, query = right_pad([r.tolist() for r in rows])
+    positions = np.zeros_like(ids)
+    for b, (start, n) in enumerate(zip(starts, lengths, strict=True)):
+        positions[b, :n] = start + np.arange(n)
+    capacity = longest + steps
+    cache = onnx_lm.empty_cache(batch, capacity)
+    out = onnx_lm.run(onnx_lm.feeds(ids, cache, np.zeros(batch, np.int64), query, positions))
+    torch_caches = []
+    for b, n in enumerate(lengths):
+        logits, present = _torch_row(model, rows[b], positions[b, :n], None)
+        _record_kv(report, out, onnx_lm.cache_outputs, b, n, torch_logits=logits,
+                   onnx_logits=out[LOGITS][b, :n], torch_cache=present)
+        torch_caches.append(present)
+    cache = [out[name] for name in onnx_lm.cache_outputs]
+    past = np.asarray(lengths, dtype=np.int64)
+    idle_step = steps // 2 if batch > 1 else -1
+    for step in range(steps):
+        token = rng.integers(1, vocab, (batch, 1))
+        active = np.ones(batch, np.int64)
+        if step == idle_step:
+            active[-1] = 0  # a row left out of this step must keep its cache unchanged
+        pos = (np.asarray(starts, np.int64) + past)[:, None]
+        out = onnx_lm.run(onnx_lm.feeds(token, cache, past, active, pos))
+        for b in range(batch):
+            if active[b]:
+                logits, torch_caches[b] = _torch_row(model, token[b], pos[b], torch_caches[b])
+            else:
+                logits = None
+            n = int(past[b] + active[b])
+            if logits is not None:
+                _record_kv(report, out, onnx_lm.cache_outputs, b, n, torch_logits=logits,
+                           onnx_logits=out[LOGITS][b, :1], torch_cache=torch_caches[b])
+            else:  # the idle row's cache must still equal PyTorch's
+                _record_kv(report, out, onnx_lm.cache_outputs, b, n, torch_logits=np.zeros(1),
+                           onnx_logits=np.zeros(1), torch_cache=torch_caches[b])
+        cache = [out[name] for name in onnx_lm.cache_outputs]
+        past = past + active
+        if progress is not None:
+            progress.update(1)
+    return (f"batch {batch}: rows of {'/'.join(map(str, lengths))} tokens at positions "
+            f"{'/'.join(map(str, starts))} + {steps} steps")
+
+
+def run_case(onnx_lm: OnnxLM, model: nn.Module, torch_lm: TorchLM | None,
+             rng: np.random.Generator, *, batch: int, vocab: int, max_prefill: int, steps: int,
+             report: ParityReport, progress: tqdm | None = None) -> None:
+    """One prefill then ``steps`` decode steps at ``batch``, recorded into ``report``."""
+    if onnx_lm.kind == "kv":
+        case = _run_kv_case(onnx_lm, model, rng, batch=batch, vocab=vocab,
+                            max_prefill=max_prefill, steps=steps, report=report,
+                            progress=progress)
+    else:
+        case = _run_rnn_case(onnx_lm, torch_lm, rng, batch=batch, vocab=vocab,
+                             max_prefill=max_prefill, steps=steps, report=report,
+                             progress=progress)
+    report.cases.append(case)
 
 
 def check_parity(model: nn.Module, arch: str, onnx_lm: OnnxLM, *, batch: int = 3,
@@ -155,7 +234,8 @@ def check_parity(model: nn.Module, arch: str, onnx_lm: OnnxLM, *, batch: int = 3
         raise ExportError(f"parity needs at least {MIN_DECODE_STEPS} decode steps "
                           f"(received {steps})")
     rng = np.random.default_rng(seed)
-    torch_lm = TorchLM(model, arch)
+    model = model.eval()
+    torch_lm = TorchLM(model, arch) if arch != "gpt" else None
     report = ParityReport(atol=atol)
     vocab = model.config.vocab_size
     sizes = [1, batch] if batch > 1 else [1]
@@ -167,7 +247,7 @@ def check_parity(model: nn.Module, arch: str, onnx_lm: OnnxLM, *, batch: int = 3
         with tqdm(total=steps * len(sizes), desc="parity", unit="step", leave=False,
                   disable=not show_progress) as bar:
             for size in sizes:
-                run_case(onnx_lm, torch_lm, rng, batch=size, vocab=vocab,
+                run_case(onnx_lm, model, torch_lm, rng, batch=size, vocab=vocab,
                          max_prefill=max_prefill, steps=steps, report=report, progress=bar)
     finally:
         torch.set_num_threads(threads)

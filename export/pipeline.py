@@ -111,7 +111,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path, *, int8: bool 
     Args:
         checkpoint: a melodyd checkpoint (``melody train`` / ``fine-tune``).
         output: the ONNX file to write (its directory must exist).
-        int8: write the int8 dynamically quantized model instead of fp32.
+        int8: write the weight-only int8 model instead of fp32.
         opset: ONNX opset version.
         style: the style name in the metadata; default from the checkpoint or file name.
         max_batch: the batch of the mixed-history parity check, ``max(2, max_batch)``,

@@ -20,14 +20,22 @@ from typing import Any
 from models.exceptions import ModelError
 
 METADATA_KEY = "melodyd"
-FORMAT_VERSION = 1
+# 2: the GPT graph keeps its keys/values in a buffer shared by past and present that each
+#    call writes in place (ONNX Runtime's GroupQueryAttention), fed by per-row lengths;
+#    "int8" means weight-only MatMulNBits. 1 concatenated the whole cache every step and
+#    quantized activations on the fly; its files are refused (re-export them).
+FORMAT_VERSION = 2
 ARCHS = ("gpt", "lstm", "gru")
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "int4")
 # Style names travel in protocol messages and file names: keep them plain.
 STYLE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
-# The fixed, non-cache inputs and outputs of each kind of graph (architecture.md).
-KV_INPUTS = ("input_ids", "position_ids", "attention_mask")
+# The fixed, non-cache inputs and outputs of each kind of graph (architecture.md). For a
+# KV graph: ``seqlens_k`` [batch] int32 is each row's cached tokens after the call minus
+# one, ``query_seqlens`` [batch] int32 its valid (left-aligned) new tokens, and
+# ``total_sequence_length`` [] int32 an upper bound of ``seqlens_k + 1`` (ONNX Runtime's
+# names for GroupQueryAttention's inputs, passed to it unchanged).
+KV_INPUTS = ("input_ids", "position_ids", "seqlens_k", "query_seqlens", "total_sequence_length")
 RNN_INPUTS = ("input_ids",)
 LOGITS = "logits"
 
@@ -184,6 +192,10 @@ def card_from_dict(data: Any) -> ModelCard:
     """
     _need(isinstance(data, Mapping), f"expected a JSON object (received {type(data).__name__})")
     version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version < FORMAT_VERSION:
+        raise ModelError(f"model format version {version} is from an older melodyd (this one "
+                         f"reads version {FORMAT_VERSION}, whose KV cache is updated in place): "
+                         f"re-export it from its checkpoint with `melody export`")
     if version != FORMAT_VERSION:
         raise ModelError(f"unsupported melodyd model format version {version!r} "
                          f"(this melodyd reads version {FORMAT_VERSION})")

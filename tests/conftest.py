@@ -62,3 +62,16 @@ def tiny_onnx_model(tiny_checkpoint: Path, tiny_model_dir: Path) -> Path:
 
     return export_checkpoint(tiny_checkpoint, tiny_model_dir / "tiny.onnx", style="tiny",
                              max_batch=3).path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_int8_model(tiny_checkpoint: Path, tiny_model_dir: Path) -> Path:
+    """The weight-only int8 export of ``tiny_checkpoint`` (style ``tiny-int8``).
+
+    Its agreement check tokenizes a few music21 chorales, so it needs music21 too.
+    """
+    pytest.importorskip("music21", reason="the int8 check tokenizes music21 pieces")
+    from export.pipeline import export_checkpoint  # noqa: PLC0415 - torch is optional
+
+    return export_checkpoint(tiny_checkpoint, tiny_model_dir / "tiny-int8.onnx",
+                             style="tiny-int8", int8=True, max_batch=3).path

@@ -50,8 +50,9 @@ def test_json_round_trip_keeps_every_field() -> None:
 
 def test_metadata_map_round_trip_and_io_names() -> None:
     card = card_from_metadata({METADATA_KEY: _card().to_json(), "other": "x"}, "m.onnx")
-    assert card.input_names[:3] == ("input_ids", "position_ids", "attention_mask")
-    assert card.input_names[3] == "past_key_values.0.key"
+    assert card.input_names[:5] == ("input_ids", "position_ids", "seqlens_k", "query_seqlens",
+                                    "total_sequence_length")
+    assert card.input_names[5] == "past_key_values.0.key"
     assert card.output_names == ("logits", "present.0.key", "present.0.value",
                                  "present.1.key", "present.1.value")
 
@@ -67,11 +68,19 @@ def test_unknown_keys_are_ignored() -> None:
     assert card_from_dict(data).style == "baroque"
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1"])
+@pytest.mark.parametrize("version", [0, 3, None, "2"])
 def test_other_format_versions_are_refused(version) -> None:
     data = _card().to_dict() | {"format_version": version}
     with pytest.raises(ModelError, match="format version"):
         card_from_dict(data)
+
+
+def test_an_older_format_names_the_fix_in_one_line() -> None:
+    data = _card().to_dict() | {"format_version": 1}
+    with pytest.raises(ModelError, match="re-export it from its checkpoint with `melody export`"
+                       ) as caught:
+        card_from_dict(data)
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize("key", ["arch", "tokenizer", "cache", "context_length", "style"])
@@ -86,7 +95,7 @@ def test_missing_keys_are_named(key: str) -> None:
     ({"arch": "transformer"}, "arch"),
     ({"style": "two words"}, "style"),
     ({"context_length": 0}, "context_length"),
-    ({"quantization": "int4"}, "quantization"),
+    ({"quantization": "int3"}, "quantization"),
 ])
 def test_bad_values_are_named(change: dict, message: str) -> None:
     with pytest.raises(ModelError, match=message):

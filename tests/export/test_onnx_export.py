@@ -1,5 +1,5 @@
-"""The exported graph: ONNX Runtime equals PyTorch, the cache equals recomputation,
-batched rows equal rows alone, and the metadata describes the model."""
+"""The exported graph: ONNX Runtime equals PyTorch, the in-place cache equals recomputation,
+batched rows of different lengths equal rows alone, and the metadata describes the model."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="export needs torch (the train extra)")
 onnx = pytest.importorskip("onnx", reason="export needs onnx (the train extra)")
+import onnxruntime as ort  # noqa: E402
 
 from export.metadata import read_card  # noqa: E402
 from export.onnx_graph import DEFAULT_OPSET, dynamic_axes, export_graph  # noqa: E402
 from export.parity import ParityReport, check_parity, raise_on_failure  # noqa: E402
-from export.runtime import OnnxLM, left_pad  # noqa: E402
+from export.runtime import OnnxLM, right_pad  # noqa: E402
 from models.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
 from models.exceptions import ExportError  # noqa: E402
 from models.model_card import card_from_metadata  # noqa: E402
@@ -35,13 +36,20 @@ def test_graph_inputs_and_outputs_are_named_and_symbolic(tiny_onnx_model: Path) 
               for v in [*model.graph.input, *model.graph.output]}
     assert shapes["input_ids"] == ["batch", "seq"]
     assert shapes["position_ids"] == ["batch", "seq"]
-    assert shapes["attention_mask"] == ["batch", "past_seq"]
-    assert shapes["past_key_values.0.key"] == ["batch", 2, "past", 32]
-    assert shapes["past_key_values.1.value"] == ["batch", 2, "past", 32]
+    assert shapes["seqlens_k"] == ["batch"]
+    assert shapes["query_seqlens"] == ["batch"]
+    assert shapes["total_sequence_length"] == []
+    assert shapes["past_key_values.0.key"] == ["batch", 2, "capacity", 32]
+    assert shapes["past_key_values.1.value"] == ["batch", 2, "capacity", 32]
     assert shapes["logits"] == ["batch", "seq", 390]
-    assert shapes["present.1.value"] == ["batch", 2, "past_seq", 32]
-    assert len(model.graph.input) == 3 + 4
+    # present is the same buffer as past: the graph writes into it, never concatenates.
+    assert shapes["present.1.value"] == ["batch", 2, "capacity", 32]
+    assert len(model.graph.input) == 5 + 4
     assert model.opset_import[0].version == DEFAULT_OPSET
+    ops = {node.op_type for node in model.graph.node}
+    assert "GroupQueryAttention" in ops
+    assert "Concat" not in {n.op_type for n in model.graph.node
+                            if any(i.startswith("past_key_values") for i in n.input)}
 
 
 def test_onnx_equals_pytorch(tiny_checkpoint: Path, tiny_onnx_model: Path) -> None:
@@ -75,52 +83,89 @@ def test_parity_report_treats_nan_and_shape_mismatch_as_failure() -> None:
     assert report.failures == {"a": float("inf"), "b": float("inf")}
 
 
-def test_prefill_accepts_a_zero_length_past(tiny_onnx_model: Path) -> None:
+def test_prefill_starts_from_an_empty_buffer(tiny_onnx_model: Path) -> None:
     lm = OnnxLM(tiny_onnx_model)
-    cache = lm.empty_cache(2)
-    assert cache[0].shape == (2, 2, 0, 32)
+    cache = lm.empty_cache(2, capacity=8)
+    assert cache[0].shape == (2, 2, 8, 32)
     logits, present = lm.step(np.array([[1, 2, 3], [4, 5, 6]]), cache)
     assert logits.shape == (2, 3, 390)
-    assert present[0].shape == (2, 2, 3, 32)
+    assert present[0].shape == (2, 2, 8, 32)  # the same capacity: written, not grown
     assert np.isfinite(logits).all()
 
 
-def test_cached_step_by_step_equals_full_sequence(tiny_onnx_model: Path) -> None:
+def _in_place_session(path: Path) -> tuple[ort.InferenceSession, list[str], list[str]]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()][5:]
+    outputs = [o.name for o in session.get_outputs()][1:]
+    return session, names, outputs
+
+
+def _run_in_place(session, names, outputs, feeds, buffers) -> np.ndarray:
+    """One call with past and present bound to the same memory (as the engine runs)."""
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
+    for past, present, buffer in zip(names, outputs, buffers, strict=True):
+        binding.bind_input(past, "cpu", 0, np.float32, list(buffer.shape), buffer.ctypes.data)
+        binding.bind_output(present, "cpu", 0, np.float32, list(buffer.shape),
+                            buffer.ctypes.data)
+    binding.bind_output("logits", "cpu")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()[-1]
+
+
+def test_in_place_cached_decoding_equals_the_full_pass(tiny_onnx_model: Path) -> None:
+    from export.runtime import kv_feeds  # noqa: PLC0415
+
     lm = OnnxLM(tiny_onnx_model)
     ids = np.array(_rng_rows([24], 390))
     full, _ = lm.step(ids, lm.empty_cache(1))
+    session, names, outputs = _in_place_session(tiny_onnx_model)
+    buffers = [np.zeros((1, 2, 32, 32), np.float32) for _ in names]
     prefix = 7
-    logits, cache = lm.step(ids[:, :prefix], lm.empty_cache(1))
-    steps = [logits]
+    first = _run_in_place(session, names, outputs,
+                          kv_feeds(ids[:, :prefix], np.array([0]), np.array([prefix])), buffers)
+    steps = [first]
+    before = [b.copy() for b in buffers]
     for t in range(prefix, ids.shape[1]):
-        logits, cache = lm.step(ids[:, t:t + 1], cache)
-        steps.append(logits)
-    stepped = np.concatenate(steps, axis=1)
-    np.testing.assert_allclose(stepped, full, atol=ATOL, rtol=0)
-    assert cache[0].shape[2] == ids.shape[1]
+        steps.append(_run_in_place(session, names, outputs,
+                                   kv_feeds(ids[:, t:t + 1], np.array([t]), np.array([1])),
+                                   buffers))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=ATOL, rtol=0)
+    # Only new positions were written: the prefix entries kept their exact bytes.
+    for old, new in zip(before, buffers, strict=True):
+        assert np.array_equal(old[:, :, :prefix], new[:, :, :prefix])
+        assert np.abs(new[:, :, prefix:ids.shape[1]]).sum() > 0
 
 
 def test_batch_rows_with_different_histories_equal_each_row_alone(
         tiny_onnx_model: Path) -> None:
     lm = OnnxLM(tiny_onnx_model)
     rows = _rng_rows([11, 4, 7], 390, seed=5)
-    ids, mask, positions = left_pad(rows)
-    batch_logits, cache = lm.step(ids, lm.empty_cache(3), positions, mask)
+    ids, lengths = right_pad(rows)
+    # Rows also sit at different absolute positions (one as if its window had slid).
+    starts = np.array([0, 500, 3])
+    positions = starts[:, None] + np.arange(ids.shape[1])[None, :]
+    batch_logits, cache = lm.step(ids, lm.empty_cache(3, 16), np.zeros(3, np.int64), lengths,
+                                  positions)
     rng = np.random.default_rng(9)
     new_tokens = rng.integers(1, 390, (3, 5))
     batch_steps = []
-    next_pos = positions[:, -1:] + 1
+    past = lengths.copy()
     for t in range(new_tokens.shape[1]):
-        mask = np.concatenate([mask, np.ones((3, 1), dtype=np.int64)], axis=1)
-        logits, cache = lm.step(new_tokens[:, t:t + 1], cache, next_pos, mask)
-        next_pos = next_pos + 1
+        logits, cache = lm.step(new_tokens[:, t:t + 1], cache, past, np.ones(3, np.int64),
+                                (starts + past)[:, None])
+        past = past + 1
         batch_steps.append(logits[:, 0])
     for b, row in enumerate(rows):
-        alone, alone_cache = lm.step(np.array([row]), lm.empty_cache(1))
-        # Real (unpadded) positions of the batched prefill match the row run alone.
-        np.testing.assert_allclose(batch_logits[b, -len(row):], alone[0], atol=ATOL, rtol=0)
+        n = len(row)
+        alone, alone_cache = lm.step(np.array([row]), lm.empty_cache(1),
+                                     position_ids=starts[b] + np.arange(n)[None, :])
+        np.testing.assert_allclose(batch_logits[b, :n], alone[0], atol=ATOL, rtol=0)
         for t in range(new_tokens.shape[1]):
-            logits, alone_cache = lm.step(new_tokens[b:b + 1, t:t + 1], alone_cache)
+            logits, alone_cache = lm.step(new_tokens[b:b + 1, t:t + 1], alone_cache,
+                                          np.array([n + t]), None,
+                                          np.array([[starts[b] + n + t]]))
             np.testing.assert_allclose(batch_steps[t][b], logits[0, 0], atol=ATOL, rtol=0)
 
 
@@ -138,7 +183,7 @@ def test_recurrent_export_parity(arch: str, tiny_onnx_factory) -> None:
     # Cached stepping equals the full sequence for the recurrent graph too.
     ids = np.array(_rng_rows([12], 390))
     full, _ = lm.step(ids, lm.empty_cache(1))
-    _, state = lm.step(ids[:, :5], lm.empty_cache(1))
+    _, state = lm.step(ids[:, :5], lm.empty_cache(1))  # recurrent state: no lengths
     for t in range(5, 12):
         logits, state = lm.step(ids[:, t:t + 1], state)
         np.testing.assert_allclose(logits[0, 0], full[0, t], atol=ATOL, rtol=0)
@@ -172,12 +217,22 @@ def test_bad_opset_is_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:
     model = load_checkpoint(tiny_checkpoint).model
     with pytest.raises(ExportError, match="opset"):
         export_graph(model, "gpt", tmp_path / "m.onnx", opset=9)
+    with pytest.raises(ExportError, match="opset 17"):
+        export_graph(model, "gpt", tmp_path / "m.onnx", opset=15)
+
+
+def test_a_head_size_gqa_refuses_is_named() -> None:
+    from export.gpt_graph import check_head_dim  # noqa: PLC0415
+
+    check_head_dim(64)
+    with pytest.raises(ExportError, match="multiple of 16"):
+        check_head_dim(24)
 
 
 def test_dynamic_axes_cover_every_cache_tensor() -> None:
     axes = dynamic_axes("gpt", 3)
-    assert axes["past_key_values.2.value"] == {0: "batch", 2: "past"}
-    assert axes["present.2.key"] == {0: "batch", 2: "past_seq"}
+    assert axes["past_key_values.2.value"] == {0: "batch", 2: "capacity"}
+    assert axes["present.2.key"] == {0: "batch", 2: "capacity"}
     assert dynamic_axes("lstm", 2)["present_state.c"] == {1: "batch"}
 
 
