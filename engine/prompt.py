@@ -72,8 +72,9 @@ def _first_bar_that_can_fit(tokenizer: MelodyTokenizer, seed: list[Note], *, ste
     seen: set[tuple[int, int]] = set()
     for note in seed:
         grid = _grid(note.onset, step)
-        # MidiTok drops notes outside its pitch range and identical (onset, pitch) pairs
-        # would not cost more: count neither, so the bound stays a lower bound.
+        # MidiTok drops notes outside its vocabulary's pitches; identical (onset, pitch)
+        # pairs are counted once in case a MidiTok merges them. The bound must stay a
+        # lower bound, or bars that fit would be dropped.
         if (grid, note.pitch) in seen or f"Pitch_{note.pitch}" not in tokenizer.vocab:
             continue
         seen.add((grid, note.pitch))
