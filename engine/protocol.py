@@ -31,9 +31,10 @@ MAX_BARS = 64
 MAX_BEAT = 1e7
 # What a request may span, in beats. A bridge's seed window is a few bars (``[interaction]
 # seed_bars``, at most 64: 384 beats of 12/8), and it asks for the bar after the player's
-# phrase. Both limits are far above that, and far below what costs the engine time: every
-# bar between the seed's first bar and the start is encoded on the engine's one thread
-# (about 2 us per beat), and the tokenizer's int32 ticks overflow at ~4.47 million beats.
+# phrase. Both limits are far above that, and far below the tokenizer's int32 ticks (~4.47
+# million beats). The engine's prompt no longer encodes bars its budget would drop, so
+# a longer request would not stall it either; the limits make such a request a clear
+# refusal, naming what was sent, instead of an answer that silently ignores the seed.
 # From the seed's first onset to the latest end (onset + duration) of its notes; also the
 # longest note.
 MAX_SEED_SPAN_BEATS = 1024.0
