@@ -8,8 +8,16 @@ and cached under the user's cache directory (``$MELODYD_CACHE``, else
 corpus:NAME`` then reads the cached MIDI files like any folder.
 
 One ABC file can hold hundreds of tunes (an "opus"): each tune becomes its own MIDI file,
-so that the dataset splits folk music by tune. A score music21 cannot turn into MIDI is
-recorded in the collection's ``index.json`` with the error and skipped.
+so that the dataset splits folk music by tune. A score music21 cannot turn into MIDI (or
+that takes longer than ``[data] convert_timeout``) is recorded in the collection's
+``index.json`` with the error and skipped.
+
+The cache machinery here is shared with the named corpora of a data root
+(``models.data_root``): each collection is a folder with role-named MIDI files
+(``models.roles``), a ``journal.jsonl`` written as each source file finishes (an
+interrupted conversion resumes where it stopped), and, once complete, ``index.json``
+with every piece's style, track roles and the collection's licence. A lock file per
+collection lets two builds share the work.
 
 Torch-free; music21 is imported only when something must be converted.
 """
@@ -17,7 +25,6 @@ Torch-free; music21 is imported only when something must be converted.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import fcntl
 import json
@@ -25,12 +32,13 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from models.exceptions import DataError
+from models.roles import RULE_ALL_LEAD, RULE_ANY, RULE_FIRST_PART, RULE_VOICE_PIANO
+from models.scores import SCORE_SUFFIXES, Journal, Record, Unit, run_units, stamp, still_valid
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +46,11 @@ INDEX_NAME = "index.json"
 LOCK_SUFFIX = ".lock"
 INDEX_FORMAT = "melodyd-corpus-index"
 # Bump when the conversion changes, so old caches are converted again.
-CONVERTER_VERSION = 2
-# Score formats music21 reads; .rntxt (roman-numeral analyses) and Finale files are not music.
-SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
+# 3: tracks named by role (lead / accompaniment / any), style and roles in the index.
+CONVERTER_VERSION = 3
+MUSIC21_LICENCE = "public domain (music21 corpus)"
+# Per-file time limit when none is given (seconds): a string quartet takes up to ~4 min.
+DEFAULT_TIMEOUT = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,54 +65,74 @@ class Collection:
             convert; ``None`` keeps all.
         voices_as_tunes: the ABC files store each voice of one piece as its own tune
             (X: field); the voices are put back together into one score.
+        style: the style label of its pieces (the style model it feeds).
+        rule: how its tracks get their roles (``models.roles.RULES``).
+        licence: the licence of its scores.
     """
 
     name: str
     description: str
     tunes_per_file: int | None = None
     voices_as_tunes: bool = False
+    style: str = ""
+    rule: str = RULE_ANY
+    licence: str = MUSIC21_LICENCE
 
+
+# Style labels (bundled corpora keep the styles of models/pretrained/recipe.toml).
+_S_REN, _S_BAR, _S_CLA, _S_ROM, _S_FOLK, _S_MOD = (
+    "renaissance", "baroque", "classical", "romantic", "folk", "modern")
+_SONGS = {"rule": RULE_VOICE_PIANO}
 
 COLLECTIONS: dict[str, Collection] = {c.name: c for c in (
-    # Renaissance and earlier vocal polyphony.
-    Collection("palestrina", "Giovanni Pierluigi da Palestrina: mass movements (Humdrum)"),
+    # Renaissance and earlier vocal polyphony (equal voices: no lead).
+    Collection("palestrina", "Giovanni Pierluigi da Palestrina: mass movements (Humdrum)",
+               style=_S_REN),
     Collection("josquin", "Josquin des Prez: chansons and motets (ABC, one voice per tune)",
-               voices_as_tunes=True),
-    Collection("monteverdi", "Claudio Monteverdi: madrigals, books 3-5"),
-    Collection("lusitano", "Vicente Lusitano: motet"),
-    Collection("trecento", "Italian trecento songs (14th century)"),
-    Collection("ciconia", "Johannes Ciconia"),
-    Collection("luca", "Luca Marenzio"),
-    # Baroque.
-    Collection("bach", "Johann Sebastian Bach: chorales and other works"),
-    Collection("handel", "George Frideric Handel"),
-    Collection("corelli", "Arcangelo Corelli: trio sonata"),
+               voices_as_tunes=True, style=_S_REN),
+    Collection("monteverdi", "Claudio Monteverdi: madrigals, books 3-5", style=_S_REN),
+    Collection("lusitano", "Vicente Lusitano: motet", style=_S_REN),
+    Collection("trecento", "Italian trecento songs (14th century)", style=_S_REN),
+    Collection("ciconia", "Johannes Ciconia", style=_S_REN),
+    Collection("luca", "Luca Marenzio", style=_S_REN),
+    # Baroque. The bach folder is the chorales: the soprano leads the lower voices.
+    Collection("bach", "Johann Sebastian Bach: chorales and other works", style=_S_BAR,
+               rule=RULE_FIRST_PART),
+    Collection("handel", "George Frideric Handel", style=_S_BAR),
+    Collection("corelli", "Arcangelo Corelli: trio sonata", style=_S_BAR),
     # Classical.
-    Collection("cpebach", "Carl Philipp Emanuel Bach"),
-    Collection("haydn", "Joseph Haydn: string quartets"),
-    Collection("mozart", "Wolfgang Amadeus Mozart: string quartets and others"),
-    Collection("beethoven", "Ludwig van Beethoven: string quartets and piano works"),
-    # Romantic.
-    Collection("schubert", "Franz Schubert: song"),
-    Collection("schumann_robert", "Robert Schumann: songs and piano pieces"),
-    Collection("schumann_clara", "Clara Schumann: songs"),
-    Collection("chopin", "Frédéric Chopin: mazurka (Humdrum)"),
-    Collection("weber", "Carl Maria von Weber"),
-    Collection("verdi", "Giuseppe Verdi"),
-    Collection("beach", "Amy Beach: song"),
-    Collection("liliuokalani", "Liliʻuokalani: song"),
-    Collection("joplin", "Scott Joplin: rag"),
+    Collection("cpebach", "Carl Philipp Emanuel Bach", style=_S_CLA),
+    Collection("haydn", "Joseph Haydn: string quartets", style=_S_CLA),
+    Collection("mozart", "Wolfgang Amadeus Mozart: string quartets and others", style=_S_CLA),
+    Collection("beethoven", "Ludwig van Beethoven: string quartets and piano works",
+               style=_S_CLA),
+    # Romantic. Songs: the voice leads, the piano accompanies.
+    Collection("schubert", "Franz Schubert: song", style=_S_ROM, **_SONGS),
+    Collection("schumann_robert", "Robert Schumann: songs and piano pieces", style=_S_ROM,
+               **_SONGS),
+    Collection("schumann_clara", "Clara Schumann: songs", style=_S_ROM, **_SONGS),
+    Collection("chopin", "Frédéric Chopin: mazurka (Humdrum)", style=_S_ROM),
+    Collection("weber", "Carl Maria von Weber", style=_S_ROM),
+    Collection("verdi", "Giuseppe Verdi", style=_S_ROM),
+    Collection("beach", "Amy Beach: song", style=_S_ROM, **_SONGS),
+    Collection("liliuokalani", "Liliʻuokalani: song", style=_S_ROM, **_SONGS),
+    Collection("joplin", "Scott Joplin: rag", style=_S_ROM),
     # Early twentieth century.
-    Collection("schoenberg", "Arnold Schoenberg: piano pieces"),
-    Collection("webern", "Anton Webern"),
-    Collection("johnson_j_r", "J. Rosamond Johnson: song"),
+    Collection("schoenberg", "Arnold Schoenberg: piano pieces", style=_S_MOD),
+    Collection("webern", "Anton Webern", style=_S_MOD),
+    Collection("johnson_j_r", "J. Rosamond Johnson: song", style=_S_MOD, **_SONGS),
     # Folk tunes (monophonic, ABC), ~13,000 in all (Essen alone ~8,500). Converting all of
-    # them was measured at well under 10 minutes on 2 cores, so none is capped.
-    Collection("essenFolksong", "Essen folksong collection (European folk songs)"),
-    Collection("ryansMammoth", "Ryan's Mammoth Collection (1883 fiddle tunes)"),
-    Collection("oneills1850", "O'Neill's 1850 Irish melodies"),
-    Collection("airdsAirs", "Aird's Airs (Scottish airs, 18th century)"),
-    Collection("miscFolk", "miscellaneous folk tunes"),
+    # them was measured at well under 10 minutes on 2 cores, so none is capped. A tune is
+    # all lead.
+    Collection("essenFolksong", "Essen folksong collection (European folk songs)",
+               style=_S_FOLK, rule=RULE_ALL_LEAD),
+    Collection("ryansMammoth", "Ryan's Mammoth Collection (1883 fiddle tunes)", style=_S_FOLK,
+               rule=RULE_ALL_LEAD),
+    Collection("oneills1850", "O'Neill's 1850 Irish melodies", style=_S_FOLK,
+               rule=RULE_ALL_LEAD),
+    Collection("airdsAirs", "Aird's Airs (Scottish airs, 18th century)", style=_S_FOLK,
+               rule=RULE_ALL_LEAD),
+    Collection("miscFolk", "miscellaneous folk tunes", style=_S_FOLK, rule=RULE_ALL_LEAD),
 )}
 
 
@@ -201,230 +231,223 @@ def source_files(collection: Collection) -> list[Path]:
     return sorted(chosen.values())
 
 
-# ----------------------------------------------------------------- conversion (workers)
-def _count_notes(path: Path) -> int:
-    import symusic  # noqa: PLC0415 - keep worker start light
-
-    score = symusic.Score(str(path))
-    return sum(len(track.notes) for track in score.tracks if not track.is_drum)
 
 
-def _unshare_time_signatures(score: Any) -> None:
-    """Give each measure its own TimeSignature object.
-
-    music21's ABC reader puts one TimeSignature object into several measures when a tune
-    alternates meters, and its MIDI writer then fails ("already found in this Stream").
-    """
-    from music21 import meter, stream  # noqa: PLC0415
-
-    seen: set[int] = set()
-    for measure in list(score.recurse().getElementsByClass(stream.Measure)):
-        for signature in list(measure.getElementsByClass(meter.TimeSignature)):
-            if id(signature) in seen:
-                measure.replace(signature, copy.deepcopy(signature))
-            else:
-                seen.add(id(signature))
+def _bundled_unit(collection: Collection, source: Path, out_root: Path) -> Unit:
+    """The conversion unit of one score of music21's corpus."""
+    path = music21_corpus_dir() / source
+    # Not with_suffix(): "bwv112.5.mxl" must become "bwv112.5.mid", not "bwv112.mid".
+    return {"source": source.as_posix(), "path": str(path), "kind": "score",
+            "out_root": str(out_root), "midi": source.with_name(source.stem).as_posix(),
+            "rule": collection.rule, "style": collection.style,
+            "tunes_per_file": collection.tunes_per_file,
+            "voices_as_tunes": collection.voices_as_tunes, "size": _size(path)}
 
 
-def _strip_repeats(score: Any) -> None:
-    """Drop repeat barlines and signs, so a score with malformed repeats plays straight."""
-    from music21 import bar, repeat, stream  # noqa: PLC0415
-
-    for measure in list(score.recurse().getElementsByClass(stream.Measure)):
-        for side in ("leftBarline", "rightBarline"):
-            if isinstance(getattr(measure, side), bar.Repeat):
-                setattr(measure, side, None)
-        for mark in list(measure.getElementsByClass(repeat.RepeatExpression)):
-            measure.remove(mark)
-
-
-def _write_midi(score: Any, target: Path) -> int:
-    """Write one music21 score as MIDI (atomically) and return its note count."""
-    from music21 import repeat  # noqa: PLC0415
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    _unshare_time_signatures(score)
-    try:
-        score.write("midi", fp=str(partial))
-    except repeat.ExpanderException:
-        logger.debug("%s: malformed repeats, written without them", target)
-        _strip_repeats(score)
-        score.write("midi", fp=str(partial))
-    partial.replace(target)
-    return _count_notes(target)
-
-
-def _join_voices(opus: Any) -> Any:
-    """One score holding the parts of every score of an opus, all starting together."""
-    from music21 import stream  # noqa: PLC0415
-
-    joined = stream.Score()
-    for score in opus.scores:
-        for part in score.parts:
-            joined.insert(0, part)
-    return joined
+def _bundled_units(collection: Collection, out_root: Path) -> list[Unit]:
+    return [_bundled_unit(collection, src, out_root) for src in source_files(collection)]
 
 
 def convert_source(source: str, out_root: str, tunes_per_file: int | None,
-                   voices_as_tunes: bool = False) -> list[dict[str, Any]]:
-    """Convert one score file (every tune of an ABC opus) into MIDI files.
+                   voices_as_tunes: bool = False) -> list[Record]:
+    """Convert one score of music21's corpus here (no worker) into role-named MIDI files.
 
-    Runs in a worker process and returns plain records (JSON-ready), one per piece:
-    ``{"source", "midi" (relative to out_root, or None), "notes", "error"}``.
+    The collection (the first folder of ``source``) gives the role rule and style; the
+    records are those of ``models.scores.convert_unit``.
     """
-    from music21 import converter, stream  # noqa: PLC0415 - heavy, only in workers
+    from models.scores import convert_unit  # noqa: PLC0415
 
-    started = time.process_time()
-    src = music21_corpus_dir() / source
-    # Not with_suffix(): "bwv112.5.mxl" must become "bwv112.5.mid", not "bwv112.mid".
-    rel = Path(source).with_name(Path(source).stem)
-    records: list[dict[str, Any]] = []
-    try:
-        parsed = converter.parse(str(src))
-    except Exception as err:  # music21 raises many types; a bad score is data
-        return [{"source": source, "midi": None, "notes": 0,
-                 "error": f"parse: {type(err).__name__}: {err}"[:300]}]
-    if isinstance(parsed, stream.Opus) and voices_as_tunes:
-        parsed = _join_voices(parsed)
-    if isinstance(parsed, stream.Opus):
-        scores = list(parsed.scores)
-        if tunes_per_file is not None:
-            scores = scores[:tunes_per_file]
-        items = []
-        for index, score in enumerate(scores, start=1):
-            number = getattr(score.metadata, "number", None) if score.metadata else None
-            items.append((f"{source}#{number or index}", score,
-                          rel.parent / f"{rel.name}-{index:04d}.mid"))
-    else:
-        items = [(source, parsed, rel.with_name(rel.name + ".mid"))]
-    for name, score, midi in items:
-        try:
-            notes = _write_midi(score, Path(out_root) / midi)
-            records.append({"source": name, "midi": midi.as_posix(), "notes": notes,
-                            "error": None})
-        except Exception as err:  # same: record it and go on
-            records.append({"source": name, "midi": None, "notes": 0,
-                            "error": f"midi: {type(err).__name__}: {err}"[:300]})
-    # CPU time, not wall time: what conversion costs on an idle machine, for the docs.
-    records[0]["cpu_seconds"] = round(time.process_time() - started, 3)
-    return records
+    name = Path(source).parts[0]
+    collection = dataclasses.replace(
+        COLLECTIONS.get(name, Collection(name, "")), tunes_per_file=tunes_per_file,
+        voices_as_tunes=voices_as_tunes)
+    return convert_unit(_bundled_unit(collection, Path(source), Path(out_root)))
 
 
 # ----------------------------------------------------------------- the cache
-def _index_path(collection: Collection) -> Path:
-    return corpus_root() / collection.name / INDEX_NAME
+UnitsOf = Callable[[Collection, Path], list[Unit]]
 
 
-def load_index(collection: Collection) -> dict[str, Any] | None:
-    """The conversion record of a collection, or ``None`` if it is not (validly) converted."""
-    path = _index_path(collection)
+@dataclasses.dataclass(frozen=True)
+class Cache:
+    """Where and how a family of collections is converted.
+
+    Attributes:
+        root: one folder per collection below it, and one lock file per collection.
+        units_of: the conversion units of a collection, given ``root``.
+        extra: what else the conversion depends on (e.g. the data root); a cached
+            collection converted with other values is converted again.
+        label: the progress bar's label.
+    """
+
+    root: Path
+    units_of: UnitsOf
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    label: str = "music21 -> MIDI"
+
+
+def bundled_cache() -> Cache:
+    """The cache of music21's bundled collections (under ``corpus_root()``)."""
+    return Cache(corpus_root(), _bundled_units)
+
+
+def _header(collection: Collection, extra: dict[str, Any]) -> dict[str, Any]:
+    """What a converted collection depends on: another value means convert again."""
+    return {"format": INDEX_FORMAT, "converter_version": CONVERTER_VERSION,
+            "collection": collection.name, "tunes_per_file": collection.tunes_per_file,
+            "voices_as_tunes": collection.voices_as_tunes, "rule": collection.rule,
+            "style": collection.style, **extra}
+
+
+def read_index(cache: Cache, collection: Collection) -> dict[str, Any] | None:
+    """The finished conversion of a collection, or ``None`` if it is not (validly) done."""
+    path = cache.root / collection.name / INDEX_NAME
     try:
         index = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         logger.warning("ignoring unreadable corpus index %s: %s", path, err)
         return None
-    if (not isinstance(index, dict) or index.get("format") != INDEX_FORMAT
-            or index.get("converter_version") != CONVERTER_VERSION
-            or index.get("tunes_per_file") != collection.tunes_per_file
-            or index.get("voices_as_tunes", False) != collection.voices_as_tunes
+    header = _header(collection, cache.extra)
+    if (not isinstance(index, dict) or any(index.get(k) != v for k, v in header.items())
             or not isinstance(index.get("pieces"), list)):
         return None
     return index
+
+
+def load_index(collection: Collection) -> dict[str, Any] | None:
+    """The conversion record of a bundled collection, or ``None`` if not (validly) converted."""
+    return read_index(bundled_cache(), collection)
 
 
 def _resolve_jobs(jobs: int) -> int:
     return jobs if jobs > 0 else (os.cpu_count() or 1)
 
 
-def convert_collections(names: Sequence[str], jobs: int = 0, *,
-                        progress: bool = True) -> dict[str, dict[str, Any]]:
-    """Convert the collections not yet in the cache; return every collection's index.
+def convert_collections(names: Sequence[str], jobs: int = 0, *, progress: bool = True,
+                        timeout: float = DEFAULT_TIMEOUT) -> dict[str, dict[str, Any]]:
+    """Convert the bundled collections not yet in the cache; return every collection's index.
 
     Args:
         names: collection names (keys of ``COLLECTIONS``).
         jobs: worker processes (0 = one per CPU core).
         progress: show a tqdm bar.
+        timeout: seconds allowed per score file (0 = no limit).
 
     Raises:
         DataError: music21 is missing or the cache folder cannot be written.
     """
-    indexes, todo = _cached(names)
+    return convert_cached([COLLECTIONS[n] for n in names], bundled_cache(), jobs,
+                          progress=progress, timeout=timeout)
+
+
+def convert_cached(collections: Sequence[Collection], cache: Cache, jobs: int = 0, *,
+                   progress: bool = True,
+                   timeout: float = DEFAULT_TIMEOUT) -> dict[str, dict[str, Any]]:
+    """Convert what is missing of some collections of a cache; return their indexes.
+
+    A collection whose conversion was interrupted resumes: the units in its journal are
+    kept (unless their source changed, their files are gone, or they ran out of a
+    shorter time limit) and only the others are converted.
+
+    Raises:
+        DataError: the cache folder cannot be written.
+    """
+    indexes, todo = _cached(collections, cache)
     if not todo:
         return indexes
-    out_root = corpus_root()
     with contextlib.ExitStack() as locks:
         # Two builds may start together: the second waits for the collections the first
         # is converting, then finds them done. Locks are taken in sorted order (no deadlock)
         # and per collection, so a build of another corpus is not held up.
         for collection in sorted(todo, key=lambda c: c.name):
             try:
-                out_root.mkdir(parents=True, exist_ok=True)
-                lock = locks.enter_context(open(out_root / f"{collection.name}{LOCK_SUFFIX}", "a+"))
+                cache.root.mkdir(parents=True, exist_ok=True)
+                lock = locks.enter_context(
+                    open(cache.root / f"{collection.name}{LOCK_SUFFIX}", "a+"))
             except OSError as err:
-                raise DataError(f"cannot write the corpus cache {out_root}: {err}") from err
+                raise DataError(f"cannot write the corpus cache {cache.root}: {err}") from err
             fcntl.flock(lock, fcntl.LOCK_EX)
-        done, todo = _cached([c.name for c in todo])
+        done, todo = _cached(todo, cache)
         indexes.update(done)
         if todo:
-            indexes.update(_convert(todo, out_root, jobs, progress))
+            indexes.update(_convert(todo, cache, jobs, progress, timeout))
     return indexes
 
 
-def _cached(names: Sequence[str]) -> tuple[dict[str, dict[str, Any]], list[Collection]]:
+def _cached(collections: Sequence[Collection],
+            cache: Cache) -> tuple[dict[str, dict[str, Any]], list[Collection]]:
     """The indexes of the converted collections, and the collections still to convert."""
     indexes: dict[str, dict[str, Any]] = {}
     todo: list[Collection] = []
-    for name in names:
-        index = load_index(COLLECTIONS[name])
+    for collection in collections:
+        index = read_index(cache, collection)
         if index is None:
-            todo.append(COLLECTIONS[name])
+            todo.append(collection)
         else:
-            indexes[name] = index
+            indexes[collection.name] = index
     return indexes, todo
 
 
-def _convert(todo: list[Collection], out_root: Path, jobs: int,
-             progress: bool) -> dict[str, dict[str, Any]]:
-    """Convert collections in a process pool and write their indexes."""
-    from tqdm import tqdm  # noqa: PLC0415 - CLI-only dependency at import time
-
+def _convert(todo: list[Collection], cache: Cache, jobs: int, progress: bool,
+             timeout: float) -> dict[str, dict[str, Any]]:
+    """Convert collections in worker processes, journaling each unit, and index them."""
     indexes: dict[str, dict[str, Any]] = {}
+    by_name = {c.name: c for c in todo}
+    journals: dict[str, Journal] = {}
+    records: dict[str, list[Record]] = {c.name: [] for c in todo}
+    units: list[tuple[str, Unit]] = []
+    resumed = 0
     for collection in todo:
-        # Start clean: files of an older or interrupted conversion must not linger.
-        shutil.rmtree(out_root / collection.name, ignore_errors=True)
-    units = [(c, str(src)) for c in todo for src in source_files(c)]
+        folder = cache.root / collection.name
+        journal = Journal(folder, _header(collection, cache.extra))
+        entries = journal.load()
+        if entries is None:
+            # An older or foreign conversion: its files must not linger.
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                journal.start()
+            except OSError as err:
+                raise DataError(f"cannot write the corpus cache {folder}: {err}") from err
+            entries = {}
+        journals[collection.name] = journal
+        for unit in cache.units_of(collection, cache.root):
+            entry = entries.get(unit["source"])
+            if entry is not None and still_valid(entry, stamp(Path(unit["path"])),
+                                                 cache.root, timeout):
+                records[collection.name].extend(entry["records"])
+                resumed += 1
+            else:
+                units.append((collection.name, unit))
     # Largest files first, so that a long quartet or a 300-tune ABC file does not start
     # last and leave every other worker idle.
-    base = music21_corpus_dir()
-    units.sort(key=lambda unit: -_size(base / unit[1]))
+    units.sort(key=lambda item: -item[1].get("size", 0))
     remaining = {c.name: 0 for c in todo}
-    for collection, _ in units:
-        remaining[collection.name] += 1
+    for name, _ in units:
+        remaining[name] += 1
     started = time.monotonic()
-    records: dict[str, list[dict[str, Any]]] = {c.name: [] for c in todo}
-    logger.info("converting %d score files of %s to MIDI in %s", len(units),
-                ", ".join(c.name for c in todo), out_root)
     for collection in todo:
-        if remaining[collection.name] == 0:  # nothing of it in this music21
-            indexes[collection.name] = _write_index(collection, [], 0.0)
-    with ProcessPoolExecutor(max_workers=_resolve_jobs(jobs)) as pool, \
-            tqdm(total=len(units), unit="file", desc="music21 -> MIDI",
-                 disable=not progress) as bar:
-        futures = {pool.submit(convert_source, src, str(out_root), c.tunes_per_file,
-                               c.voices_as_tunes): c for c, src in units}
-        for future in as_completed(futures):
-            collection = futures[future]
-            records[collection.name].extend(future.result())
-            bar.update()
-            remaining[collection.name] -= 1
-            if remaining[collection.name] == 0:
-                # Index each collection as soon as it is complete: an interrupted run
-                # keeps what it finished.
-                indexes[collection.name] = _write_index(
-                    collection, records[collection.name], time.monotonic() - started)
+        if remaining[collection.name] == 0:  # nothing (more) to convert
+            indexes[collection.name] = _write_index(cache, collection, records[collection.name],
+                                                    0.0)
+    if not units:
+        return indexes
+    logger.info("converting %d files of %s in %s (%d already done)", len(units),
+                ", ".join(c.name for c in todo), cache.root, resumed)
+    owner = {id(unit): name for name, unit in units}
+
+    def done(unit: Unit, result: list[Record]) -> None:
+        name = owner[id(unit)]
+        journals[name].append(unit["source"], stamp(Path(unit["path"])), result)
+        records[name].extend(result)
+        remaining[name] -= 1
+        if remaining[name] == 0:
+            indexes[name] = _write_index(cache, by_name[name], records[name],
+                                         time.monotonic() - started)
+
+    run_units([unit for _, unit in units], done, jobs=_resolve_jobs(jobs), timeout=timeout,
+              progress=progress, desc=cache.label)
     return indexes
 
 
@@ -435,24 +458,21 @@ def _size(path: Path) -> int:
         return 0  # the worker reports the missing file as a failed conversion
 
 
-def _write_index(collection: Collection, records: list[dict[str, Any]],
+def _write_index(cache: Cache, collection: Collection, records: list[Record],
                  elapsed: float) -> dict[str, Any]:
     pieces = sorted(records, key=lambda r: r["source"])
     index = {
-        "format": INDEX_FORMAT,
-        "converter_version": CONVERTER_VERSION,
-        "collection": collection.name,
-        "tunes_per_file": collection.tunes_per_file,
-        "voices_as_tunes": collection.voices_as_tunes,
+        **_header(collection, cache.extra),
+        "licence": collection.licence,
         "music21_version": _music21_version(),
         "pieces": pieces,
         "converted": sum(1 for r in pieces if r["midi"]),
         "failed": sum(1 for r in pieces if not r["midi"]),
         "notes": sum(r["notes"] for r in pieces),
-        "cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in pieces), 1),
+        "cpu_seconds": round(sum(r.get("seconds", 0.0) for r in pieces), 1),
         "wall_seconds_since_batch_start": round(elapsed, 1),
     }
-    path = _index_path(collection)
+    path = cache.root / collection.name / INDEX_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
     partial.write_text(json.dumps(index, indent=1) + "\n")
@@ -464,8 +484,10 @@ def _write_index(collection: Collection, records: list[dict[str, Any]],
 
 
 def _music21_version() -> str:
-    import music21  # noqa: PLC0415
-
+    try:
+        import music21  # noqa: PLC0415
+    except ImportError:
+        return ""  # MIDI-only collections convert without music21
     return str(music21.__version__)
 
 

@@ -1,8 +1,13 @@
 """``melody data``: build token datasets and list the bundled corpora.
 
-    melody data build --source SRC --out DIR [--jobs N] [--monophonic] [--transpose -5..6]
-                      [--val-fraction 0.1] [--seed 0] [--config PATH]
-    melody data corpora [--convert] [--jobs N]
+    melody data build --source SRC --out DIR [--data-root DIR] [--jobs N] [--monophonic]
+                      [--transpose -5..6] [--val-fraction 0.1] [--seed 0]
+                      [--convert-timeout S] [--config PATH]
+    melody data corpora [--data-root DIR] [--convert] [--jobs N]
+
+SRC is a folder of MIDI / MusicXML / kern / ABC files, ``corpus:NAME`` (music21's bundled
+scores) or a named corpus of the data root (``lieder``, ``quartets``, ``chopin``,
+``polish-piano``, ``polish-songs``, ``pop909``).
 
 Defaults come from ``[data]`` (and ``[tokens]``) of config.toml; flags override them.
 """
@@ -17,7 +22,7 @@ from models.dataset import SPLITS, build_dataset, format_skip_table, parse_trans
 from models.settings import load_settings
 from models.tokenizer import MelodyTokenizer
 
-HELP = "build token datasets from MIDI folders or bundled corpora; list the corpora"
+HELP = "build token datasets from MIDI/score folders or named corpora; list the corpora"
 
 # argparse takes "-5..6" for an option flag; let it through as a value.
 _NEGATIVE_VALUE = re.compile(r"^-\d+$|^-\d*\.\d+$|^-\d+\.\.-?\d+$")
@@ -30,7 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build = sub.add_parser("build", help="tokenize MIDI files into a dataset folder")
     build._negative_number_matcher = _NEGATIVE_VALUE  # see _NEGATIVE_VALUE
     build.add_argument("--source", required=True,
-                       help="a folder of .mid/.midi files (recursive) or corpus:NAME")
+                       help="a folder of MIDI/MusicXML/kern/ABC files (recursive), "
+                            "corpus:NAME, or a named corpus (lieder, pop909, ...)")
+    build.add_argument("--data-root", metavar="DIR",
+                       help="folder of the named corpora (overrides [data] data_root)")
+    build.add_argument("--convert-timeout", type=float, metavar="S",
+                       help="seconds allowed to convert one score file (0 = no limit)")
     build.add_argument("--out", required=True, help="dataset folder to write")
     build.add_argument("--jobs", type=int, help="worker processes (0 = one per core)")
     build.add_argument("--monophonic", action="store_true", default=None,
@@ -43,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--config", help="a config.toml merged over the defaults")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
-    corpora = sub.add_parser("corpora", help="list the bundled corpora with their sizes")
+    corpora = sub.add_parser("corpora", help="list the named and bundled corpora")
+    corpora.add_argument("--data-root", metavar="DIR",
+                         help="folder of the named corpora (overrides [data] data_root)")
     corpora.add_argument("--convert", action="store_true",
                          help="convert every corpus to MIDI now (cached; takes minutes)")
     corpora.add_argument("--jobs", type=int, default=0, help="worker processes (0 = one per core)")
@@ -61,6 +73,7 @@ def _build(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "jobs": args.jobs, "monophonic": args.monophonic, "val_fraction": args.val_fraction,
         "test_fraction": args.test_fraction, "seed": args.seed,
+        "data_root": args.data_root, "convert_timeout": args.convert_timeout,
     }
     if args.transpose is not None:
         overrides["transpose_min"], overrides["transpose_max"] = parse_transpose(args.transpose)
@@ -77,17 +90,36 @@ def _build(args: argparse.Namespace) -> int:
         info = manifest["splits"][split]
         print(f"  {split:<11}{info['num_pieces']:>8}{info['num_sequences']:>11}"
               f"{info['notes']:>12}{info['tokens']:>13}")
+    styles = ", ".join(f"{k} {v}" for k, v in sorted(manifest["styles"].items()))
+    print(f"styles: {styles}; licences: {'; '.join(manifest['licences']) or 'unknown'}; "
+          f"conversion {manifest['convert_seconds']:.1f} s")
     return 0
 
 
 def _corpora(args: argparse.Namespace) -> int:
     from models.corpus import CORPORA, convert_collections, corpus_summary  # noqa: PLC0415
+    from models.data_root import named_summary  # noqa: PLC0415
 
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, overrides={"data": {"data_root": args.data_root}})
+    data_root = settings.data.data_root
+    unset = "not set: --data-root DIR or [data] data_root"
+    print(f"named corpora (data root: {data_root or unset})")
+    print(f"  {'corpus':<14}{'files':>7}{'pieces':>8}{'notes':>10}  licence")
+    for row in named_summary(data_root):
+        if row["available"]:
+            pieces = "-" if row["pieces"] is None else str(row["pieces"])
+            notes = "-" if row["notes"] is None else str(row["notes"])
+            counts = f"{row['files']:>7}{pieces:>8}{notes:>10}"
+        else:
+            counts = f"{'missing':>25}"
+        print(f"  {row['name']:<14}{counts}  {row['licence']}")
+        print(f"  {'':<14}{row['description']}; from {row['origin']}")
+    print("  (files: found under the data root; pieces, notes: once converted into the cache)")
     if args.convert:
         names = sorted({c for spec in CORPORA.values() for c in spec.collections})
-        convert_collections(names, args.jobs or settings.data.jobs)
-    print(f"{'corpus':<20}{'pieces':>8}{'notes':>11}  description")
+        convert_collections(names, args.jobs or settings.data.jobs,
+                            timeout=settings.data.convert_timeout)
+    print(f"\nbundled corpora (music21)\n{'corpus':<20}{'pieces':>8}{'notes':>11}  description")
     rows = corpus_summary()
     for row in rows:
         if row["converted"]:

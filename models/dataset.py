@@ -1,6 +1,7 @@
 """Token datasets: MIDI files -> train/validation/test token arrays on disk.
 
-``build_dataset`` tokenizes every file of a folder (or a bundled ``corpus:NAME``) in
+``build_dataset`` tokenizes every piece of a source (a folder of MIDI and score files, a
+bundled ``corpus:NAME`` or a named corpus of the data root, see ``models.sources``) in
 worker processes, skips bad input with a recorded reason, splits the pieces into
 train / validation / test (by piece, never by token position, so no piece leaks across
 splits), adds transposed copies of the training pieces, and writes per split
@@ -13,18 +14,19 @@ manifest's skip table with a reason (a name that is not MIDI, a broken link, a F
 piece with too many tokens, ...). Suffixes are compared in any letter case, and karaoke
 ``.kar`` files are read: they are Standard MIDI Files with lyrics.
 
+The manifest's ``pieces`` table gives each kept piece's style, licence, corpus and the
+role of each of its tracks (``models.roles.piece_info`` reads it).
+
 Torch-free: the training loop wraps ``TokenDataset`` in its own torch dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
 import os
-import stat
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -35,9 +37,42 @@ from typing import Any
 import numpy as np
 
 from models.exceptions import DataError
-from models.midifile import MIDI_SUFFIXES, score_from_bytes, smf_bytes
+from models.midifile import score_from_bytes, smf_bytes
+from models.roles import track_roles
 from models.settings import DataSettings, TokensSettings
+
+# The skip reasons, PieceResult and the folder walk live in models.sources; re-exported.
+from models.sources import (
+    CORPUS_PREFIX,
+    SKIP_BROKEN_LINK,
+    SKIP_DUPLICATE,
+    SKIP_EMPTY,
+    SKIP_EMPTY_BARS,
+    SKIP_LINK_LOOP,
+    SKIP_NOT_CONVERTED,
+    SKIP_NOT_MIDI,
+    SKIP_NOT_MIDI_NAME,
+    SKIP_NOT_REGULAR,
+    SKIP_PARSE,
+    SKIP_POLYPHONIC,
+    SKIP_TOO_LARGE,
+    SKIP_TOO_MANY_TOKENS,
+    SKIP_UNREADABLE,
+    PieceResult,
+    Source,
+    resolve_source,
+    scan_folder,
+)
 from models.tokenizer import MelodyTokenizer
+
+# Re-exported for callers that import them from here.
+__all__ = [
+    "CORPUS_PREFIX", "SKIP_BROKEN_LINK", "SKIP_DUPLICATE", "SKIP_EMPTY", "SKIP_EMPTY_BARS",
+    "SKIP_LINK_LOOP", "SKIP_NOT_CONVERTED", "SKIP_NOT_MIDI", "SKIP_NOT_MIDI_NAME",
+    "SKIP_NOT_REGULAR", "SKIP_PARSE", "SKIP_POLYPHONIC", "SKIP_TOO_LARGE",
+    "SKIP_TOO_MANY_TOKENS", "SKIP_UNREADABLE", "PieceResult", "Source", "resolve_source",
+    "scan_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,168 +80,6 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "melodyd-dataset"
 MANIFEST_VERSION = 1
 SPLITS = ("train", "validation", "test")
-CORPUS_PREFIX = "corpus:"
-
-# Reasons a file is skipped (the keys of the manifest's skip table).
-SKIP_NOT_MIDI = "not MIDI"
-SKIP_PARSE = "fails to parse"
-SKIP_EMPTY = "empty"
-SKIP_TOO_LARGE = "too large"
-SKIP_POLYPHONIC = "polyphonic"
-SKIP_TOO_MANY_TOKENS = "too many tokens"
-SKIP_EMPTY_BARS = "empty bars"
-# Reasons found while walking the folder, before any file is opened.
-SKIP_NOT_MIDI_NAME = "not a MIDI name"
-SKIP_BROKEN_LINK = "broken link"
-SKIP_LINK_LOOP = "link loop"
-SKIP_DUPLICATE = "duplicate"
-SKIP_NOT_REGULAR = "not a regular file"
-SKIP_UNREADABLE = "unreadable"
-# A score of a bundled corpus that music21 could not turn into MIDI.
-SKIP_NOT_CONVERTED = "not converted"
-
-
-@dataclasses.dataclass(frozen=True)
-class PieceResult:
-    """What a worker made of one file: tokens, or the reason it was skipped."""
-
-    name: str
-    tokens: np.ndarray | None  # uint16 ids, BOS ... EOS
-    notes: int = 0
-    reason: str | None = None
-    detail: str = ""
-
-
-# ----------------------------------------------------------------- sources
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-_Key = tuple[int, int]  # (device, inode): one file or folder, whatever the path to it
-
-
-def _kind(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), f"file mode {oct(mode)}")
-
-
-def scan_folder(root: Path) -> tuple[list[Path], list[PieceResult]]:
-    """Every entry under ``root``: the MIDI files to read, and the others with a reason.
-
-    Links are followed, after every real folder has been walked, so that a file or folder
-    reached both directly and through a link is read under its own name. A link back into
-    the folders above it is a loop; a second way to a file or folder already met is a
-    duplicate (reading it twice could put one piece in two splits). FIFOs and devices are
-    never opened: reading a FIFO blocks until someone writes to it. The files come back
-    sorted by their names relative to ``root``.
-    """
-    skipped: list[PieceResult] = []
-    candidates: dict[_Key, list[tuple[bool, str, Path]]] = {}
-    seen_dirs: dict[_Key, str] = {}
-    # Folder links wait until every real folder is known: (path, name, ancestors).
-    pending: list[tuple[Path, str, tuple[_Key, ...]]] = []
-
-    def skip(rel: str, reason: str, detail: str) -> None:
-        skipped.append(PieceResult(rel, None, reason=reason, detail=detail))
-
-    def enter(path: Path, rel: str, key: _Key, ancestors: tuple[_Key, ...], linked: bool) -> None:
-        if key in ancestors:
-            skip(rel, SKIP_LINK_LOOP, f"links back to {seen_dirs[key] or 'the source folder'}")
-        elif key in seen_dirs:
-            skip(rel, SKIP_DUPLICATE, f"the same folder as {seen_dirs[key]}")
-        else:
-            seen_dirs[key] = rel
-            walk(path, rel, (*ancestors, key), linked)
-
-    def walk(folder: Path, rel_folder: str, ancestors: tuple[_Key, ...], linked: bool) -> None:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as err:
-            skip(rel_folder or ".", SKIP_UNREADABLE, f"cannot list the folder: {err.strerror}")
-            return
-        for entry in entries:
-            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
-            is_link = entry.is_symlink()
-            try:
-                info = os.stat(entry.path)  # follows links
-            except OSError as err:
-                if is_link and err.errno == errno.ENOENT:
-                    skip(rel, SKIP_BROKEN_LINK,
-                         f"links to {os.readlink(entry.path)!r}, which does not exist")
-                elif err.errno == errno.ELOOP:
-                    skip(rel, SKIP_LINK_LOOP, f"links in a circle ({err.strerror})")
-                else:
-                    skip(rel, SKIP_UNREADABLE, f"{err.strerror or err}")
-                continue
-            key = (info.st_dev, info.st_ino)
-            if stat.S_ISDIR(info.st_mode):
-                if is_link:
-                    pending.append((Path(entry.path), rel, ancestors))
-                else:
-                    enter(Path(entry.path), rel, key, ancestors, linked)
-            elif not stat.S_ISREG(info.st_mode):
-                skip(rel, SKIP_NOT_REGULAR, f"{_kind(info.st_mode)}, not a file")
-            elif Path(entry.name).suffix.lower() not in MIDI_SUFFIXES:
-                suffix = Path(entry.name).suffix
-                skip(rel, SKIP_NOT_MIDI_NAME, (f"suffix {suffix!r}" if suffix else "no suffix")
-                     + f" (read: {', '.join(MIDI_SUFFIXES)}, in any case)")
-            else:
-                candidates.setdefault(key, []).append((linked or is_link, rel, Path(entry.path)))
-
-    try:
-        top = root.stat()
-    except OSError as err:
-        raise DataError(f"cannot read the source folder {root}: {err}") from err
-    root_key = (top.st_dev, top.st_ino)
-    seen_dirs[root_key] = ""
-    walk(root, "", (root_key,), False)
-    while pending:
-        path, rel, ancestors = pending.pop(0)
-        try:
-            info = path.stat()
-        except OSError as err:  # removed or changed since it was listed
-            skip(rel, SKIP_UNREADABLE, f"{err.strerror or err}")
-            continue
-        enter(path, rel, (info.st_dev, info.st_ino), ancestors, True)
-    files: dict[str, Path] = {}
-    for names in candidates.values():
-        # The file's own name (not a link's) is read; every other way to it is reported.
-        _, kept, path = min(names)
-        files[kept] = path
-        for _, rel, _ in names:
-            if rel != kept:
-                skip(rel, SKIP_DUPLICATE, f"the same file as {kept}")
-    return [files[rel] for rel in sorted(files)], skipped
-
-
-def resolve_source(source: str, jobs: int = 0, *,
-                   progress: bool = True) -> tuple[Path, list[Path], list[PieceResult]]:
-    """The root folder, sorted MIDI files and unread entries of a folder or ``corpus:NAME``.
-
-    Returns:
-        The root (file names are relative to it), the files to tokenize, and one
-        ``PieceResult`` with a reason for each entry that is not read (see ``scan_folder``;
-        for a corpus, each score music21 could not convert).
-
-    Raises:
-        DataError: the folder does not exist or holds no MIDI file, or the corpus is unknown.
-    """
-    if source.startswith(CORPUS_PREFIX):
-        from models.corpus import corpus_failures, corpus_midi_files  # noqa: PLC0415 - music21
-
-        name = source[len(CORPUS_PREFIX):]
-        root, files = corpus_midi_files(name, jobs, progress=progress)
-        failed = [PieceResult(piece, None, reason=SKIP_NOT_CONVERTED, detail=error)
-                  for piece, error in corpus_failures(name)]
-        return root, files, failed
-    root = Path(source).expanduser()
-    if not root.is_dir():
-        raise DataError(f"source folder not found: {root} (give a folder of MIDI files "
-                        f"or corpus:NAME, see `melody data corpora`)")
-    files, skipped = scan_folder(root)
-    if not files:
-        others = f" (only {len(skipped)} other entries)" if skipped else ""
-        raise DataError(f"no {', '.join(MIDI_SUFFIXES)} files under {root}{others}")
-    return root, files, skipped
-
-
 # ----------------------------------------------------------------- one file (in a worker)
 def is_polyphonic(score: Any, tolerance_ticks: int) -> bool:
     """Whether more than one note sounds at once once tracks are merged (drums ignored).
@@ -372,7 +245,7 @@ def tokenize_file(path: Path, name: str, tokenizer: MelodyTokenizer,
     refused = _limits(name, notes, len(tokens), longest_empty_run(tokens, tokenizer), settings)
     if refused is not None:
         return refused
-    return PieceResult(name, tokens, notes=notes)
+    return PieceResult(name, tokens, notes=notes, roles=tuple(track_roles(score)))
 
 
 # Per-process state of the workers, set once by the pool initializer (building the
@@ -385,7 +258,8 @@ def _init_worker(tokens_settings: dict[str, Any], data_settings: dict[str, Any])
     _WORKER["settings"] = DataSettings(**data_settings)
 
 
-def _work(item: tuple[str, str]) -> tuple[str, bytes | None, int, str | None, str]:
+def _work(item: tuple[str, str]) -> tuple[str, bytes | None, int, str | None, str,
+                                          tuple[str, ...]]:
     """Worker entry: plain values in and out (ids as raw uint16 bytes)."""
     path, name = item
     try:
@@ -395,19 +269,25 @@ def _work(item: tuple[str, str]) -> tuple[str, bytes | None, int, str | None, st
         result = PieceResult(name, None, reason=SKIP_PARSE,
                              detail=f"unexpected {type(err).__name__}: {err}"[:200])
     raw = None if result.tokens is None else result.tokens.tobytes()
-    return result.name, raw, result.notes, result.reason, result.detail
+    return result.name, raw, result.notes, result.reason, result.detail, result.roles
 
 
 def _tokens_from_dict(values: dict[str, Any]) -> TokensSettings:
     return TokensSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
-def tokenize_files(root: Path, files: Sequence[Path], tokenizer: MelodyTokenizer,
-                   settings: DataSettings, *, progress: bool = True) -> list[PieceResult]:
-    """Tokenize files in ``settings.jobs`` worker processes, in input order."""
+def tokenize_files(root: Path | None, files: Sequence[Path | tuple[Path, str]],
+                   tokenizer: MelodyTokenizer, settings: DataSettings, *,
+                   progress: bool = True) -> list[PieceResult]:
+    """Tokenize files in ``settings.jobs`` worker processes, in input order.
+
+    Each file is a path (its piece name is the path relative to ``root``) or a
+    ``(path, piece name)`` pair.
+    """
     from tqdm import tqdm  # noqa: PLC0415
 
-    items = [(str(f), f.relative_to(root).as_posix()) for f in files]
+    items = [(str(f[0]), f[1]) if isinstance(f, tuple)
+             else (str(f), f.relative_to(root).as_posix() if root else f.name) for f in files]
     jobs = settings.jobs or os.cpu_count() or 1
     tokens_dict = dataclasses.asdict(tokenizer.settings)
     bar = tqdm(total=len(items), unit="file", desc="tokenizing", disable=not progress)
@@ -426,8 +306,8 @@ def tokenize_files(root: Path, files: Sequence[Path], tokenizer: MelodyTokenizer
                     results.append(out)
                     bar.update()
     return [PieceResult(name, None if raw is None else np.frombuffer(raw, dtype=np.uint16),
-                        notes, reason, detail)
-            for name, raw, notes, reason, detail in results]
+                        notes, reason, detail, tuple(roles))
+            for name, raw, notes, reason, detail, roles in results]
 
 
 # ----------------------------------------------------------------- splits and augmentation
@@ -630,8 +510,12 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
     """
     started = time.monotonic()
     tokenizer = tokenizer or MelodyTokenizer()
-    root, files, unread = resolve_source(source, settings.jobs, progress=progress)
-    results = tokenize_files(root, files, tokenizer, settings, progress=progress) + unread
+    found = resolve_source(source, settings.jobs, progress=progress,
+                           data_root=settings.data_root, timeout=settings.convert_timeout)
+    root = found.root
+    resolve_seconds = time.monotonic() - started
+    results = tokenize_files(root, found.items, tokenizer, settings,
+                             progress=progress) + found.unread
     kept = {r.name: r for r in results if r.tokens is not None}
     if not kept:
         reasons = Counter(r.reason for r in results)
@@ -664,6 +548,10 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
             "notes": plan.notes,
         }
     skipped = _skip_table(results)
+    # What the tokenizer needs to condition on each kept piece: (style, role per track).
+    pieces = {name: {**{"style": None, "licence": None, "corpus": None},
+                     **found.meta.get(name, {}), "roles": list(kept[name].roles)}
+              for name in sorted(kept)}
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
@@ -675,7 +563,11 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
         "splits": manifest_splits,
         "skipped": skipped,
         "skipped_counts": {reason: len(v) for reason, v in skipped.items()},
+        "pieces": pieces,
+        "styles": dict(Counter(str(p["style"]) for p in pieces.values())),
+        "licences": sorted({str(p["licence"]) for p in pieces.values() if p["licence"]}),
         "content_hash": digest.hexdigest(),
+        "convert_seconds": round(resolve_seconds, 2),
         "build_seconds": round(time.monotonic() - started, 2),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -52,6 +52,8 @@ class DataSettings:
     min_notes: int = setting(8, low=1)
     max_tokens: int = setting(250_000, low=16)
     max_empty_bars: int = setting(64, low=0)
+    data_root: str = setting("")
+    convert_timeout: float = setting(600.0, low=0.0)
 
     def check(self) -> None:
         """Cross-field rule: validation and test together leave pieces to train on."""

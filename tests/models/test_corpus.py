@@ -123,8 +123,9 @@ def test_voices_stored_as_tunes_are_joined_into_one_piece(tmp_path: Path) -> Non
     [record] = convert_source("josquin/oVenusBant.abc", str(tmp_path), None, True)
     assert record["midi"] == "josquin/oVenusBant.mid" and record["error"] is None
     score = symusic.Score(str(tmp_path / record["midi"]))
-    assert len(score.tracks) == 3
-    assert record["notes"] == sum(len(t.notes) for t in score.tracks)
+    # Josquin's three equal voices: one track of role "any" holding all their notes.
+    assert [t.name for t in score.tracks] == ["any"] and record["roles"] == ["any"]
+    assert record["notes"] == sum(len(t.notes) for t in score.tracks) > 300
 
 
 def test_dotted_score_names_keep_their_whole_stem(tmp_path: Path) -> None:
@@ -259,3 +260,26 @@ def test_scores_that_failed_to_convert_are_in_the_skip_table(tiny_cached: Corpus
     assert manifest["skipped"] == {SKIP_NOT_CONVERTED: [
         {"file": "verdi/broken.mxl", "detail": "parse: ValueError: no measures"}]}
     assert manifest["files"] == 4
+
+
+def test_a_chorale_soprano_leads_the_lower_voices(tmp_path: Path) -> None:
+    from music21 import corpus as m21corpus  # noqa: PLC0415 - only this test needs it
+
+    [record] = convert_source("bach/bwv66.6.mxl", str(tmp_path), None)
+    assert record["roles"] == ["lead", "accompaniment"] and record["style"] == "baroque"
+    score = symusic.Score(str(tmp_path / record["midi"]))
+    soprano = m21corpus.parse("bach/bwv66.6").parts[0].stripTies()
+    lead = next(t for t in score.tracks if t.name == "lead")
+    assert len(lead.notes) == len(soprano.flatten().notes)
+    assert [n.pitch for n in lead.notes[:3]] == [p.pitch.midi for p in soprano.flatten().notes[:3]]
+
+
+def test_a_folk_tune_is_all_lead(tmp_path: Path) -> None:
+    [record] = convert_source("miscFolk/americanfifeopus.abc", str(tmp_path), 1)
+    assert record["roles"] == ["lead"] and record["style"] == "folk"
+
+
+def test_the_index_records_style_roles_and_licence(tiny_cached: CorpusSpec) -> None:
+    index = load_index(COLLECTIONS["verdi"])
+    assert index["style"] == "romantic" and index["licence"].startswith("public domain")
+    assert all(r["roles"] and r["style"] == "romantic" for r in index["pieces"])

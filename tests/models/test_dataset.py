@@ -539,7 +539,8 @@ def test_a_folder_of_other_files_names_what_it_found(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "readme.txt").write_text("nothing here")
     os.mkfifo(tmp_path / "src" / "pipe")
-    with pytest.raises(DataError, match=r"no \.mid, \.midi, \.kar, \.rmi files .* 2 other"):
+    with pytest.raises(DataError,
+                       match=r"no \.mid, \.midi, \.kar, \.rmi, \.mxl, .*\.abc files .* 2 other"):
         build(tmp_path / "src", tmp_path / "out")
 
 
