@@ -340,23 +340,29 @@ class Journal:
         A last line cut short by a kill is ignored (that unit is converted again).
         """
         try:
-            lines = self.path.read_text().splitlines()
+            text = self.path.read_text()
+            if text and not text.endswith("\n"):
+                # A kill cut the last line: end it, so the next line starts on its own.
+                with open(self.path, "a") as fh:
+                    fh.write("\n")
+            lines = text.splitlines()
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError) as err:
             logger.warning("ignoring unreadable journal %s: %s", self.path, err)
             return None
+        try:
+            if not lines or json.loads(lines[0]) != self.header:
+                return None
+        except json.JSONDecodeError:
+            return None
         entries: dict[str, dict[str, Any]] = {}
-        for number, line in enumerate(lines):
+        for number, line in enumerate(lines[1:], start=1):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 logger.warning("%s: line %d is cut short, its unit is converted again",
                                self.path, number + 1)
-                continue
-            if number == 0:
-                if entry != self.header:
-                    return None
                 continue
             if isinstance(entry, dict) and isinstance(entry.get("records"), list):
                 entries[str(entry.get("source"))] = entry

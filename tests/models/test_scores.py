@@ -26,7 +26,7 @@ from models.roles import (
     assign_roles,
     piece_info,
 )
-from models.scores import JOURNAL_NAME, convert_unit
+from models.scores import JOURNAL_NAME, Journal, convert_unit
 from models.settings import DataSettings
 
 pytest.importorskip("music21", reason="score files are converted by music21 (train extra)")
@@ -261,6 +261,9 @@ def test_an_interrupted_conversion_resumes_without_redoing_work(tmp_path: Path) 
     after = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mid")}
     redone = {name for name in after if after[name] != stamps[name]}
     assert redone == {f"{Path(n).stem}.mid" for n in GOOD if n not in done}
+    # The cut line was ended: every unit's line reads back whole.
+    header = json.loads(journal.read_text().splitlines()[0])
+    assert sorted(Journal(folder, header).load()) == sorted(GOOD)
     # Once indexed, nothing is converted at all.
     assert convert_cached([collection], cache, 1, progress=False)["fx"] == again
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mid")} == after
