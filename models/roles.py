@@ -67,6 +67,12 @@ def assign_roles(rule: str, tracks: Sequence[tuple[str, int]]) -> list[str]:
         return [names.get(name.strip().upper(), ANY) for name, _ in tracks]
     if rule == RULE_VOICE_PIANO:
         roles = [_voice_piano_role(name, program) for name, program in tracks]
+        named_keyboard = any(_KEYBOARD.search(name) for name, _ in tracks)
+        if LEAD not in roles and named_keyboard:
+            # Beside a part named as a keyboard, an unnamed part is the voice (kern songs
+            # whose vocal spine has no instrument).
+            roles = [LEAD if not name.strip() else role
+                     for (name, _), role in zip(tracks, roles, strict=True)]
         # A piano piece among songs (no voice) has nothing to accompany: no roles.
         return roles if LEAD in roles else [ANY] * len(tracks)
     raise DataError(f"unknown role rule {rule!r} (known: {', '.join(RULES)})")

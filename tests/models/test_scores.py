@@ -114,6 +114,10 @@ def test_a_folder_of_scores_builds_and_skips_the_broken_ones(tmp_path: Path) -> 
 def test_assign_roles_rules() -> None:
     song = [("Singstimme Voice", 68), ("Pianoforte", 0), ("", 0)]
     assert assign_roles(RULE_VOICE_PIANO, song) == [LEAD, ACCOMPANIMENT, ACCOMPANIMENT]
+    # An unnamed part beside a named piano is the voice; all unnamed: no roles.
+    assert assign_roles(RULE_VOICE_PIANO, [("", 0), ("Piano", 0), ("Piano", 0)]) == [
+        LEAD, ACCOMPANIMENT, ACCOMPANIMENT]
+    assert assign_roles(RULE_VOICE_PIANO, [("", 0), ("", 0)]) == [ANY, ANY]
     # Songs without a voice (a piano piece) have no roles.
     assert assign_roles(RULE_VOICE_PIANO, [("Piano", 0), ("Piano", 0)]) == [ANY, ANY]
     assert assign_roles(RULE_POP909, [("MELODY", 0), ("BRIDGE", 0), ("PIANO", 0)]) == [
