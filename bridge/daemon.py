@@ -64,6 +64,7 @@ class Daemon:
         self.inputs = inputs
         self.style = style
         self.styles: list[str] = []
+        self._style_facts: dict[str, dict[str, Any]] = {}  # per style, from the engine's hello
         self.mode = settings.interaction.mode
         self.temperature = settings.sampling.temperature
         self.session = f"melodyd-{os.getpid()}"
@@ -231,7 +232,8 @@ class Daemon:
             "top_p": self.settings.sampling.top_p, "min_p": self.settings.sampling.min_p,
             "seed": None if self.settings.sampling.seed < 0 else self.settings.sampling.seed}
         s = self.settings.sampling
-        constraints = {"pitch_min": s.pitch_min, "pitch_max": s.pitch_max,
+        pitch_min, pitch_max = self._pitch_range()
+        constraints = {"pitch_min": pitch_min, "pitch_max": pitch_max,
                        "scale": list(s.scale) or None,
                        "max_polyphony": s.max_polyphony or None}
         seed = self.seed.notes(beat, own_until=trigger.own_until)
@@ -245,6 +247,21 @@ class Daemon:
             self._answer = request_id
         logger.debug("request %s at beat %.2f: start %g, %d bar(s), seed of %d notes",
                      request_id, beat, trigger.start_beat, trigger.bars, len(seed))
+
+    def _pitch_range(self) -> tuple[int, int]:
+        """``[sampling]``'s pitch range within what the style's vocabulary can play.
+
+        The engine refuses a range beyond the style's (``hello`` says what it is), so a
+        configured 0-127 asks for the style's whole range instead of failing every answer.
+        """
+        s = self.settings.sampling
+        low, high = s.pitch_min, s.pitch_max
+        facts = self._style_facts.get(self.style or "", {})
+        if isinstance(facts.get("pitch_min"), int) and isinstance(facts.get("pitch_max"), int):
+            low, high = max(low, facts["pitch_min"]), min(high, facts["pitch_max"])
+            if low > high:  # no overlap at all: the style's range is the only playable one
+                low, high = facts["pitch_min"], facts["pitch_max"]
+        return low, high
 
     # ----------------------------------------------------------------- engine replies
     def _on_reply(self, reply: dict[str, Any]) -> None:
@@ -268,6 +285,8 @@ class Daemon:
     def _on_hello(self, reply: dict[str, Any]) -> None:
         styles = reply.get("styles")
         self.styles = sorted(styles) if isinstance(styles, dict) else []
+        self._style_facts = {name: facts for name, facts in styles.items()
+                             if isinstance(facts, dict)} if isinstance(styles, dict) else {}
         if self.style not in self.styles:
             if self.style is not None:
                 logger.warning("the engine does not serve style %r (it serves %s)",

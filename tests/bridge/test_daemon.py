@@ -59,7 +59,8 @@ class FakeEngine:
                 self._send(identity, {"type": "pong", "id": rid, "t": request.get("t")})
             elif kind == "hello":
                 self._send(identity, {"type": "hello", "id": rid, "protocol": 1,
-                                      "engine": "fake", "styles": {"fake": {}}})
+                                      "engine": "fake", "styles": {"fake": {
+                                          "pitch_min": 21, "pitch_max": 108}}})
             elif kind == "generate":
                 start = request["start_beat"]
                 notes = [{"onset": start + o, "duration": d, "pitch": p, "velocity": v}
@@ -132,6 +133,18 @@ def test_phrase_gets_an_answer_on_the_next_bar(rig):
     assert [n["pitch"] for n in request["seed"]] == [60, 64]
     assert wait_for(lambda: len(port.messages("note_on")) >= 2)
     assert [m.note for m in port.messages("note_on")][:2] == [60, 62]
+
+
+def test_pitch_range_is_kept_within_the_styles(rig):
+    """A configured 0-127 must not make the engine refuse every request: the bridge asks
+    for the part of it the style's vocabulary can play (from the engine's hello)."""
+    daemon, engine, _port, inputs, clock = rig
+    daemon.settings = dataclasses.replace(daemon.settings, sampling=dataclasses.replace(
+        daemon.settings.sampling, pitch_min=0, pitch_max=100))
+    play_phrase(inputs, clock)
+    assert wait_for(lambda: engine.of_type("generate"))
+    constraints = engine.of_type("generate")[0]["constraints"]
+    assert (constraints["pitch_min"], constraints["pitch_max"]) == (21, 100)
 
 
 def test_barge_in_cancels_and_releases(rig):
