@@ -217,8 +217,25 @@ def _serve(conn: Connection) -> None:
                                    error=f"unexpected {type(err).__name__}: {err}"[:300])])
 
 
+# A unit's time limit counts the worker's CPU time where Linux shows it (/proc), so that a
+# loaded machine does not skip a score an idle one converts; elsewhere the wall clock. A
+# unit stuck without using the CPU (a blocking read) still ends after this many limits.
+WALL_FACTOR = 4
+
+
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process, or ``None`` where /proc is missing."""
+    try:
+        # Fields after the command name (which may hold spaces): utime and stime are 12th
+        # and 13th.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class _Worker:
-    """One worker process, its pipe, and the unit it is busy with (with its deadline)."""
+    """One worker process, its pipe, and the unit it is busy with (with its time limit)."""
 
     def __init__(self, context: Any) -> None:
         self.conn, child = context.Pipe()
@@ -226,12 +243,25 @@ class _Worker:
         self.process.start()
         child.close()
         self.unit: Unit | None = None
-        self.deadline = float("inf")
+        self.timeout = 0.0
+        self.started = 0.0
+        self.cpu_start: float | None = None
 
     def give(self, unit: Unit, timeout: float) -> None:
-        self.unit = unit
-        self.deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
+        self.unit, self.timeout = unit, timeout
+        self.started = time.monotonic()
+        self.cpu_start = _cpu_seconds(self.process.pid)
         self.conn.send(unit)
+
+    def left(self) -> float:
+        """Seconds of its limit the current unit has left (at least that much wall time)."""
+        if self.unit is None or self.timeout <= 0:
+            return float("inf")
+        wall = time.monotonic() - self.started
+        cpu = _cpu_seconds(self.process.pid)
+        used = wall if cpu is None or self.cpu_start is None else max(
+            cpu - self.cpu_start, wall / WALL_FACTOR)
+        return self.timeout - used
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -252,8 +282,9 @@ def run_units(units: Iterable[Unit], on_done: Callable[[Unit, list[Record]], Non
     """Convert units in ``jobs`` worker processes, each unit within ``timeout`` seconds.
 
     ``on_done(unit, records)`` is called in this process as each unit finishes (in no
-    particular order). A unit over its time, or whose worker dies, gets one record with
-    the error and its worker is replaced.
+    particular order). A unit over its time (CPU seconds of its worker on Linux, see
+    ``WALL_FACTOR``), or whose worker dies, gets one record with the error and its worker
+    is replaced.
 
     Args:
         units: the units (see ``convert_unit``); the largest should come first.
@@ -282,7 +313,7 @@ def run_units(units: Iterable[Unit], on_done: Callable[[Unit, list[Record]], Non
                 busy = [w for w in workers if w.unit is not None]
                 if not busy:
                     break
-                left = min(w.deadline for w in busy) - time.monotonic()
+                left = min(w.left() for w in busy)
                 ready = wait([w.conn for w in busy], timeout=None if left == float("inf")
                              else max(0.0, left))
                 for index, worker in enumerate(workers):
@@ -305,8 +336,8 @@ def run_units(units: Iterable[Unit], on_done: Callable[[Unit, list[Record]], Non
                             worker.stop(kill=True)
                             workers[index] = _Worker(context)
                         else:
-                            worker.unit, worker.deadline = None, float("inf")
-                    elif time.monotonic() >= worker.deadline:
+                            worker.unit = None
+                    elif worker.left() <= 0:
                         records = [{**_record(unit, unit["source"], None,
                                               error=f"timeout: more than {timeout:g} s"),
                                     "timeout_s": timeout}]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -293,3 +295,17 @@ def test_another_conversion_starts_clean(tmp_path: Path) -> None:
     index = convert_cached([Collection("fx", "", rule=RULE_ANY)], cache, 1,
                            progress=False)["fx"]
     assert index["rule"] == RULE_ANY and not stale.exists()
+
+
+def test_a_score_that_blocks_without_cpu_still_ends(tmp_path: Path) -> None:
+    # A FIFO named like a score: reading it blocks forever and costs no CPU time.
+    fifo = tmp_path / "blocked.musicxml"
+    os.mkfifo(fifo)
+    cache = Cache(tmp_path / "c", lambda c, out: [{**unit("song.musicxml", out, RULE_ANY),
+                                                   "source": "blocked", "path": str(fifo),
+                                                   "midi": "fx/blocked"}])
+    started = time.monotonic()
+    [record] = convert_cached([Collection("fx", "")], cache, 1, progress=False,
+                              timeout=0.25)["fx"]["pieces"]
+    assert record["error"] == "timeout: more than 0.25 s"
+    assert time.monotonic() - started < 30
