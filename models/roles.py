@@ -38,9 +38,11 @@ RULE_FIRST_PART = "first-part"  # quartets, chorales: the first part leads
 RULE_POP909 = "pop909"          # POP909's MELODY / BRIDGE / PIANO tracks
 RULES = (RULE_ANY, RULE_ALL_LEAD, RULE_VOICE_PIANO, RULE_FIRST_PART, RULE_POP909)
 
-# Part names of keyboards in the scores (English, German, Italian, French, Polish).
+# Part names of accompanying instruments in the scores (keyboards, guitars, harps; English,
+# German, Italian, French, Polish).
 _KEYBOARD = re.compile(r"piano|klavier|clavier|keyboard|cembalo|harpsichord|organ|orgel"
-                       r"|fortepiano|pianoforte|fortep|fortepian", re.IGNORECASE)
+                       r"|fortep|guitar|gitarr|guitare|harp|harfe|harpe|lute|laute",
+                       re.IGNORECASE)
 # General MIDI programs 0-7 are pianos; music21 writes 0 for a part without an instrument.
 _PIANO_PROGRAMS = range(8)
 
@@ -73,6 +75,9 @@ def assign_roles(rule: str, tracks: Sequence[tuple[str, int]]) -> list[str]:
             # whose vocal spine has no instrument).
             roles = [LEAD if not name.strip() else role
                      for (name, _), role in zip(tracks, roles, strict=True)]
+        if ACCOMPANIMENT not in roles and len(roles) > 1:
+            # Part-songs for voices alone: the top voice leads, as in a chorale.
+            return assign_roles(RULE_FIRST_PART, tracks)
         # A piano piece among songs (no voice) has nothing to accompany: no roles.
         return roles if LEAD in roles else [ANY] * len(tracks)
     raise DataError(f"unknown role rule {rule!r} (known: {', '.join(RULES)})")

@@ -120,6 +120,12 @@ def test_assign_roles_rules() -> None:
     assert assign_roles(RULE_VOICE_PIANO, [("", 0), ("Piano", 0), ("Piano", 0)]) == [
         LEAD, ACCOMPANIMENT, ACCOMPANIMENT]
     assert assign_roles(RULE_VOICE_PIANO, [("", 0), ("", 0)]) == [ANY, ANY]
+    # A guitar accompanies; voices alone are a part-song: the top voice leads.
+    assert assign_roles(RULE_VOICE_PIANO, [("Stimme Voice", 53), ("Guitarre", 24)]) == [
+        LEAD, ACCOMPANIMENT]
+    assert assign_roles(RULE_VOICE_PIANO, [("Soprano", 53), ("Alto", 53), ("Bass", 53)]) == [
+        LEAD, ACCOMPANIMENT, ACCOMPANIMENT]
+    assert assign_roles(RULE_VOICE_PIANO, [("Voice", 53)]) == [LEAD]
     # Songs without a voice (a piano piece) have no roles.
     assert assign_roles(RULE_VOICE_PIANO, [("Piano", 0), ("Piano", 0)]) == [ANY, ANY]
     assert assign_roles(RULE_POP909, [("MELODY", 0), ("BRIDGE", 0), ("PIANO", 0)]) == [
