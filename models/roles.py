@@ -41,7 +41,7 @@ RULES = (RULE_ANY, RULE_ALL_LEAD, RULE_VOICE_PIANO, RULE_FIRST_PART, RULE_POP909
 # Part names of accompanying instruments in the scores (keyboards, guitars, harps; English,
 # German, Italian, French, Polish).
 _KEYBOARD = re.compile(r"piano|klavier|clavier|keyboard|cembalo|harpsichord|organ|orgel"
-                       r"|fortep|guitar|gitarr|guitare|harp|harfe|harpe|lute|laute",
+                       r"|fortep|guitar|gitarr|guitare|harp|harfe|harpe|(?<![a-z])lute|laute",
                        re.IGNORECASE)
 # General MIDI programs 0-7 are pianos; music21 writes 0 for a part without an instrument.
 _PIANO_PROGRAMS = range(8)

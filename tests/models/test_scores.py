@@ -126,6 +126,8 @@ def test_assign_roles_rules() -> None:
     assert assign_roles(RULE_VOICE_PIANO, [("Soprano", 53), ("Alto", 53), ("Bass", 53)]) == [
         LEAD, ACCOMPANIMENT, ACCOMPANIMENT]
     assert assign_roles(RULE_VOICE_PIANO, [("Voice", 53)]) == [LEAD]
+    # A flute is not a lute: an obbligato flute over a piano leads.
+    assert assign_roles(RULE_VOICE_PIANO, [("Flute", 73), ("Piano", 0)]) == [LEAD, ACCOMPANIMENT]
     # Songs without a voice (a piano piece) have no roles.
     assert assign_roles(RULE_VOICE_PIANO, [("Piano", 0), ("Piano", 0)]) == [ANY, ANY]
     assert assign_roles(RULE_POP909, [("MELODY", 0), ("BRIDGE", 0), ("PIANO", 0)]) == [
