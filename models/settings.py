@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,8 @@ else:  # pragma: no cover - Python 3.10
 
 
 TOKEN_MAX_DENOMINATOR = 16  # the largest time-signature denominator the vocabulary has
+# Style names travel in protocol messages, file names and token configurations.
+_STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def setting(default: Any, *, low: float | None = None, high: float | None = None,
@@ -74,9 +77,15 @@ class TokensSettings:
     num_velocities: int = setting(16, low=1, high=127)
     time_signatures: tuple[str, ...] = setting(
         ("2/4", "3/4", "4/4", "5/4", "6/4", "3/8", "6/8", "9/8", "12/8", "2/2", "3/2"))
+    # Conditioning (see models.tokenizer). The defaults are the vocabulary of the models
+    # trained before conditioning existed: no Style and no Role tokens.
+    style_slots: int = setting(0, low=0, high=256)
+    styles: tuple[str, ...] = setting(())
+    roles: bool = setting(False)
 
     def check(self) -> None:
-        """Cross-field rules: an ordered pitch range and well-formed time signatures."""
+        """Cross-field rules: an ordered pitch range, well-formed time signatures, and
+        style names that fit the reserved style slots."""
         if self.pitch_min > self.pitch_max:
             raise ConfigError(f"[tokens] pitch_min must be <= pitch_max "
                               f"(received {self.pitch_min} > {self.pitch_max})")
@@ -92,6 +101,22 @@ class TokensSettings:
             if denominator > TOKEN_MAX_DENOMINATOR:
                 raise ConfigError(f"[tokens] time_signatures: denominators go up to "
                                   f"{TOKEN_MAX_DENOMINATOR} (received {text!r})")
+        self._check_styles()
+
+    def _check_styles(self) -> None:
+        # Slot 0 is "any style" (style dropout, unknown styles): names take slots 1, 2, ...
+        if self.styles and len(self.styles) >= self.style_slots:
+            raise ConfigError(f"[tokens] styles names {len(self.styles)} styles, but "
+                              f"style_slots {self.style_slots} leaves "
+                              f"{max(0, self.style_slots - 1)} slots after slot 0 (\"any\")")
+        seen: set[str] = set()
+        for name in self.styles:
+            if not isinstance(name, str) or not _STYLE_NAME.match(name) or name == "any":
+                raise ConfigError(f"[tokens] styles holds plain names other than \"any\" "
+                                  f"(received {name!r})")
+            if name in seen:
+                raise ConfigError(f"[tokens] styles names {name!r} twice")
+            seen.add(name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,12 @@ semantics over the same vocabulary:
 - ``TimeSig_n/d`` sets the bar length to ``n`` beats of ``4/d`` quarter notes;
 - ``Position_k`` moves to ``k`` grid steps after the bar start, a step being
   ``1/positions_per_beat`` of a time-signature beat;
-- ``Pitch Velocity Duration`` makes one note at the current time.
+- ``Pitch Velocity Duration`` makes one note at the current time;
+- ``Role_r`` (vocabularies with roles) makes ``r`` the role of the following notes, until
+  the next ``Role`` (before any, notes are ``any``: MidiTok's program 0);
+- ``Style_k`` (vocabularies with style slots) sets the stream's style slot; it follows
+  ``BOS`` in training data, and is accepted between any two events (a mid-stream switch
+  changes no time and no note).
 
 A token that does not fit (out of vocabulary, out of order, a position going backwards or
 past the bar) is counted, logged at debug level and skipped: the decoder never raises.
@@ -21,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from models.notes import Note
+from models.notes import ANY, Note
 from models.tokenizer import MelodyTokenizer
 
 logger = logging.getLogger(__name__)
@@ -33,7 +38,7 @@ _MAX_REPORTED = 32
 class Expect(Enum):
     """What the stream needs next."""
 
-    EVENT = "event"          # Bar, TimeSig, Position, Pitch or EOS
+    EVENT = "event"          # Bar, TimeSig, Position, Pitch, Role, Style or EOS
     VELOCITY = "velocity"    # after a Pitch
     DURATION = "duration"    # after a Velocity
     ENDED = "ended"          # after EOS
@@ -43,11 +48,13 @@ class Expect(Enum):
 class TokenInfo:
     """The parsed meaning of one token id."""
 
-    kind: str            # "Bar", "TimeSig", "Position", "Pitch", "Velocity", "Duration", special
-    value: int = 0       # position step, pitch, velocity
+    kind: str            # "Bar", "TimeSig", "Position", "Pitch", "Velocity", "Duration",
+                         # "Role", "Style", or a special token
+    value: int = 0       # position step, pitch, velocity, style slot
     beats: float = 0.0   # duration in time-signature beats (Duration)
     numerator: int = 0   # TimeSig
     denominator: int = 0
+    role: str = ""       # Role
 
 
 def parse_vocabulary(tokenizer: MelodyTokenizer) -> list[TokenInfo]:
@@ -55,7 +62,7 @@ def parse_vocabulary(tokenizer: MelodyTokenizer) -> list[TokenInfo]:
     infos = []
     for text in tokenizer.tokens:
         kind, _, raw = text.partition("_")
-        if kind in ("Position", "Pitch", "Velocity"):
+        if kind in ("Position", "Pitch", "Velocity", "Style"):
             infos.append(TokenInfo(kind, value=int(raw)))
         elif kind == "Duration":
             whole, ticks, res = (int(part) for part in raw.split("."))
@@ -63,6 +70,8 @@ def parse_vocabulary(tokenizer: MelodyTokenizer) -> list[TokenInfo]:
         elif kind == "TimeSig":
             num, den = (int(part) for part in raw.split("/"))
             infos.append(TokenInfo(kind, numerator=num, denominator=den))
+        elif kind == "Role":
+            infos.append(TokenInfo(kind, role=raw))
         else:
             infos.append(TokenInfo(kind))
     return infos
@@ -80,6 +89,8 @@ class StreamingDetokenizer:
         skipped: number of tokens skipped as not fitting.
         problems: the most recent ``(token index, token string, reason)`` of skipped tokens.
         offset: beats added to every emitted onset (where bar 0 lies on the caller's timeline).
+        role: the role of the next notes (``any`` until a ``Role`` token).
+        style: the slot of the last ``Style`` token, ``None`` before one.
     """
 
     def __init__(self, tokenizer: MelodyTokenizer, offset: float = 0.0,
@@ -94,6 +105,8 @@ class StreamingDetokenizer:
         self.position = -1
         self.time = 0.0
         self.expect = Expect.EVENT
+        self.role = ANY
+        self.style: int | None = None
         self.skipped = 0
         self.problems: list[tuple[int, str, str]] = []
         self._count = 0
@@ -165,7 +178,8 @@ class StreamingDetokenizer:
             self.expect = Expect.EVENT
             if kind == "Duration":
                 duration = info.beats * self.beat_length
-                return Note(self.time + self.offset, duration, self._pitch, self._velocity)
+                return Note(self.time + self.offset, duration, self._pitch, self._velocity,
+                            self.role)
             self._skip(token, "a Duration must follow a Velocity; the note is dropped")
             return None
         return self._event(token, info)
@@ -197,6 +211,10 @@ class StreamingDetokenizer:
         elif kind == "Pitch":
             self._pitch = info.value
             self.expect = Expect.VELOCITY
+        elif kind == "Role":
+            self.role = info.role
+        elif kind == "Style":
+            self.style = info.value
         else:  # a Velocity or Duration with no Pitch before it
             self._skip(token, f"a {kind} must follow a Pitch")
         return None
