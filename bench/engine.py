@@ -168,13 +168,13 @@ def bench_model_call(decoder: StyleDecoder, past: int, steps: int) -> dict[str, 
     gen = _generation(decoder, f"call{past}")
     _set_past(decoder, [gen], past)
     binding = _Binding(decoder._session, decoder.pool, decoder._names, start=gen.slot,
-                       stop=gen.slot + 1, seq=1)
+                       stop=gen.slot + 1, seq=1, vocab=decoder.tokenizer.vocab_size)
     binding.input_ids[0, 0] = 5
     binding.position_ids[0, 0] = past
     binding.query_seqlens[0] = 1
     binding.seqlens_k[0] = past
     binding.total[()] = past + 1
-    result = stats_ms(_timed(lambda: decoder._call(binding, 1, 1), steps))
+    result = stats_ms(_timed(lambda: decoder._call(binding), steps))
     decoder.cancel(gen)
     return result
 

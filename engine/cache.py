@@ -158,7 +158,8 @@ class KVPool:
 
     def used_rows(self) -> int:
         """One past the highest row in use (0 when none is)."""
-        busy = [r for r in range(self.rows) if r not in set(self._free)]
+        free = set(self._free)
+        busy = [r for r in range(self.rows) if r not in free]
         return max(busy) + 1 if busy else 0
 
     def load(self, slot: int, cache: Cache, length: int) -> None:

@@ -129,12 +129,13 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class _Binding:
     """An I/O binding of rows ``[start, stop)`` of a pool, with its input arrays.
 
-    The small inputs live in arrays bound by pointer once, so a decode step only writes
-    numbers into them; the cache inputs and outputs point at the same pool memory.
+    The small inputs and the logits live in arrays bound by pointer once, so a decode step
+    only writes numbers into them; the cache inputs and outputs point at the same pool
+    memory.
     """
 
     def __init__(self, session: object, pool: KVPool, names: tuple[list[str], list[str]], *,
-                 start: int, stop: int, seq: int) -> None:
+                 start: int, stop: int, seq: int, vocab: int) -> None:
         rows = stop - start
         self.binding = session.io_binding()
         self.input_ids = np.zeros((rows, seq), dtype=np.int64)
@@ -142,6 +143,9 @@ class _Binding:
         self.seqlens_k = np.zeros(rows, dtype=np.int32)
         self.query_seqlens = np.zeros(rows, dtype=np.int32)
         self.total = np.zeros((), dtype=np.int32)
+        # ONNX Runtime writes the logits here on every call: no output is allocated per
+        # step, and a step binding lives as long as the pool's rows do.
+        self.logits = np.empty((rows, seq, vocab), dtype=np.float32)
         self.key = (pool.generation, start, stop, seq)
         for name, array in (("input_ids", self.input_ids), ("position_ids", self.position_ids),
                             ("seqlens_k", self.seqlens_k), ("query_seqlens", self.query_seqlens),
@@ -151,6 +155,7 @@ class _Binding:
             rows_view = buffer[start:stop]
             self._bind(past, rows_view, output=False)
             self._bind(present, rows_view, output=True)
+        self._bind("logits", self.logits, output=True)
 
     def _bind(self, name: str, array: np.ndarray, *, output: bool) -> None:
         bind = self.binding.bind_output if output else self.binding.bind_input
@@ -191,6 +196,7 @@ class StyleDecoder:
                      else None)
         self._names = (self._cache_inputs, list(model.card.cache.outputs))
         self._step_binding: _Binding | None = None
+        self._vocab = self.tokenizer.vocab_size
 
     # ----------------------------------------------------------------- public API
     @property
@@ -350,28 +356,33 @@ class StyleDecoder:
             return
         self._slide_if_full(running)
         pool = self.pool
-        stop = max(g.slot for g in running) + 1
+        count = len(running)
+        slots = np.fromiter((g.slot for g in running), dtype=np.intp, count=count)
+        stop = int(slots.max()) + 1
         binding = self._step_binding
         if binding is None or binding.key != (pool.generation, 0, stop, 1):
-            binding = self._step_binding = _Binding(self._session, pool, self._names,
-                                                         start=0, stop=stop, seq=1)
+            binding = self._step_binding = _Binding(self._session, pool, self._names, start=0,
+                                                    stop=stop, seq=1, vocab=self._vocab)
         # Rows not stepped now (free, or a generation the caller left out) ride along
-        # idle: no new token, their cache untouched, their logits ignored.
-        lengths = pool.lengths[:stop]
-        binding.query_seqlens[:] = 0
-        binding.input_ids[:] = 0
-        binding.position_ids[:] = 0
-        for gen in running:
-            binding.input_ids[gen.slot, 0] = gen.pending
-            binding.position_ids[gen.slot, 0] = gen.next_position
-            binding.query_seqlens[gen.slot] = 1
-        total = lengths + binding.query_seqlens
-        binding.seqlens_k[:] = np.maximum(total - 1, 0)
+        # idle: query_seqlens 0, so their cache is untouched whatever token and position
+        # they still hold from an earlier step, and their logits are ignored.
+        queries = binding.query_seqlens
+        queries.fill(0)
+        queries[slots] = 1
+        binding.input_ids[slots, 0] = np.fromiter((g.pending for g in running),
+                                                  dtype=np.int64, count=count)
+        binding.position_ids[slots, 0] = np.fromiter((g.next_position for g in running),
+                                                     dtype=np.int64, count=count)
+        total = pool.lengths[:stop] + queries
+        np.maximum(total - 1, 0, out=binding.seqlens_k, casting="unsafe")
         binding.total[()] = max(int(total.max()), 1)
-        logits = self._call(binding, stop, 1)
-        for gen in running:
-            gen.logits = logits[gen.slot, 0]
-            pool.lengths[gen.slot] += 1
+        self._call(binding)
+        pool.lengths[slots] += 1
+        # One copy of the stepped rows: a generation's logits must survive later calls
+        # that it sits out (its row then gets an idle row's logits in the bound buffer).
+        logits = binding.logits[slots, 0]
+        for gen, row in zip(running, logits, strict=True):
+            gen.logits = row
             gen.stream.append(gen.pending)
             gen.pending = None
             gen.next_position += 1
@@ -381,30 +392,27 @@ class StyleDecoder:
         """Run a prompt's new tokens into its row after ``reuse`` cached ones; last logits."""
         pool = self.pool
         binding = _Binding(self._session, pool, self._names, start=slot, stop=slot + 1,
-                           seq=len(tokens))
+                           seq=len(tokens), vocab=self._vocab)
         binding.input_ids[0] = tokens
         binding.position_ids[0] = np.arange(reuse, reuse + len(tokens))
         binding.query_seqlens[0] = len(tokens)
         binding.seqlens_k[0] = reuse + len(tokens) - 1
         binding.total[()] = reuse + len(tokens)
-        logits = self._call(binding, 1, len(tokens))
+        self._call(binding)
         pool.lengths[slot] = reuse + len(tokens)
-        return logits[0, -1]
+        return binding.logits[0, -1].copy()  # not a view that keeps [seq, vocab] alive
 
-    def _call(self, binding: _Binding, rows: int, seq: int) -> np.ndarray:
-        """Run a bound call; the logits [rows, seq, vocab] in a fresh array.
+    def _call(self, binding: _Binding) -> np.ndarray:
+        """Run a bound call; the logits [rows, seq, vocab] land in ``binding.logits``.
 
         Raises:
             EngineError: ONNX Runtime rejects the inputs or fails.
         """
-        logits = np.empty((rows, seq, self.tokenizer.vocab_size), dtype=np.float32)
-        binding.binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape),
-                                    logits.ctypes.data)
         try:
             self._session.run_with_iobinding(binding.binding)
         except ort_errors() as err:
             raise EngineError(f"model {self.model.path.name} failed: {err}") from err
-        return logits
+        return binding.logits
 
     def _forward_recurrent(self, running: list[Generation]) -> None:
         """One call of a recurrent model: states stacked while the batch stays the same."""

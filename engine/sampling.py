@@ -19,28 +19,35 @@ def make_rng(params: SamplingParams) -> np.random.Generator:
 
 
 def _weights(logits: np.ndarray, params: SamplingParams,
-             allowed: np.ndarray | None) -> np.ndarray:
-    """Unnormalized probabilities after masking, temperature and the filters.
+             allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Unnormalized probabilities of the allowed tokens after temperature and the filters.
 
-    Working with ``exp(score - max)`` (the best token weighs 1) needs one ``exp`` per step
-    and turns min-p into a plain threshold on the weights.
+    Only the allowed tokens are scored: the grammar usually leaves a few dozen of the
+    vocabulary, so every array below is that short, and a masked token (weight 0 in the
+    full distribution) never takes part. Working with ``exp(score - max)`` (the best token
+    weighs 1) needs one ``exp`` per step and turns min-p into a plain threshold.
+
+    Returns:
+        the weights and the token ids they belong to (``None``: every token, in order).
 
     Raises:
         EngineError: the mask allows no token, or the temperature is not positive.
     """
     if params.temperature <= 0:
         raise EngineError(f"temperature must be above 0 (received {params.temperature})")
+    ids = None
+    if allowed is not None:
+        ids = np.flatnonzero(allowed)
+        if not ids.size:
+            raise EngineError("the grammar allows no next token")
+        logits = logits[ids]
     # float64: dividing by a small temperature must not overflow exp() below.
     scores = np.asarray(logits, dtype=np.float64) / params.temperature
-    if allowed is not None:
-        if not allowed.any():
-            raise EngineError("the grammar allows no next token")
-        scores[~allowed] = -np.inf
     if params.top_k and 0 < params.top_k < scores.size:
         # The k-th largest score is the threshold; ties at it are kept.
         kth = np.partition(scores, -params.top_k)[-params.top_k]
         scores[scores < kth] = -np.inf
-    weights = np.exp(scores - scores.max())  # masked and filtered tokens weigh 0
+    weights = np.exp(scores - scores.max())  # filtered tokens weigh 0
     if params.min_p > 0.0:
         weights[weights < params.min_p] = 0.0  # p_i < min_p * p_max, as p_max weighs 1
     if params.top_p < 1.0:
@@ -49,7 +56,7 @@ def _weights(logits: np.ndarray, params: SamplingParams,
         # Keep the smallest prefix whose mass reaches top_p (always at least one token).
         keep = int(np.searchsorted(mass, params.top_p * mass[-1])) + 1
         weights[order[keep:]] = 0.0
-    return weights
+    return weights, ids
 
 
 def probabilities(logits: np.ndarray, params: SamplingParams,
@@ -59,8 +66,12 @@ def probabilities(logits: np.ndarray, params: SamplingParams,
     Raises:
         EngineError: the mask allows no token, or the temperature is not positive.
     """
-    weights = _weights(logits, params, allowed)
-    return weights / weights.sum()
+    weights, ids = _weights(logits, params, allowed)
+    if ids is None:
+        return weights / weights.sum()
+    full = np.zeros(len(logits), dtype=np.float64)
+    full[ids] = weights / weights.sum()
+    return full
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
@@ -76,12 +87,14 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
         if not allowed.any():
             raise EngineError("the grammar allows no next token")
         return int(np.argmax(np.where(allowed, logits, -np.inf)))
-    weights = _weights(logits, params, allowed)
-    # Inverse-CDF draw: one uniform number per token keeps seeded streams reproducible.
+    weights, ids = _weights(logits, params, allowed)
+    # Inverse-CDF draw in token order: one uniform number per token keeps seeded streams
+    # reproducible (masked tokens would only add flat steps of zero weight to the CDF, so
+    # drawing among the allowed ones picks the same token as drawing over all of them).
     cdf = np.cumsum(weights)
     index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
     index = min(index, len(weights) - 1)
     # Rounding can land on a zero-weight token at the end; step back to a real one.
     while weights[index] == 0.0 and index > 0:
         index -= 1
-    return index
+    return index if ids is None else int(ids[index])

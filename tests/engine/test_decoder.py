@@ -220,3 +220,22 @@ def test_recurrent_models_decode_and_reuse_their_state(tiny_onnx_factory, arch):
     single = alone.start("x", _request(notes=_seed(5), start=8.0, seed=1))
     _run(alone, [single])
     assert single.stream == batch[1].stream
+
+
+def test_a_generation_left_out_of_a_step_keeps_its_logits(model):
+    # The step's logits land in one bound buffer; a generation the caller leaves out of
+    # a step must keep the logits of its own last step, not an idle row's.
+    decoder = _decoder(model)
+    a = decoder.start("a", _request(seed=5))
+    b = decoder.start("b", _request(notes=_seed(6), seed=6))
+    decoder.step([a, b])
+    kept = a.logits.copy()
+    binding = decoder._step_binding
+    for _ in range(3):
+        decoder.step([b])
+    np.testing.assert_array_equal(a.logits, kept)
+    assert decoder._step_binding is binding  # bound once, not per step
+    alone = _decoder(model)
+    a2 = alone.start("a", _request(seed=5))
+    alone.step([a2])
+    np.testing.assert_allclose(a.logits, a2.logits, atol=1e-4)
