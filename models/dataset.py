@@ -17,6 +17,11 @@ piece with too many tokens, ...). Suffixes are compared in any letter case, and 
 The manifest's ``pieces`` table gives each kept piece's style, licence, corpus and the
 role of each of its tracks (``models.roles.piece_info`` reads it).
 
+With a conditioned vocabulary (``[tokens] style_slots``, ``roles``), each piece starts
+``BOS Style_k`` with its style's slot (slot 0 when its style is unknown) and its notes
+keep their tracks' roles; the styles of the source take the free style slots before
+anything is tokenized, and the manifest's tokenizer configuration records them.
+
 Torch-free: the training loop wraps ``TokenDataset`` in its own torch dataset.
 """
 
@@ -29,14 +34,14 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.exceptions import DataError
+from models.exceptions import DataError, TokenizerError
 from models.midifile import score_from_bytes, smf_bytes
 from models.roles import track_roles
 from models.settings import DataSettings, TokensSettings
@@ -183,8 +188,11 @@ def _limits(name: str, notes: int, tokens: int, empty_run: int, settings: DataSe
 
 
 def tokenize_file(path: Path, name: str, tokenizer: MelodyTokenizer,
-                  settings: DataSettings) -> PieceResult:
+                  settings: DataSettings, *, style: str | None = None) -> PieceResult:
     """Tokenize one MIDI file, or say why it is skipped. Never raises on bad input.
+
+    ``style`` is the piece's style, written after ``BOS`` by a vocabulary with style
+    tokens (ignored by one without); tracks named by role give their notes that role.
 
     The limits of ``settings`` (``max_file_bytes``, ``min_notes``, ``max_tokens``,
     ``max_empty_bars``) are checked on the file and on its note onsets before MidiTok
@@ -233,7 +241,7 @@ def tokenize_file(path: Path, name: str, tokenizer: MelodyTokenizer,
             return PieceResult(name, None, reason=SKIP_POLYPHONIC,
                                detail="notes overlap after merging tracks")
     try:
-        ids = tokenizer.encode_score(score)
+        ids = tokenizer.encode_score(score, style=style)
     except (RuntimeError, ValueError, IndexError, KeyError, OverflowError,
             ZeroDivisionError) as err:
         # MidiTok and symusic can still trip on odd files (a time signature MidiTok
@@ -258,12 +266,13 @@ def _init_worker(tokens_settings: dict[str, Any], data_settings: dict[str, Any])
     _WORKER["settings"] = DataSettings(**data_settings)
 
 
-def _work(item: tuple[str, str]) -> tuple[str, bytes | None, int, str | None, str,
-                                          tuple[str, ...]]:
+def _work(item: tuple[str, str, str | None]) -> tuple[str, bytes | None, int, str | None, str,
+                                                      tuple[str, ...]]:
     """Worker entry: plain values in and out (ids as raw uint16 bytes)."""
-    path, name = item
+    path, name, style = item
     try:
-        result = tokenize_file(Path(path), name, _WORKER["tokenizer"], _WORKER["settings"])
+        result = tokenize_file(Path(path), name, _WORKER["tokenizer"], _WORKER["settings"],
+                               style=style)
     except Exception as err:  # a library bug on one odd file must not end a long build
         logger.warning("unexpected error on %s: %r", name, err)
         result = PieceResult(name, None, reason=SKIP_PARSE,
@@ -278,16 +287,19 @@ def _tokens_from_dict(values: dict[str, Any]) -> TokensSettings:
 
 def tokenize_files(root: Path | None, files: Sequence[Path | tuple[Path, str]],
                    tokenizer: MelodyTokenizer, settings: DataSettings, *,
-                   progress: bool = True) -> list[PieceResult]:
+                   progress: bool = True,
+                   styles: Mapping[str, str | None] | None = None) -> list[PieceResult]:
     """Tokenize files in ``settings.jobs`` worker processes, in input order.
 
     Each file is a path (its piece name is the path relative to ``root``) or a
-    ``(path, piece name)`` pair.
+    ``(path, piece name)`` pair; ``styles`` gives a piece's style by its name.
     """
     from tqdm import tqdm  # noqa: PLC0415
 
-    items = [(str(f[0]), f[1]) if isinstance(f, tuple)
+    named = [(str(f[0]), f[1]) if isinstance(f, tuple)
              else (str(f), f.relative_to(root).as_posix() if root else f.name) for f in files]
+    styles = styles or {}
+    items = [(path, name, styles.get(name)) for path, name in named]
     jobs = settings.jobs or os.cpu_count() or 1
     tokens_dict = dataclasses.asdict(tokenizer.settings)
     bar = tqdm(total=len(items), unit="file", desc="tokenizing", disable=not progress)
@@ -514,8 +526,16 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
                            data_root=settings.data_root, timeout=settings.convert_timeout)
     root = found.root
     resolve_seconds = time.monotonic() - started
-    results = tokenize_files(root, found.items, tokenizer, settings,
-                             progress=progress) + found.unread
+    styles = {name: info.get("style") for name, info in found.meta.items()}
+    if tokenizer.style_ids:
+        # Before any worker starts, so every piece is encoded with the same slots.
+        try:
+            tokenizer = tokenizer.with_styles(sorted({s for s in styles.values() if s}))
+        except TokenizerError as err:
+            raise DataError(f"{source}: {err}") from err
+        logger.info("style slots: %s", tokenizer.style_slots)
+    results = tokenize_files(root, found.items, tokenizer, settings, progress=progress,
+                             styles=styles) + found.unread
     kept = {r.name: r for r in results if r.tokens is not None}
     if not kept:
         reasons = Counter(r.reason for r in results)

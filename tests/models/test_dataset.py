@@ -557,3 +557,75 @@ def test_default_limits_come_from_config_toml() -> None:
     data = load_settings().data
     assert data.max_tokens == DataSettings().max_tokens == 250_000
     assert data.max_empty_bars == DataSettings().max_empty_bars == 64
+
+
+# ----------------------------------------------------------------- style and role tokens
+def write_song(path: Path, seed: int) -> Path:
+    """A two-track MIDI file named by role, as the corpus cache writes them."""
+    score = symusic.Score(TPQ)
+    score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+    for role, low, high in (("lead", 67, 79), ("accompaniment", 43, 55)):
+        track = symusic.Track(name=role, program=0, is_drum=False)
+        for onset, duration, pitch, velocity in melody(seed + high, 12, low, high):
+            track.notes.append(symusic.Note(round(onset * TPQ), round(duration * TPQ), pitch,
+                                            velocity))
+        score.tracks.append(track)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    score.dump_midi(str(path))
+    return path
+
+
+def test_a_conditioned_build_writes_each_piece_s_style_and_roles(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.settings import TokensSettings  # noqa: PLC0415
+    from models.sources import Source  # noqa: PLC0415
+    from models.streaming import StreamingDetokenizer  # noqa: PLC0415
+
+    root = tmp_path / "songs"
+    files = [write_song(root / f"song{i:02d}.mid", i) for i in range(12)]
+    styles = {f.name: ("romantic" if i % 3 == 0 else "pop" if i % 3 == 1 else None)
+              for i, f in enumerate(files)}
+    source = Source(root, [(f, f.name) for f in files], [],
+                    {name: {"style": style, "licence": "CC0", "corpus": "test"}
+                     for name, style in styles.items()})
+    monkeypatch.setattr(dataset, "resolve_source", lambda *args, **kwargs: source)
+    tokenizer = MelodyTokenizer(TokensSettings(style_slots=4, roles=True))
+    manifest = build_dataset("songs", tmp_path / "out",
+                             settings(jobs=1, transpose_min=-2, transpose_max=2),
+                             tokenizer, progress=False)
+    built = MelodyTokenizer.from_dict(manifest["tokenizer"])
+    assert built.fingerprint == tokenizer.fingerprint
+    assert built.style_slots == {"any": 0, "pop": 1, "romantic": 2}
+    for split in SPLITS:
+        data = TokenDataset(tmp_path / "out", split)
+        info = manifest["splits"][split]
+        names = [name for name, shifts in zip(info["pieces"], info["transpositions"],
+                                              strict=True) for _ in shifts]
+        for index, name in enumerate(names):
+            ids = [int(i) for i in data[index]]
+            assert ids[:2] == [built.bos_id, built.style_id(styles[name])], name
+            stream = StreamingDetokenizer(built)
+            notes = stream.feed_many(ids)
+            assert stream.skipped == 0
+            lead = [n.pitch for n in notes if n.role == "lead"]
+            accompaniment = [n.pitch for n in notes if n.role == "accompaniment"]
+            assert len(lead) == len(accompaniment) == 12
+            # Transposed copies move pitches only: lead stays above the accompaniment.
+            assert min(lead) > max(accompaniment)
+    assert len(TokenDataset(tmp_path / "out", "train")) > manifest["splits"]["train"][
+        "num_pieces"]
+
+
+def test_too_many_styles_for_the_slots_is_a_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.settings import TokensSettings  # noqa: PLC0415
+    from models.sources import Source  # noqa: PLC0415
+
+    root = tmp_path / "songs"
+    files = [write_song(root / f"song{i}.mid", i) for i in range(3)]
+    source = Source(root, [(f, f.name) for f in files], [],
+                    {f.name: {"style": f"style{i}"} for i, f in enumerate(files)})
+    monkeypatch.setattr(dataset, "resolve_source", lambda *args, **kwargs: source)
+    with pytest.raises(DataError, match="free style slots"):
+        build_dataset("songs", tmp_path / "out", settings(jobs=1),
+                      MelodyTokenizer(TokensSettings(style_slots=3)), progress=False)
