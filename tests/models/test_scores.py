@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import symusic
 
+from models import scores
 from models.cli import main
 from models.corpus import Cache, Collection, convert_cached, read_index
 from models.data_root import NAMED_CORPORA, named_summary, quartet_style
@@ -283,11 +284,24 @@ def test_an_interrupted_conversion_resumes_without_redoing_work(tmp_path: Path) 
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.mid")} == after
 
 
-def test_a_score_over_its_time_is_skipped_then_retried_with_more_time(tmp_path: Path) -> None:
+def slow_convert_unit(unit_: dict) -> list[dict]:
+    """The real conversion after a second of CPU work (forked workers inherit the patch)."""
+    end = time.process_time() + 1.0
+    while time.process_time() < end:
+        pass
+    return REAL_CONVERT_UNIT(unit_)
+
+
+REAL_CONVERT_UNIT = convert_unit
+
+
+def test_a_score_over_its_time_is_skipped_then_retried_with_more_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scores, "convert_unit", slow_convert_unit)
     cache, collection = fixture_cache(tmp_path / "c", ("song.musicxml",)), Collection("fx", "")
     [record] = convert_cached([collection], cache, 1, progress=False,
-                              timeout=0.01)["fx"]["pieces"]
-    assert record["midi"] is None and record["error"] == "timeout: more than 0.01 s"
+                              timeout=0.3)["fx"]["pieces"]
+    assert record["midi"] is None and record["error"] == "timeout: more than 0.3 s"
     (tmp_path / "c" / "fx" / "index.json").unlink()
     [record] = convert_cached([collection], cache, 1, progress=False,
                               timeout=600)["fx"]["pieces"]
