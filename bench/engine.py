@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.cache import window_feeds
 from engine.decoder import Generation, StyleDecoder, _Binding
 from engine.model import LoadedModel, load_model
 from engine.requests import GenerateRequest, SamplingParams
@@ -56,7 +58,7 @@ class BenchConfig:
 
     pasts: tuple[int, ...] = (64, 256, 512, 1000)
     prefills: tuple[int, ...] = (256, 512)
-    batches: tuple[int, ...] = (1, 8, 20, 32)
+    batches: tuple[int, ...] = (1, 8, 20, 32, 64)
     batch_past: int = 256
     steps: int = 200
     realtime_rate: float = 40.0
@@ -229,10 +231,183 @@ def bench_batched(decoder: StyleDecoder, sessions: int, past: int,
     return result
 
 
+def parse_size(text: str, head_size: int | None = None) -> tuple[int, int, int]:
+    """``LAYERSxWIDTH`` (e.g. ``8x384``) -> (layers, width, heads).
+
+    The head size is ``head_size`` when given, else 64 where the width allows it, else
+    the largest of 48, 32, 16 that divides it (ONNX Runtime's GroupQueryAttention wants a
+    multiple of 16).
+
+    Raises:
+        ValueError: a malformed size, or a head size that does not divide the width.
+    """
+    try:
+        layers, width = (int(part) for part in text.lower().split("x"))
+    except ValueError as err:
+        raise ValueError(f"expected a size like 8x384 (layers x width), received {text!r}"
+                         ) from err
+    if layers < 1 or width < 16:
+        raise ValueError(f"expected at least 1 layer and width 16, received {text!r}")
+    if head_size is None:
+        head_size = next((h for h in (64, 48, 32, 16) if width % h == 0), 0)
+    if head_size < 16 or head_size % 16 or width % head_size:
+        raise ValueError(f"no head size for width {width}: it needs a multiple of 16 that "
+                         f"divides the width (received head size {head_size})")
+    return layers, width, width // head_size
+
+
+def write_random_model(like: str | Path, size: str, directory: str | Path, *,
+                       head_size: int | None = None, seed: int = 0) -> Path:
+    """A GPT of ``size`` with random weights, in the engine's format, beside nothing live.
+
+    Vocabulary, context length and RoPE base come from the model file ``like`` (a shipped
+    style), so only the width and depth differ; the graph is the one ``melody export``
+    writes (float32 weights: an int8 file is dequantized when it loads, so it costs the
+    same per step). No parity check: only the timing of this file is used.
+
+    Raises:
+        ValueError: a malformed size.
+        EngineError: ``like`` is not a loadable GPT model.
+    """
+    import onnx  # noqa: PLC0415 - only this comparison needs the exporter's packages
+    import torch  # noqa: PLC0415
+
+    from export.gpt_graph import build_gpt_graph  # noqa: PLC0415
+    from export.metadata import build_card, set_card  # noqa: PLC0415
+    from models.checkpoint import model_arch  # noqa: PLC0415
+    from models.gpt import GPT, GPTConfig  # noqa: PLC0415
+
+    layers, width, heads = parse_size(size, head_size)
+    base = load_model(like)
+    if base.cache_kind != "kv":
+        raise ValueError("a random size needs a GPT model to take its vocabulary from")
+    config = base.card.model_config
+    torch.manual_seed(seed)
+    net = GPT(GPTConfig(vocab_size=base.tokenizer.vocab_size,
+                        context_length=base.context_length, n_layer=layers, n_head=heads,
+                        n_embd=width, rope_base=config.get("rope_base", 10000.0))).eval()
+    label = f"random-{layers}x{width}h{width // heads}"
+    state = {"arch": model_arch(net), "model_config": dict(vars(net.config)),
+             "tokenizer": base.card.tokenizer, "data": {"source": "random", "hash": None,
+                                                         "splits": {}},
+             "metrics": {}, "step": 0, "train_config": {"seed": seed}}
+    proto = build_gpt_graph(net)
+    set_card(proto, build_card(state, style=label))
+    path = Path(directory) / f"{label}.onnx"
+    onnx.save(proto, str(path))
+    return path
+
+
+# Run by the Python that has onnxruntime-genai (maybe another environment): times genai's
+# own loop (``generate_next_token``: the model call, its input updates and greedy search)
+# from a random prompt of each length, and decodes a fixed prompt greedily for the check.
+_GENAI_CHILD = """
+import json, sys, time
+import numpy as np
+import onnxruntime_genai as og
+folder, spec = sys.argv[1], json.loads(sys.argv[2])
+model = og.Model(folder)
+vocab, rng = spec["vocab"], np.random.default_rng(0)
+
+def generator(rows, prompt):
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=spec["max_length"], do_sample=False, top_k=1,
+                              batch_size=rows)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.ascontiguousarray(prompt, dtype=np.int32))
+    return gen
+
+def timed(rows, past, steps):
+    gen = generator(rows, rng.integers(4, vocab, size=(rows, past)))
+    for _ in range(3):
+        gen.generate_next_token()
+    out = []
+    for _ in range(steps):
+        wall, cpu = time.perf_counter(), time.process_time()
+        gen.generate_next_token()
+        out.append((time.perf_counter() - wall, time.process_time() - cpu))
+    return out
+
+check = generator(1, np.asarray([spec["check_prompt"]]))
+for _ in range(spec["check_steps"]):
+    check.generate_next_token()
+result = {"version": getattr(og, "__version__", "?"),
+          "greedy": [int(t) for t in check.get_sequence(0)][len(spec["check_prompt"]):],
+          "decode": {p: timed(1, p, spec["steps"]) for p in spec["pasts"]},
+          "batched": {n: timed(n, spec["batch_past"], spec["batch_steps"])
+                      for n in spec["batches"]}}
+print(json.dumps(result))
+"""
+
+
+def genai_available(python: str) -> str | None:
+    """None when ``python`` imports onnxruntime_genai, else why it cannot be used."""
+    probe = subprocess.run([python, "-c", "import onnxruntime_genai"], capture_output=True,
+                           text=True, check=False, timeout=120)
+    if probe.returncode:
+        last = (probe.stderr.strip().splitlines() or ["import failed"])[-1]
+        return f"{python} cannot import onnxruntime_genai ({last})"
+    return None
+
+
+def _greedy_reference(model: LoadedModel, prompt: list[int], steps: int) -> list[int]:
+    """Greedy tokens of the engine's model by full passes (no cache shared with genai)."""
+    tokens = list(prompt)
+    for _ in range(steps):
+        feeds = window_feeds(model.card.cache, np.asarray(tokens))
+        logits = model.session.run([model.card.output_names[0]], feeds)[0]
+        tokens.append(int(np.argmax(logits[0, -1])))
+    return tokens[len(prompt):]
+
+
+def bench_genai(path: str | Path, python: str, config: BenchConfig,
+                settings: EngineSettings) -> dict[str, Any]:
+    """onnxruntime-genai's decoding loop on the same weights, and a greedy agreement check.
+
+    The folder comes from ``export.genai`` (the same graph with genai's attention-mask
+    input); genai runs in a child process of ``python``, so it may live in its own
+    environment. Steps at past P run P..P+steps (genai's cache is not reset).
+
+    Raises:
+        RuntimeError: the child fails (its stderr's last lines are in the message).
+    """
+    import tempfile  # noqa: PLC0415
+
+    from export.genai import write_genai_folder  # noqa: PLC0415 - bench only
+
+    model = load_model(path, settings)
+    steps = min(config.steps, 64)
+    prompt = _random_tokens(model, 64, seed=7)[0].tolist()
+    spec = {"vocab": model.tokenizer.vocab_size, "pasts": list(config.pasts),
+            "steps": steps, "batches": list(config.batches), "batch_past": config.batch_past,
+            "batch_steps": 20, "check_prompt": prompt, "check_steps": 16,
+            "max_length": max(model.context_length,
+                              max(config.pasts) + steps + 4, config.batch_past + 24)}
+    with tempfile.TemporaryDirectory(prefix="melodyd-genai-") as tmp:
+        write_genai_folder(path, tmp, threads=settings.intra_op_threads,
+                           max_length=spec["max_length"])
+        child = subprocess.run([python, "-c", _GENAI_CHILD, tmp, json.dumps(spec)],
+                               capture_output=True, text=True, check=False, timeout=1800)
+    if child.returncode:
+        raise RuntimeError("onnxruntime-genai failed: "
+                           + " | ".join(child.stderr.strip().splitlines()[-3:]))
+    raw = json.loads(child.stdout.strip().splitlines()[-1])
+    reference = _greedy_reference(model, prompt, spec["check_steps"])
+    return {"version": raw["version"], "python": python,
+            "greedy_agrees": raw["greedy"] == reference,
+            "greedy": raw["greedy"], "greedy_reference": reference,
+            "decode": {int(p): stats_ms(v) for p, v in raw["decode"].items()},
+            "batched": {int(n): stats_ms(v) for n, v in raw["batched"].items()}}
+
+
 def run_benchmark(path: str | Path, settings: EngineSettings | None = None,
                   config: BenchConfig | None = None,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[str], None] | None = None,
+                  genai_python: str | None = None) -> dict[str, Any]:
     """Measure everything and return a JSON-ready dict.
+
+    With ``genai_python`` (a Python that imports onnxruntime_genai), onnxruntime-genai's
+    loop runs on the same weights too (``results["genai"]``; the reason when it cannot).
 
     Raises:
         EngineError: the model cannot be loaded or run.
@@ -251,7 +426,9 @@ def run_benchmark(path: str | Path, settings: EngineSettings | None = None,
     warm = rss_mib()
     results: dict[str, Any] = {
         "model": str(path), "style": model.style, "arch": model.card.arch,
-        "model_config": model.card.model_config, "context_length": model.context_length,
+        "model_config": model.card.model_config,
+        "parameters": gpt_parameters(model.card.model_config),
+        "context_length": model.context_length,
         "file_mib": Path(path).stat().st_size / 2**20, "providers": model.providers,
         "threads": {"intra_op": settings.intra_op_threads,
                     "inter_op": settings.inter_op_threads},
@@ -284,11 +461,26 @@ def run_benchmark(path: str | Path, settings: EngineSettings | None = None,
         note(f"{sessions} sessions batched")
         results["batched"][sessions] = bench_batched(decoder, sessions, config.batch_past,
                                                      max(30, config.steps // 4))
+    if genai_python:
+        note("onnxruntime-genai on the same weights")
+        reason = genai_available(genai_python)
+        try:
+            results["genai"] = ({"skipped": reason} if reason else
+                                bench_genai(path, genai_python, config, settings))
+        except (RuntimeError, subprocess.SubprocessError, ValueError) as err:
+            results["genai"] = {"skipped": str(err)}
     results["realtime"] = realtime_sessions(results["batched"], config.realtime_rate)
     results["realtime"]["past"] = config.batch_past
     results["targets"] = targets(results)
     results["load_avg_at_end"] = list(os.getloadavg())
     return results
+
+
+def gpt_parameters(config: dict[str, Any]) -> int:
+    """Weights of a GPT of this config (blocks, tied embedding, final LayerNorm)."""
+    width, layers = int(config["n_embd"]), int(config["n_layer"])
+    return layers * (12 * width * width + 13 * width) + int(config["vocab_size"]) * width \
+        + 2 * width
 
 
 def realtime_sessions(batched: dict[int, dict[str, float]], rate: float) -> dict[str, Any]:
@@ -313,40 +505,56 @@ def realtime_sessions(batched: dict[int, dict[str, float]], rate: float) -> dict
 
 
 def targets(results: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets and whether this run met them."""
+    """The issues' targets and whether this run met them.
+
+    Issue 14 (the in-place cache): step p50 at the farthest past <= 1.5x step p50 at the
+    nearest, step p99 <= 1 ms at the farthest past, >= 100x full recompute, >= 3x PyTorch
+    eager, >= 64 sessions real-time in a measured batch. The older, looser targets
+    (60x recompute, 2x PyTorch, 20 sessions) are kept so earlier runs stay comparable.
+    Each ratio is also given by CPU time, which other processes on a shared machine
+    disturb less than wall time.
+    """
     out: dict[str, Any] = {}
     decode = results["decode"]
-    far = max(decode)
+    far, near = max(decode), min(decode)
     out["decode_p99_le_1ms"] = {"past": far, "value_ms": decode[far]["p99"],
                                 "met": decode[far]["p99"] <= 1.0}
     out["decode_cpu_p99_le_1ms"] = {"past": far, "value_ms": decode[far]["cpu_p99"],
                                     "met": decode[far]["cpu_p99"] <= 1.0}
-    ratio = results["recompute"][far]["p50"] / decode[far]["p50"]
-    out["recompute_ratio_ge_60"] = {"past": far, "value": ratio, "met": ratio >= 60}
-    if results.get("torch_eager"):
-        ratio = results["torch_eager"][far]["p50"] / decode[far]["p50"]
-        out["torch_ratio_ge_2"] = {"past": far, "value": ratio, "met": ratio >= 2}
-    ratio = results["recompute"][far]["cpu_p50"] / decode[far]["cpu_p50"]
-    out["recompute_cpu_ratio_ge_60"] = {"past": far, "value": ratio, "met": ratio >= 60}
-    if results.get("torch_eager"):
-        ratio = results["torch_eager"][far]["cpu_p50"] / decode[far]["cpu_p50"]
-        out["torch_cpu_ratio_ge_2"] = {"past": far, "value": ratio, "met": ratio >= 2}
-    # Met only by a measured batch (the default batches include 32), never by the fitted
+    for name, key in (("", "p50"), ("cpu_", "cpu_p50")):
+        ratio = decode[far][key] / decode[near][key]
+        out[f"flat_{name}p50_far_vs_near_le_1.5"] = {"past": [near, far], "value": ratio,
+                                                     "met": ratio <= 1.5}
+    for name, key in (("", "p50"), ("cpu_", "cpu_p50")):
+        ratio = results["recompute"][far][key] / decode[far][key]
+        out[f"recompute_{name}ratio_ge_100"] = {"past": far, "value": ratio,
+                                                "met": ratio >= 100}
+        out[f"recompute_{name}ratio_ge_60"] = {"past": far, "value": ratio, "met": ratio >= 60}
+        if results.get("torch_eager"):
+            ratio = results["torch_eager"][far][key] / decode[far][key]
+            out[f"torch_{name}ratio_ge_3"] = {"past": far, "value": ratio, "met": ratio >= 3}
+            out[f"torch_{name}ratio_ge_2"] = {"past": far, "value": ratio, "met": ratio >= 2}
+    # Met only by a measured batch (the default batches include 64), never by the fitted
     # line alone. The mean step time is the right statistic here: notes stream ahead of
     # playback, so a slow step is absorbed as long as the average keeps the rate.
     realtime = results["realtime"]
-    out["sessions_ge_20"] = {"value": realtime["measured_max"],
-                             "estimated_max": realtime["estimated_max"],
-                             "met": realtime["measured_max"] >= 20}
+    for goal in (64, 20):
+        out[f"sessions_ge_{goal}"] = {"value": realtime["measured_max"],
+                                      "cpu_value": realtime["cpu_measured_max"],
+                                      "estimated_max": realtime["estimated_max"],
+                                      "met": realtime["measured_max"] >= goal}
     out["resident_mib_per_model"] = results["memory_mib"]["model_resident"]
     return out
 
 
 def format_table(results: dict[str, Any]) -> str:
     """A plain-text table of the results."""
+    config = results["model_config"]
     lines = [f"engine benchmark: {results['style']} ({results['arch']}, "
-             f"{results['model_config'].get('n_layer')} layers x "
-             f"{results['model_config'].get('n_embd')}, context {results['context_length']}), "
+             f"{config.get('n_layer')} layers x {config.get('n_embd')}, "
+             f"{config.get('n_head')} heads of {config['n_embd'] // config['n_head']}, "
+             f"{results.get('parameters', 0) / 1e6:.2f} M weights, "
+             f"context {results['context_length']}), "
              f"threads {results['threads']['intra_op']}/{results['threads']['inter_op']}, "
              f"load avg {results['machine']['load_avg_at_start'][0]:.1f}",
              "",
@@ -385,14 +593,58 @@ def format_table(results: dict[str, Any]) -> str:
                  f"{memory['after_load']:.0f} after load, {memory['after_warmup']:.0f} after "
                  f"warm-up: {memory['model_resident']:.0f} MiB for this model "
                  f"(file {results['file_mib']:.1f} MiB)")
+    genai = results.get("genai")
+    if genai:
+        lines.append("")
+        if "skipped" in genai:
+            lines.append(f"onnxruntime-genai: not run ({genai['skipped']})")
+        else:
+            lines.append(f"onnxruntime-genai {genai['version']} on the same weights "
+                         f"(greedy tokens {'agree' if genai['greedy_agrees'] else 'DIFFER'} "
+                         f"with the engine's model): its generate_next_token vs this engine's "
+                         f"step (wall / cpu p50, ms)")
+            for past, value in genai["decode"].items():
+                ours = results["decode"].get(past) or results["decode"].get(str(past))
+                mine = f"{ours['p50']:.3f} / {ours['cpu_p50']:.3f}" if ours else "-"
+                lines.append(f"  past {past:>5}: genai {value['p50']:.3f} / "
+                             f"{value['cpu_p50']:.3f}   engine {mine}")
+            for sessions, value in genai["batched"].items():
+                ours = results["batched"].get(sessions)
+                mine = f"{ours['mean']:.2f} / {ours['cpu_mean']:.2f}" if ours else "-"
+                lines.append(f"  {sessions:>3} rows at past {results['realtime']['past']}: "
+                             f"genai mean {value['mean']:.2f} / {value['cpu_mean']:.2f}   "
+                             f"engine {mine}")
     lines.append("")
     lines.append("targets:")
     for name, value in results["targets"].items():
         if isinstance(value, dict):
+            if "cpu_value" in value:
+                lines.append(f"  {name:<32} {value['value']:>9d}  "
+                             f"{'met' if value['met'] else 'NOT met'} (by cpu time: "
+                             f"{value['cpu_value']})")
+                continue
             shown = value.get("value_ms", value.get("value"))
-            lines.append(f"  {name:<24} {shown:>9.3f}  {'met' if value['met'] else 'NOT met'}")
+            lines.append(f"  {name:<32} {shown:>9.3f}  {'met' if value['met'] else 'NOT met'}")
         else:
-            lines.append(f"  {name:<24} {value:>9.1f}")
+            lines.append(f"  {name:<32} {value:>9.1f}")
+    return "\n".join(lines)
+
+
+def format_sizes(runs: dict[str, dict[str, Any]]) -> str:
+    """One line per model size: step p50 (wall / cpu) per past and the batched step means."""
+    first = next(iter(runs.values()))
+    pasts, batches = list(first["decode"]), list(first["batched"])
+    lines = ["per-step cost by model size (ms, wall / cpu; batched: mean per step, "
+             f"each session at past {first['realtime']['past']})",
+             f"{'size':>12} {'weights':>8} " + " ".join(f"{'past ' + str(p):>13}" for p in pasts)
+             + " " + " ".join(f"{'x' + str(b):>13}" for b in batches) + f" {'real-time':>9}"]
+    for size, res in runs.items():
+        cells = [f"{res['decode'][p]['p50']:>6.3f}/{res['decode'][p]['cpu_p50']:<6.3f}"
+                 for p in pasts]
+        cells += [f"{res['batched'][b]['mean']:>6.2f}/{res['batched'][b]['cpu_mean']:<6.2f}"
+                  for b in batches]
+        lines.append(f"{size:>12} {res.get('parameters', 0) / 1e6:>7.2f}M " + " ".join(cells)
+                     + f" {res['realtime']['measured_max']:>9}")
     return "\n".join(lines)
 
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from models.exceptions import EngineError
+from models.settings import EngineSettings
+
+if TYPE_CHECKING:  # the benchmark is imported only when it runs
+    from bench.engine import BenchConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,13 +46,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cache lengths of the decode latency (default 64,256,512,1000)")
     parser.add_argument("--prefills", type=_counts, default=(256, 512),
                         help="prompt lengths of the prefill timing (default 256,512)")
-    parser.add_argument("--batches", type=_counts, default=(1, 8, 20, 32),
-                        help="session counts of the batched timing (default 1,8,20,32; 20 is the "
-                             "real-time target)")
+    parser.add_argument("--batches", type=_counts, default=(1, 8, 20, 32, 64),
+                        help="session counts of the batched timing (default 1,8,20,32,64; 64 "
+                             "is the real-time target)")
     parser.add_argument("--batch-past", type=int, default=256,
                         help="cache length of each batched session (default 256)")
     parser.add_argument("--threads", type=int, default=None,
                         help="ONNX Runtime intra-op threads (default: [engine] setting)")
+    parser.add_argument("--size", metavar="LxC[,LxC...]", default=None,
+                        help="instead of the model itself, time GPTs of these sizes (layers x "
+                             "width, e.g. 4x256,8x384) with random weights and the model's "
+                             "vocabulary and context; needs torch (the exporter builds them)")
+    parser.add_argument("--head-size", type=int, default=None,
+                        help="head size of the --size models (default 64 where the width "
+                             "allows, else 48, 32 or 16)")
+    parser.add_argument("--genai-python", metavar="PYTHON", default=None,
+                        help="also time onnxruntime-genai's loop on the same weights, run by "
+                             "this Python (one that imports onnxruntime_genai, e.g. a venv's)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     parser.add_argument("--config", metavar="FILE", help="a config.toml merged over defaults")
     parser.add_argument("--json", metavar="PATH", default="engine_bench.json",
@@ -73,9 +89,50 @@ def run(args: argparse.Namespace) -> int:
     config = BenchConfig(pasts=args.pasts, prefills=args.prefills, batches=args.batches,
                          batch_past=args.batch_past, steps=args.steps,
                          torch=not args.no_torch)
+    if args.size:
+        return _run_sizes(args, path, settings, config)
     results = run_benchmark(path, settings, config,
-                            progress=lambda what: logger.info("measuring %s", what))
+                            progress=lambda what: logger.info("measuring %s", what),
+                            genai_python=args.genai_python)
     print(format_table(results))
     written = write_json(results, args.json)
+    print(f"\nwrote {written}", file=sys.stderr)
+    return 0
+
+
+def _run_sizes(args: argparse.Namespace, like: Path, settings: EngineSettings,
+               config: BenchConfig) -> int:
+    """``--size``: the benchmark of random-weight GPTs of each size, then one summary table.
+
+    Raises:
+        EngineError: a malformed size, or torch/onnx (the exporter) are not installed.
+    """
+    import tempfile  # noqa: PLC0415
+
+    from bench.engine import (  # noqa: PLC0415
+        format_sizes,
+        format_table,
+        run_benchmark,
+        write_json,
+        write_random_model,
+    )
+
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="melodyd-bench-") as tmp:
+        for size in args.size.split(","):
+            try:
+                path = write_random_model(like, size, tmp, head_size=args.head_size)
+            except ImportError as err:
+                raise EngineError(f"--size builds models with the exporter, which needs "
+                                  f"torch and onnx ({err})") from err
+            except ValueError as err:
+                raise EngineError(f"--size: {err}") from err
+            logger.info("measuring a random %s model (%s)", size, path.name)
+            runs[size] = run_benchmark(path, settings, config,
+                                       progress=lambda what: logger.info("measuring %s", what),
+                                       genai_python=args.genai_python)
+            print(format_table(runs[size]) + "\n")
+    print(format_sizes(runs))
+    written = write_json({"sizes": runs}, args.json)
     print(f"\nwrote {written}", file=sys.stderr)
     return 0

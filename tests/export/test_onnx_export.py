@@ -3,6 +3,7 @@ batched rows of different lengths equal rows alone, and the metadata describes t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ torch = pytest.importorskip("torch", reason="export needs torch (the train extra
 onnx = pytest.importorskip("onnx", reason="export needs onnx (the train extra)")
 import onnxruntime as ort  # noqa: E402
 
+from engine.cache import window_feeds  # noqa: E402
+from export.genai import GENAI_CONFIG, write_genai_folder  # noqa: E402
 from export.metadata import read_card  # noqa: E402
 from export.onnx_graph import DEFAULT_OPSET, dynamic_axes, export_graph  # noqa: E402
 from export.parity import ParityReport, check_parity, raise_on_failure  # noqa: E402
@@ -244,3 +247,23 @@ def test_a_frozen_axis_is_detected(tiny_onnx_model: Path) -> None:
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # batch frozen to 1
     assert frozen_axes(model, dynamic_axes("gpt", 2)) == [
         "input_ids[0] should be 'batch' (got 1)"]
+
+
+def test_the_genai_folder_holds_the_same_model_behind_an_attention_mask(
+        tiny_onnx_model: Path, tmp_path: Path) -> None:
+    # bench --genai-python times onnxruntime-genai on this folder: it must be the engine's
+    # graph and weights, with the cache lengths computed from genai's attention mask.
+    folder = write_genai_folder(tiny_onnx_model, tmp_path / "genai", max_length=300)
+    config = json.loads((folder / GENAI_CONFIG).read_text())
+    assert config["search"]["past_present_share_buffer"] is True
+    assert config["search"]["max_length"] == config["model"]["context_length"] == 300
+    plain = ort.InferenceSession(str(tiny_onnx_model), providers=["CPUExecutionProvider"])
+    genai = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    spec = card_from_metadata(plain.get_modelmeta().custom_metadata_map).cache
+    ids = np.random.default_rng(3).integers(4, 200, size=12)
+    feeds = window_feeds(spec, ids)
+    expected = plain.run(["logits"], feeds)[0]
+    genai_feeds = {name: value for name, value in feeds.items()
+                   if name not in ("seqlens_k", "query_seqlens", "total_sequence_length")}
+    genai_feeds["attention_mask"] = np.ones((1, len(ids)), dtype=np.int64)
+    np.testing.assert_allclose(genai.run(["logits"], genai_feeds)[0], expected, atol=1e-5)
