@@ -12,7 +12,15 @@ stream sampled under these masks always decodes with ``skipped == 0``:
   scale, not a pitch already played at this position (a duplicate note is no music and
   lets a greedy model loop forever), and only while fewer than ``max_polyphony`` notes
   sound at the current time;
-- never ``PAD``/``BOS``; ``EOS`` only when allowed.
+- never ``PAD``/``BOS``; ``EOS`` only when allowed;
+- with Role tokens (``[tokens] roles``): a note starts with ``Role`` or ``Pitch`` after a
+  ``Position`` (as MidiTok writes them, a ``Role`` only when the role changes: never the
+  role in force, and the first note of a stream always names its role); after ``Role``
+  only a ``Pitch``. A request's ``constraints.role`` leaves only that role: its pitches
+  once it is in force, else only its ``Role`` token where a note may start;
+- with Style tokens: a ``Style`` only as the stream's first token after ``BOS`` (before
+  the first ``Bar``), where training puts it. A style switch at a bar line is not
+  offered: no model is trained with one (the detokenizer would accept it).
 
 The masks are built from per-kind arrays precomputed once per vocabulary
 (:class:`VocabularyMasks`), and the few state-dependent masks are memoised per stream, so
@@ -46,6 +54,7 @@ class VocabularyMasks:
         position: [V] position step of each ``Position`` id, -1 elsewhere.
         pitch: [V] pitch of each ``Pitch`` id, -1 elsewhere.
         time_signature: ``(n, d)`` -> id of its ``TimeSig`` token.
+        role: role -> id of its ``Role`` token (empty without roles).
     """
 
     infos: list[TokenInfo]
@@ -53,6 +62,7 @@ class VocabularyMasks:
     position: np.ndarray
     pitch: np.ndarray
     time_signature: dict[tuple[int, int], int]
+    role: dict[str, int]
 
     @classmethod
     def build(cls, tokenizer: MelodyTokenizer) -> VocabularyMasks:
@@ -62,11 +72,13 @@ class VocabularyMasks:
         kinds: dict[str, np.ndarray] = {}
         for index, info in enumerate(infos):
             kinds.setdefault(info.kind, np.zeros(size, dtype=bool))[index] = True
-        for name in ("Bar", "TimeSig", "Position", "Pitch", "Velocity", "Duration", "EOS"):
+        for name in ("Bar", "TimeSig", "Position", "Pitch", "Velocity", "Duration", "EOS",
+                     "Role", "Style"):
             kinds.setdefault(name, np.zeros(size, dtype=bool))
         position = np.full(size, -1, dtype=np.int64)
         pitch = np.full(size, -1, dtype=np.int64)
         signatures = {}
+        roles = {}
         for index, info in enumerate(infos):
             if info.kind == "Position":
                 position[index] = info.value
@@ -74,9 +86,11 @@ class VocabularyMasks:
                 pitch[index] = info.value
             elif info.kind == "TimeSig":
                 signatures[(info.numerator, info.denominator)] = index
+            elif info.kind == "Role":
+                roles[info.role] = index
         for array in (*kinds.values(), position, pitch):
             array.setflags(write=False)
-        return cls(infos, kinds, position, pitch, signatures)
+        return cls(infos, kinds, position, pitch, signatures, roles)
 
     def pitch_mask(self, constraints: Constraints) -> np.ndarray:
         """The ``Pitch`` ids allowed by a request's range and scale.
@@ -110,6 +124,7 @@ class Grammar:
         time_signature: the one ``TimeSig`` allowed after a ``Bar``.
         allow_eos: whether the model may end the piece.
         max_polyphony: most notes sounding at once, or ``None``.
+        role: the only role notes may take (``constraints.role``), or ``None``.
     """
 
     def __init__(self, tokenizer: MelodyTokenizer, vocab: VocabularyMasks,
@@ -119,10 +134,14 @@ class Grammar:
         """Start a stream before its first token.
 
         Raises:
-            EngineError: the time signature is not in the vocabulary, or the constraints
-                leave no pitch.
+            EngineError: the time signature is not in the vocabulary, the constraints
+                leave no pitch, or ask for a role the vocabulary cannot express.
         """
         constraints = constraints or Constraints()
+        if constraints.role is not None and constraints.role not in vocab.role:
+            raise EngineError(
+                f"constraints.role {constraints.role!r} needs a model with role tokens "
+                f"(this one has {', '.join(sorted(vocab.role)) or 'none'})")
         if tuple(time_signature) not in vocab.time_signature:
             known = ", ".join(f"{n}/{d}" for n, d in sorted(vocab.time_signature))
             raise EngineError(f"time signature {time_signature[0]}/{time_signature[1]} is "
@@ -132,8 +151,11 @@ class Grammar:
         self.time_signature = (int(time_signature[0]), int(time_signature[1]))
         self.allow_eos = allow_eos
         self.max_polyphony = constraints.max_polyphony
+        self.role = constraints.role
         self._pitches = vocab.pitch_mask(constraints)
         self._last_kind = ""
+        # Whether a Role token has been fed (MidiTok names the role of a stream's first note).
+        self._role_named = False
         # Pitch ids already played at the current position.
         self._here: list[int] = []
         # Ends (beats, detokenizer timeline) of notes that may still sound, kept sorted.
@@ -174,6 +196,8 @@ class Grammar:
         note = self.detok.feed(token)
         if kind not in ("PAD", "BOS"):
             self._last_kind = kind
+        if kind == "Role":
+            self._role_named = True
         if kind == "Pitch":
             self._here.append(token)
         elif kind in ("Position", "Bar"):
@@ -197,29 +221,70 @@ class Grammar:
         if expect is Expect.ENDED:
             return self._nothing
         if self.detok.bar < 0:
-            return self._only["Bar"]
+            return self._start_mask()
         if self._last_kind == "Bar":
             return self._only["TimeSig"]
+        if self._last_kind == "Role":
+            # A Role token only appears where a pitch may follow (see _note_start).
+            return self._without_here(self._pitches)
         pitches = self.detok.position >= 0 and (
             self.max_polyphony is None or self.sounding() < self.max_polyphony)
+        role_state = self.detok.role if self._role_named else None
         key = (self.detok.position, self.detok.positions_per_bar, pitches,
-               self._last_kind == "Position")
+               self._last_kind == "Position", role_state)
         mask = self._cache.get(key)
         if mask is None:
             mask = self._event_mask(*key)
             self._cache[key] = mask
         if pitches and self._here:
-            mask = mask.copy()
-            mask[self._here] = False
+            mask = self._without_here(mask)
+            if self.vocab.role and not self._without_here(self._pitches).any():
+                # Every allowed pitch was played here already: a Role would lead nowhere.
+                mask[list(self.vocab.role.values())] = False
+        return mask
+
+    def _without_here(self, mask: np.ndarray) -> np.ndarray:
+        """A copy of ``mask`` without the pitches already played at this position."""
+        if not self._here:
+            return mask
+        mask = mask.copy()
+        mask[self._here] = False
+        return mask
+
+    def _start_mask(self) -> np.ndarray:
+        """Before the first ``Bar``: the ``Bar``, or a ``Style`` if none was given yet."""
+        if self.detok.style is None and self.vocab.kind["Style"].any():
+            return self.vocab.kind["Style"] | self.vocab.kind["Bar"]
+        return self._only["Bar"]
+
+    def _note_start(self, role_state: str | None) -> np.ndarray:
+        """The tokens that may start a note, given the role in force (``None``: unnamed)."""
+        vocab = self.vocab
+        if not vocab.role:
+            return self._pitches
+        mask = np.zeros_like(self._pitches)
+        if self.role is not None:
+            # Constrained: the role's pitches once it is in force, else its Role token.
+            if role_state == self.role:
+                mask |= self._pitches
+            else:
+                mask[vocab.role[self.role]] = True
+            return mask
+        # A Role only when it changes the role; the first note of a stream names its role.
+        for role, index in vocab.role.items():
+            if role != role_state:
+                mask[index] = True
+        if role_state is not None:
+            mask |= self._pitches
         return mask
 
     def _event_mask(self, position: int, positions_per_bar: int, pitches: bool,
-                    after_position: bool) -> np.ndarray:
-        """Mask of an event slot: later positions, Bar, EOS and (maybe) pitches."""
+                    after_position: bool, role_state: str | None) -> np.ndarray:
+        """Mask of an event slot: later positions, Bar, EOS and (maybe) note starts."""
         vocab = self.vocab
         if after_position and pitches:
             # A Position is followed by at least one note (REMI never writes empty ones).
-            mask = self._pitches.copy()
+            mask = self._note_start(role_state).copy()
         else:
             mask = vocab.kind["Bar"] | (
                 vocab.kind["Position"] & (vocab.position > position)
@@ -227,6 +292,6 @@ class Grammar:
             if self.allow_eos:
                 mask = mask | vocab.kind["EOS"]
             if pitches:
-                mask = mask | self._pitches
+                mask = mask | self._note_start(role_state)
         mask.setflags(write=False)
         return mask

@@ -5,6 +5,11 @@ encoded with the request's time signature, and then the start of the response is
 into the stream: ``Bar TimeSig`` up to the start bar and a ``Position`` for the start beat.
 The model therefore starts exactly where the caller asked, on the caller's bar grid.
 
+A model whose vocabulary has style tokens gets ``BOS Style_k`` first, ``k`` the slot its
+tokenizer configuration gives the request's style (slot 0, "any style", for a name it
+does not know); with role tokens, each seed note is encoded with its role. A vocabulary
+without them gets exactly the stream it always got.
+
 A seed longer than the model's budget loses whole bars from its start (never a cut in the
 middle of a note), so the model always sees a well-formed piece. Bars that cannot fit are
 dropped before anything is encoded, so the cost of a prompt is bounded by the budget, not
@@ -123,8 +128,9 @@ def build_prompt(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, request: Ge
     while True:
         window = [n for n in seed if _grid(n.onset, step) >= first_bar * per_bar]
         shifted = [Note(max(0.0, n.onset - first_bar * bar_length), n.duration, n.pitch,
-                        n.velocity) for n in window]
-        tokens = tokenizer.encode_notes(shifted, (numerator, denominator), bos=True, eos=False)
+                        n.velocity, n.role) for n in window]
+        tokens = tokenizer.encode_notes(shifted, (numerator, denominator), style=request.style,
+                                        bos=True, eos=False)
         grammar = Grammar(tokenizer, vocab, request.constraints, (numerator, denominator),
                           offset=first_bar * bar_length, allow_eos=allow_eos)
         for token in tokens:

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.requests import Constraints, GenerateRequest, SamplingParams
 from models.exceptions import ProtocolError
-from models.notes import Note
+from models.notes import ANY, ROLES, Note
 
 PROTOCOL_VERSION = 1
 # Defaults of the limits; the server passes the [engine] settings.
@@ -68,8 +68,10 @@ _ENVELOPE = ("v", "type", "id")
 _GENERATE_FIELDS = ("session", "style", "seed", "time_signature", "start_beat", "bars",
                     "sampling", "constraints")
 _SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "seed", "greedy")
-_CONSTRAINT_FIELDS = ("pitch_min", "pitch_max", "scale", "max_polyphony")
+_CONSTRAINT_FIELDS = ("pitch_min", "pitch_max", "scale", "max_polyphony", "role")
 _NOTE_FIELDS = ("onset", "duration", "pitch", "velocity")
+# Optional in a note: its role (a style with role tokens encodes it; others ignore it).
+_NOTE_OPTIONAL = ("role",)
 
 
 @dataclass(frozen=True)
@@ -261,14 +263,14 @@ def _object(value: Any, name: str) -> Mapping[str, Any]:
 
 
 def parse_note(value: Any, index: int) -> Note:
-    """One seed note ``{onset, duration, pitch, velocity}``.
+    """One seed note ``{onset, duration, pitch, velocity}`` and an optional ``role``.
 
     Raises:
         ProtocolError: ``invalid``, naming ``seed[index]`` and the bad field.
     """
     where = f"seed[{index}]"
     note = _object(value, where)
-    _reject_unknown(note, _NOTE_FIELDS, f"{where}.")
+    _reject_unknown(note, _NOTE_FIELDS + _NOTE_OPTIONAL, f"{where}.")
     for key in _NOTE_FIELDS:
         if key not in note:
             raise _invalid(f"field {where}.{key} is required")
@@ -278,7 +280,14 @@ def parse_note(value: Any, index: int) -> Note:
                          low_open=True),
         pitch=_integer(note["pitch"], f"{where}.pitch", 0, 127),
         velocity=_integer(note["velocity"], f"{where}.velocity", 1, 127),
+        role=_role(note.get("role", ANY), f"{where}.role"),
     )
+
+
+def _role(value: Any, name: str) -> str:
+    if not isinstance(value, str) or value not in ROLES:
+        raise _invalid(f"{name} must be one of {', '.join(ROLES)} (received {_short(value)})")
+    return value
 
 
 def parse_sampling(value: Any) -> SamplingParams:
@@ -334,8 +343,11 @@ def parse_constraints(value: Any) -> Constraints:
     polyphony = obj.get("max_polyphony")
     if polyphony is not None:
         polyphony = _integer(polyphony, "constraints.max_polyphony", 1, 16)
+    role = obj.get("role")
+    if role is not None:
+        role = _role(role, "constraints.role")
     return Constraints(pitch_min=pitch_min, pitch_max=pitch_max, scale=scale,
-                       max_polyphony=polyphony)
+                       max_polyphony=polyphony, role=role)
 
 
 def parse_time_signature(value: Any) -> tuple[int, int]:

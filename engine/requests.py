@@ -40,12 +40,15 @@ class Constraints:
         pitch_max: highest pitch allowed.
         scale: pitch classes (0 = C) allowed, or ``None`` for all twelve.
         max_polyphony: most notes sounding at once, or ``None`` for no limit.
+        role: generate only notes of this role (``lead``, ``accompaniment``, ``any``), or
+            ``None`` for any mix; needs a model whose vocabulary has role tokens.
     """
 
     pitch_min: int = 21
     pitch_max: int = 108
     scale: tuple[int, ...] | None = None
     max_polyphony: int | None = None
+    role: str | None = None
 
 
 @dataclass(frozen=True)

@@ -75,3 +75,39 @@ def tiny_onnx_int8_model(tiny_checkpoint: Path, tiny_model_dir: Path) -> Path:
 
     return export_checkpoint(tiny_checkpoint, tiny_model_dir / "tiny-int8.onnx",
                              style="tiny-int8", int8=True, max_batch=3).path
+
+
+# The conditioned vocabulary of the tiny style- and role-aware model (see models.tokenizer).
+CONDITIONED_STYLES = ("baroque", "romantic", "pop")
+
+
+@pytest.fixture(scope="session")
+def tiny_conditioned_onnx(tiny_model_dir: Path) -> Path:
+    """A verified fp32 ONNX file of a random tiny GPT over a vocabulary with 8 style slots
+    (``CONDITIONED_STYLES`` named) and role tokens; its style name is ``tiny-conditioned``."""
+    _require_torch()
+    import torch  # noqa: PLC0415 - torch is optional
+
+    from export.pipeline import export_checkpoint  # noqa: PLC0415
+    from models.checkpoint import model_arch, save_checkpoint  # noqa: PLC0415
+    from models.gpt import GPT, gpt_config  # noqa: PLC0415
+    from models.settings import TokensSettings  # noqa: PLC0415
+    from models.tokenizer import MelodyTokenizer  # noqa: PLC0415
+
+    tokenizer = MelodyTokenizer(TokensSettings(style_slots=8, styles=CONDITIONED_STYLES,
+                                               roles=True))
+    torch.manual_seed(3)
+    model = GPT(gpt_config("tiny", tokenizer.vocab_size))
+    checkpoint = save_checkpoint(tiny_model_dir / "tiny-conditioned.pt", {
+        "arch": model_arch(model),
+        "model_config": dict(vars(model.config)),
+        "tokenizer": tokenizer.to_dict(),
+        "data": {"source": "random", "hash": None,
+                 "splits": {"train": {"pieces": 0, "tokens": 0}}},
+        "model": model.state_dict(),
+        "step": 0,
+        "metrics": {},
+        "train_config": {"seed": 3},
+    })
+    return export_checkpoint(checkpoint, tiny_model_dir / "tiny-conditioned.onnx",
+                             style="tiny-conditioned", max_batch=3).path

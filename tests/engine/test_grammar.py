@@ -128,3 +128,94 @@ def test_ten_thousand_random_tokens_always_decode_within_constraints(tokenizer, 
     assert {n.pitch % 12 for n in notes} <= {0, 2, 4, 5, 7, 9, 11}
     assert _max_sounding(notes) <= 3
     assert all(a.onset <= b.onset for a, b in itertools.pairwise(notes))
+
+
+# ----------------------------------------------------------------- style and role tokens
+@pytest.fixture(scope="module")
+def conditioned() -> MelodyTokenizer:
+    from models.settings import TokensSettings  # noqa: PLC0415
+
+    return MelodyTokenizer(TokensSettings(style_slots=4, styles=("romantic",), roles=True))
+
+
+@pytest.fixture(scope="module")
+def conditioned_vocab(conditioned) -> VocabularyMasks:
+    return VocabularyMasks.build(conditioned)
+
+
+def test_style_only_after_bos_and_roles_before_pitches(conditioned, conditioned_vocab):
+    tok = conditioned
+    grammar = Grammar(tok, conditioned_vocab)
+    grammar.feed(tok.bos_id)
+    assert _kinds(tok, grammar.allowed()) == {"Style", "Bar"}
+    _feed(grammar, tok, "Style_1")
+    assert _kinds(tok, grammar.allowed()) == {"Bar"}
+    _feed(grammar, tok, "Bar_None", "TimeSig_4/4", "Position_0")
+    # The first note names its role: every Role, no bare Pitch.
+    assert _kinds(tok, grammar.allowed()) == {"Role"}
+    _feed(grammar, tok, "Role_lead")
+    assert _kinds(tok, grammar.allowed()) == {"Pitch"}
+    _feed(grammar, tok, "Pitch_72", "Velocity_79", "Duration_1.0.12")
+    allowed = grammar.allowed()
+    assert _kinds(tok, allowed) == {"Bar", "Position", "Pitch", "Role", "EOS"}
+    # Never the role in force; never a Style after the first bar.
+    assert not allowed[tok.vocab["Role_lead"]]
+    assert allowed[tok.vocab["Role_accompaniment"]] and allowed[tok.vocab["Role_any"]]
+    _feed(grammar, tok, "Bar_None", "TimeSig_4/4")
+    assert "Style" not in _kinds(tok, grammar.allowed())
+
+
+def test_role_constraint_leaves_only_that_role(conditioned, conditioned_vocab):
+    tok = conditioned
+    grammar = Grammar(tok, conditioned_vocab, Constraints(role="accompaniment"))
+    _feed(grammar, tok, "BOS_None", "Style_0", "Bar_None", "TimeSig_4/4", "Position_0",
+          "Role_lead", "Pitch_72", "Velocity_79", "Duration_1.0.12")
+    allowed = grammar.allowed()
+    # The lead is in force: no pitch until Role_accompaniment, and no other Role.
+    assert _kinds(tok, allowed) == {"Bar", "Position", "Role", "EOS"}
+    assert [tok.tokens[i] for i in np.flatnonzero(allowed & conditioned_vocab.kind["Role"])] == [
+        "Role_accompaniment"]
+    _feed(grammar, tok, "Role_accompaniment")
+    assert _kinds(tok, grammar.allowed()) == {"Pitch"}
+    _feed(grammar, tok, "Pitch_48", "Velocity_79", "Duration_1.0.12")
+    assert _kinds(tok, grammar.allowed()) == {"Bar", "Position", "Pitch", "EOS"}
+
+
+def test_role_constraint_needs_role_tokens(tokenizer, vocab):
+    with pytest.raises(EngineError, match="role tokens"):
+        Grammar(tokenizer, vocab, Constraints(role="lead"))
+
+
+@pytest.mark.parametrize("role", [None, "accompaniment", "lead"], ids=str)
+def test_random_conditioned_streams_decode_without_a_skip(conditioned, conditioned_vocab, role):
+    """Whatever the logits, a stream with roles sampled under the masks never skips, and a
+    role constraint yields notes of that role only."""
+    tok = conditioned
+    constraints = Constraints(pitch_min=40, pitch_max=84, max_polyphony=4, role=role)
+    grammar = Grammar(tok, conditioned_vocab, constraints, (3, 4), allow_eos=False)
+    params = SamplingParams(temperature=1.5, seed=3)
+    rng = make_rng(params)
+    logit_rng = np.random.default_rng(8)
+    # A seed of the other roles first, as the engine's prompt feeds it.
+    seed = tok.encode_notes([Note(0.0, 1.0, 76, 80, "lead"), Note(0.0, 2.0, 48, 70, "any")],
+                            (3, 4), style="romantic")
+    for token in seed:
+        grammar.feed(token)
+    notes, roles = [], 0
+    for _ in range(10_000):
+        logits = logit_rng.normal(0.0, 3.0, tok.vocab_size)
+        token = sample(logits, params, rng, grammar.allowed())
+        roles += conditioned_vocab.kind["Role"][token]
+        note = grammar.feed(token)
+        if note is not None:
+            notes.append(note)
+    assert grammar.detok.skipped == 0, grammar.detok.problems
+    assert len(notes) > 500
+    # The seed leaves the lead in force (MidiTok orders any before lead at one position).
+    assert roles > 0 or role == "lead"
+    assert all(40 <= n.pitch <= 84 for n in notes)
+    assert _max_sounding(notes) <= 4
+    if role is None:
+        assert {n.role for n in notes} == {"any", "lead", "accompaniment"}
+    else:
+        assert {n.role for n in notes} == {role}

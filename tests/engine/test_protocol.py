@@ -355,3 +355,33 @@ def test_any_bytes_are_parsed_or_refused_with_a_code(data):
         protocol.parse_message(data)
     except ProtocolError as err:
         assert err.code in protocol.ERROR_CODES
+
+
+# ----------------------------------------------------------------- roles
+def test_roles_are_optional_in_seed_notes_and_constraints():
+    message = generate(seed=[NOTE, {**NOTE, "pitch": 48, "role": "accompaniment"},
+                             {**NOTE, "pitch": 72, "role": "lead"}],
+                       constraints={"role": "accompaniment"})
+    request = protocol.parse_message(frame(message)).request
+    assert [n.role for n in request.seed] == ["any", "accompaniment", "lead"]
+    assert request.constraints.role == "accompaniment"
+    assert protocol.parse_message(frame(generate())).request.constraints.role is None
+
+
+@pytest.mark.parametrize(("fields", "needle"), [
+    ({"seed": [{**NOTE, "role": "bass"}]}, "seed[0].role must be one of any, lead, "
+                                            "accompaniment (received 'bass')"),
+    ({"seed": [{**NOTE, "role": 1}]}, "seed[0].role"),
+    ({"constraints": {"role": "melody"}}, "constraints.role must be one of"),
+    ({"constraints": {"role": ["lead"]}}, "constraints.role"),
+], ids=["unknown-role", "not-a-string", "unknown-constraint-role", "list"])
+def test_bad_roles_are_invalid(fields, needle):
+    code, message = code_of(frame(generate(**fields)))
+    assert code == "invalid" and needle in message
+
+
+def test_notes_reply_names_a_role_only_when_there_is_one():
+    reply = protocol.notes_reply("g1", [Note(0.0, 1.0, 60, 80),
+                                        Note(0.0, 1.0, 48, 80, "accompaniment")])
+    assert "role" not in reply["notes"][0]
+    assert reply["notes"][1]["role"] == "accompaniment"
