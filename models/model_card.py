@@ -125,6 +125,20 @@ class ModelCard:
         return fixed + self.cache.inputs
 
     @property
+    def style_slots(self) -> dict[str, int]:
+        """Style name -> slot of a style-conditioned vocabulary (``{}`` without one).
+
+        The map lives in the tokenizer configuration (``[tokens] styles``, slot 0 being
+        "any style"), so every checkpoint and model file of the vocabulary carries it.
+        """
+        settings = self.tokenizer.get("settings")
+        slots = settings.get("style_slots", 0) if isinstance(settings, Mapping) else 0
+        if not isinstance(slots, int) or slots <= 0:
+            return {}
+        names = settings.get("styles") or []
+        return {"any": 0, **{str(name): k + 1 for k, name in enumerate(names)}}
+
+    @property
     def output_names(self) -> tuple[str, ...]:
         """Every graph output: ``logits`` then the cache outputs."""
         return (LOGITS, *self.cache.outputs)

@@ -121,3 +121,9 @@ def test_an_unconstrained_conditioned_generation_may_mix_roles(conditioned_model
     notes, stream = _generate(conditioned_model, request)
     assert conditioned_model.tokenizer.tokens[stream[1]] == "Style_1"
     assert notes and {n.role for n in notes} <= {"any", "lead", "accompaniment"}
+
+
+def test_the_card_records_the_style_slots(conditioned_model):
+    assert conditioned_model.card.style_slots == {"any": 0, "baroque": 1, "romantic": 2,
+                                                  "pop": 3}
+    assert conditioned_model.card.style_slots == conditioned_model.tokenizer.style_slots

@@ -250,6 +250,7 @@ def test_shipped_models_saved_configs_load_unchanged() -> None:
         tokenizer = MelodyTokenizer.from_dict(card.tokenizer)
         assert tokenizer.fingerprint == card.tokenizer["fingerprint"] == OLD_FINGERPRINT
         assert tokenizer.to_dict() == card.tokenizer, path.name
+        assert card.style_slots == {}
 
 
 def test_conditioned_vocabulary_has_style_slots_and_role_tokens(
