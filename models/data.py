@@ -6,12 +6,18 @@ window starts of a step are a pure function of (seed, rank, step): the data posi
 resumed run is just its step, and every DDP rank sees different windows without any
 shared state. Evaluation walks fixed, non-overlapping windows from the start of the
 split, so every evaluation of a run sees exactly the same tokens.
+
+For a style-conditioned vocabulary, training windows can also be drawn **balanced across
+styles** (a piece's chance is inverse to its style's share of the split's tokens, so a
+large corpus does not drown a small one) and with **style dropout** (a ``Style`` token in
+a training window becomes slot 0, "any style", with a probability), both still a pure
+function of (seed, rank, step). Evaluation windows are never altered.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,20 +71,67 @@ def tokenizer_dict(manifest: dict[str, Any], data_dir: str | Path) -> dict[str, 
     return tokenizer
 
 
+def style_weights(tokens: np.ndarray, offsets: np.ndarray,
+                  style_ids: Sequence[int]) -> np.ndarray:
+    """Per sequence, the chance of drawing it so that every style gets the same share.
+
+    A sequence's style is the ``Style`` token after its ``BOS`` (none: a style of its own).
+    Within a style, sequences are drawn in proportion to their length (every token as
+    likely as any other); across styles, in inverse proportion to the style's tokens.
+
+    Raises:
+        DataError: ``offsets`` does not describe ``tokens``.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(tokens):
+        raise DataError(f"offsets must run from 0 to the {len(tokens)} tokens "
+                        f"(received {len(offsets)} offsets)")
+    lengths = np.diff(offsets).astype(np.float64)
+    heads = np.minimum(offsets[:-1] + 1, len(tokens) - 1)
+    second = np.asarray(tokens[heads], dtype=np.int64)
+    styles = np.where(np.isin(second, np.asarray(style_ids, dtype=np.int64)), second, -1)
+    share = {int(s): lengths[styles == s].sum() for s in np.unique(styles)}
+    weights = lengths / np.array([share[int(s)] for s in styles])
+    return weights / weights.sum()
+
+
 class WindowBatches:
     """Random training windows and fixed evaluation windows of one token stream.
 
     Attributes:
         tokens: the split's token stream (any integer array, usually a uint16 memmap).
         window: input length S of one example; targets are the same window shifted by one.
+        offsets: start of each sequence and the total (for balanced draws), or ``None``.
+        style_ids: ids of the vocabulary's ``Style`` tokens, slot 0 first (may be empty).
+        style_dropout: chance that a ``Style`` token of a training window becomes slot 0.
+        weights: per-sequence draw probabilities when balanced, else ``None``.
     """
 
-    def __init__(self, tokens: np.ndarray, context_length: int) -> None:
+    def __init__(self, tokens: np.ndarray, context_length: int, *,
+                 offsets: np.ndarray | None = None, style_ids: Sequence[int] = (),
+                 style_dropout: float = 0.0, balance: bool = False) -> None:
+        """Windows over ``tokens``; the keyword arguments are for conditioned vocabularies.
+
+        Raises:
+            DataError: fewer than 2 tokens, a dropout outside 0-1 or without style ids,
+                or balanced draws without offsets.
+        """
         if len(tokens) < 2:
             raise DataError(f"a split needs at least 2 tokens (received {len(tokens)})")
+        if not 0.0 <= style_dropout <= 1.0:
+            raise DataError(f"style_dropout must be within 0 and 1 (received {style_dropout})")
+        if style_dropout and not style_ids:
+            raise DataError("style dropout needs a vocabulary with style tokens")
+        if balance and offsets is None:
+            raise DataError("balanced draws need the split's sequence offsets")
         self.tokens = tokens
         # A split shorter than the context still trains, on shorter windows.
         self.window = min(context_length, len(tokens) - 1)
+        self.offsets = None if offsets is None else np.asarray(offsets, dtype=np.int64)
+        self.style_ids = np.asarray(style_ids, dtype=np.int64)
+        self.style_dropout = float(style_dropout)
+        self.weights = (torch.from_numpy(style_weights(tokens, self.offsets, style_ids))
+                        if balance and self.offsets is not None else None)
 
     def _gather(self, starts: Tensor) -> tuple[Tensor, Tensor]:
         offsets = np.arange(self.window + 1)
@@ -86,13 +139,33 @@ class WindowBatches:
         chunk = torch.from_numpy(rows)  # (B, S + 1)
         return chunk[:, :-1], chunk[:, 1:]
 
+    def _starts(self, batch_size: int, generator: torch.Generator) -> Tensor:
+        high = len(self.tokens) - self.window  # last valid start + 1
+        if self.weights is None:
+            return torch.randint(0, high, (batch_size,), generator=generator)
+        assert self.offsets is not None  # balance needs offsets (checked in __init__)
+        sequences = torch.multinomial(self.weights, batch_size, replacement=True,
+                                      generator=generator)
+        first = torch.from_numpy(self.offsets[sequences.numpy()])
+        length = torch.from_numpy(self.offsets[sequences.numpy() + 1]) - first
+        # A start anywhere in the piece; a window may run on into the next piece, as the
+        # uniform draw's windows do.
+        within = (torch.rand(batch_size, generator=generator) * length).long()
+        return torch.clamp(first + within, max=high - 1)
+
     def train_batch(self, step: int, batch_size: int, seed: int,
                     rank: int = 0) -> tuple[Tensor, Tensor]:
         """Inputs and targets [B, S] (int64) of one training step, fixed by its arguments."""
         generator = torch.Generator().manual_seed(seed * 7919 + rank * _RANK_STRIDE + step)
-        high = len(self.tokens) - self.window  # last valid start + 1
-        starts = torch.randint(0, high, (batch_size,), generator=generator)
-        return self._gather(starts)
+        inputs, targets = self._gather(self._starts(batch_size, generator))
+        if self.style_dropout:
+            # One draw per window: its Style token (input and target alike) becomes slot 0.
+            drop = torch.rand(batch_size, generator=generator) < self.style_dropout
+            styles = torch.from_numpy(self.style_ids)
+            for tensor in (inputs, targets):
+                mask = torch.isin(tensor, styles) & drop[:, None]
+                tensor[mask] = int(self.style_ids[0])
+        return inputs, targets
 
     def eval_batches(self, batch_size: int, max_batches: int | None = None, rank: int = 0,
                      world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:
