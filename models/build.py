@@ -22,10 +22,12 @@ from torch import nn
 
 from models.checkpoint import build_model, load_checkpoint
 from models.data import WindowBatches, manifest_summary, open_split, tokenizer_dict
-from models.exceptions import DataError, ModelError
+from models.dataset import TokenDataset
+from models.exceptions import DataError, ModelError, TokenizerError
 from models.gpt import GPT, gpt_config
 from models.rnn import rnn_config
 from models.settings import TrainSettings
+from models.tokenizer import MelodyTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -114,23 +116,44 @@ class RunData:
     summary: dict[str, Any]
 
 
-def load_run_data(data_dir: str | Path, context_length: int) -> RunData:
+def load_run_data(data_dir: str | Path, context_length: int,
+                  settings: TrainSettings | None = None) -> RunData:
     """Open the train and validation splits of a built dataset.
+
+    On a style-conditioned vocabulary, training windows follow ``settings``'
+    ``balance_styles`` and ``style_dropout`` and keep their piece's ``BOS Style`` head
+    (``WindowBatches``); validation windows are never altered.
 
     Raises:
         DataError: missing files, no tokenizer in the manifest, or token ids outside the
             tokenizer's vocabulary.
     """
-    train_tokens, manifest = open_split(data_dir, "train")
+    train_set = TokenDataset(data_dir, "train")
+    train_tokens, manifest = train_set.tokens, train_set.manifest
     val_tokens, _ = open_split(data_dir, "validation")
     tokenizer = tokenizer_dict(manifest, data_dir)
     for name, tokens in (("train", train_tokens), ("validation", val_tokens)):
         if len(tokens) and int(np.max(tokens)) >= tokenizer["vocab_size"]:
             raise DataError(f"{data_dir}: {name} holds token ids beyond the tokenizer's "
                             f"vocabulary of {tokenizer['vocab_size']}")
-    return RunData(WindowBatches(train_tokens, context_length),
-                   WindowBatches(val_tokens, context_length), tokenizer,
+    style_ids = _style_ids(tokenizer)
+    if style_ids:
+        settings = settings or TrainSettings()
+        train = WindowBatches(train_tokens, context_length, offsets=train_set.offsets,
+                              style_ids=style_ids, style_dropout=settings.style_dropout,
+                              balance=settings.balance_styles, keep_heads=True)
+    else:
+        train = WindowBatches(train_tokens, context_length)
+    return RunData(train, WindowBatches(val_tokens, context_length), tokenizer,
                    manifest_summary(manifest))
+
+
+def _style_ids(tokenizer: dict[str, Any]) -> list[int]:
+    """Ids of the vocabulary's Style tokens (slot 0 first); empty for an old vocabulary."""
+    try:
+        return list(MelodyTokenizer.from_dict(tokenizer).style_ids)
+    except TokenizerError as err:
+        raise DataError(f"the dataset's tokenizer configuration: {err}") from err
 
 
 def new_model(settings: TrainSettings, vocab_size: int) -> tuple[str, dict[str, Any], nn.Module]:

@@ -105,11 +105,14 @@ class WindowBatches:
         style_ids: ids of the vocabulary's ``Style`` tokens, slot 0 first (may be empty).
         style_dropout: chance that a ``Style`` token of a training window becomes slot 0.
         weights: per-sequence draw probabilities when balanced, else ``None``.
+        keep_heads: a training window that starts inside a piece begins with that piece's
+            ``BOS Style`` instead of its first two tokens.
     """
 
     def __init__(self, tokens: np.ndarray, context_length: int, *,
                  offsets: np.ndarray | None = None, style_ids: Sequence[int] = (),
-                 style_dropout: float = 0.0, balance: bool = False) -> None:
+                 style_dropout: float = 0.0, balance: bool = False,
+                 keep_heads: bool = False) -> None:
         """Windows over ``tokens``; the keyword arguments are for conditioned vocabularies.
 
         Raises:
@@ -122,8 +125,8 @@ class WindowBatches:
             raise DataError(f"style_dropout must be within 0 and 1 (received {style_dropout})")
         if style_dropout and not style_ids:
             raise DataError("style dropout needs a vocabulary with style tokens")
-        if balance and offsets is None:
-            raise DataError("balanced draws need the split's sequence offsets")
+        if (balance or keep_heads) and offsets is None:
+            raise DataError("balanced draws and kept heads need the split's sequence offsets")
         self.tokens = tokens
         # A split shorter than the context still trains, on shorter windows.
         self.window = min(context_length, len(tokens) - 1)
@@ -132,6 +135,11 @@ class WindowBatches:
         self.style_dropout = float(style_dropout)
         self.weights = (torch.from_numpy(style_weights(tokens, self.offsets, style_ids))
                         if balance and self.offsets is not None else None)
+        # Why: the engine always starts a prompt with BOS Style and keeps those first
+        # tokens when its cache slides, so mid-piece text always follows a style token
+        # there. A window cut from the middle of a piece would teach the model to play
+        # with no style in sight, which it never meets live.
+        self.keep_heads = keep_heads
 
     def _gather(self, starts: Tensor) -> tuple[Tensor, Tensor]:
         offsets = np.arange(self.window + 1)
@@ -157,7 +165,10 @@ class WindowBatches:
                     rank: int = 0) -> tuple[Tensor, Tensor]:
         """Inputs and targets [B, S] (int64) of one training step, fixed by its arguments."""
         generator = torch.Generator().manual_seed(seed * 7919 + rank * _RANK_STRIDE + step)
-        inputs, targets = self._gather(self._starts(batch_size, generator))
+        starts = self._starts(batch_size, generator)
+        inputs, targets = self._gather(starts)
+        if self.keep_heads:
+            self._put_heads(starts, inputs, targets)
         if self.style_dropout:
             # One draw per window: its Style token (input and target alike) becomes slot 0.
             drop = torch.rand(batch_size, generator=generator) < self.style_dropout
@@ -166,6 +177,28 @@ class WindowBatches:
                 mask = torch.isin(tensor, styles) & drop[:, None]
                 tensor[mask] = int(self.style_ids[0])
         return inputs, targets
+
+    def _put_heads(self, starts: Tensor, inputs: Tensor, targets: Tensor) -> None:
+        """Begin each window that starts past its piece's first two tokens with them.
+
+        Inputs 0-1 become ``BOS Style``; target 0 (the token after input 0) becomes the
+        Style, and every later target is untouched: after ``BOS Style`` the model predicts
+        the piece's text from the window's third token on, as after a slide.
+        """
+        assert self.offsets is not None  # keep_heads needs offsets (checked in __init__)
+        first = starts.numpy()
+        piece = np.searchsorted(self.offsets, first, side="right") - 1
+        begins, ends = self.offsets[piece], self.offsets[np.minimum(piece + 1,
+                                                                    len(self.offsets) - 1)]
+        # Past the piece's head, and its EOS not among the window's first three tokens (a
+        # window that reaches the next piece that soon is left as it is).
+        inside = torch.from_numpy((first > begins + 1) & (ends - 1 > first + 2))
+        if not bool(inside.any()):
+            return
+        heads = torch.from_numpy(np.asarray(
+            self.tokens[np.stack([begins, begins + 1], axis=1)], dtype=np.int64))
+        inputs[inside, :2] = heads[inside]
+        targets[inside, 0] = heads[inside, 1]
 
     def eval_batches(self, batch_size: int, max_batches: int | None = None, rank: int = 0,
                      world_size: int = 1) -> Iterator[tuple[Tensor, Tensor]]:

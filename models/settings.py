@@ -267,6 +267,8 @@ class TrainSettings:
     freeze: int = setting(2, low=0, high=64)
     finetune_steps: int = setting(2_000, low=1)
     finetune_lr: float = setting(3e-4, low=0.0, high=1.0)
+    balance_styles: bool = setting(True)
+    style_dropout: float = setting(0.1, low=0.0, high=1.0)
 
 
 @dataclasses.dataclass(frozen=True)

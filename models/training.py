@@ -155,7 +155,7 @@ class Trainer:
             context = read_checkpoint(request.init_from)["model_config"]["context_length"]
         elif resume_state is not None:
             context = self.model_config["context_length"]
-        self.data = load_run_data(request.data_dir, context or self._size_context())
+        self.data = load_run_data(request.data_dir, context or self._size_context(), settings)
         if resume_state is not None:
             saved = resume_state["tokenizer"].get("fingerprint")
             if saved != self.data.tokenizer.get("fingerprint"):

@@ -84,3 +84,65 @@ def test_bad_options_are_refused(kwargs, needle) -> None:
     tokens, _ = _stream(PIECES)
     with pytest.raises(DataError, match=needle):
         WindowBatches(tokens, 16, **kwargs)
+
+
+def test_windows_inside_a_piece_start_with_its_bos_and_style() -> None:
+    tokens, offsets = _stream([(101, 60), (102, 60)] * 5)
+    windows = WindowBatches(tokens, 12, offsets=offsets, style_ids=STYLES, keep_heads=True)
+    plain = WindowBatches(tokens, 12)
+    seen = 0
+    for step in range(30):
+        inputs, targets = windows.train_batch(step, 16, seed=4)
+        raw_inputs, raw_targets = plain.train_batch(step, 16, seed=4)
+        for row in range(16):
+            body = int(raw_inputs[row, 2])
+            piece = body - 10 if body >= 10 else None
+            head = raw_inputs[row, :3].tolist()
+            if piece is None or any(t in (BOS, EOS, *STYLES) for t in head):
+                # At (or within two tokens of) a piece's start: already has a head.
+                assert torch.equal(inputs[row], raw_inputs[row])
+                continue
+            seen += 1
+            style = PIECE_STYLE[piece % 2]
+            assert inputs[row, :2].tolist() == [BOS, style]
+            assert targets[row, 0] == style
+            # From the third token on, the piece's own text, predicted as before.
+            assert torch.equal(inputs[row, 2:], raw_inputs[row, 2:])
+            assert torch.equal(targets[row, 1:], raw_targets[row, 1:])
+    assert seen > 50
+
+
+PIECE_STYLE = (101, 102)
+
+
+def test_kept_heads_need_offsets() -> None:
+    tokens, _ = _stream(PIECES)
+    with pytest.raises(DataError, match="offsets"):
+        WindowBatches(tokens, 16, keep_heads=True)
+
+
+@pytest.mark.parametrize("slots", [0, 4], ids=["old-vocabulary", "conditioned"])
+def test_a_run_on_a_conditioned_dataset_balances_and_keeps_heads(tmp_path, slots) -> None:
+    import symusic  # noqa: PLC0415
+
+    from models.build import load_run_data  # noqa: PLC0415
+    from models.dataset import build_dataset  # noqa: PLC0415
+    from models.settings import DataSettings, TokensSettings, TrainSettings  # noqa: PLC0415
+    from models.tokenizer import MelodyTokenizer  # noqa: PLC0415
+
+    for index in range(8):
+        score = symusic.Score(480)
+        score.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+        track = symusic.Track(name="lead", program=0, is_drum=False)
+        for k in range(16):
+            track.notes.append(symusic.Note(k * 240, 200, 60 + (k * (index + 1)) % 12, 80))
+        score.tracks.append(track)
+        score.dump_midi(str(tmp_path / f"tune{index}.mid"))
+    tokenizer = MelodyTokenizer(TokensSettings(style_slots=slots, roles=bool(slots)))
+    build_dataset(str(tmp_path), tmp_path / "out", DataSettings(jobs=1), tokenizer,
+                  progress=False)
+    run = load_run_data(tmp_path / "out", 32, TrainSettings(style_dropout=0.25))
+    assert run.train.keep_heads is bool(slots)
+    assert (run.train.weights is not None) is bool(slots)
+    assert run.train.style_dropout == (0.25 if slots else 0.0)
+    assert not run.validation.keep_heads and run.validation.style_dropout == 0.0
