@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -232,20 +233,22 @@ def bench_batched(decoder: StyleDecoder, sessions: int, past: int,
 
 
 def parse_size(text: str, head_size: int | None = None) -> tuple[int, int, int]:
-    """``LAYERSxWIDTH`` (e.g. ``8x384``) -> (layers, width, heads).
+    """``LAYERSxWIDTH[hHEAD]`` (e.g. ``8x384`` or ``8x384h48``) -> (layers, width, heads).
 
-    The head size is ``head_size`` when given, else 64 where the width allows it, else
-    the largest of 48, 32, 16 that divides it (ONNX Runtime's GroupQueryAttention wants a
-    multiple of 16).
+    The head size is the ``h`` suffix, else ``head_size`` when given, else 64 where the
+    width allows it, else the largest of 48, 32, 16 that divides it (ONNX Runtime's
+    GroupQueryAttention wants a multiple of 16).
 
     Raises:
         ValueError: a malformed size, or a head size that does not divide the width.
     """
-    try:
-        layers, width = (int(part) for part in text.lower().split("x"))
-    except ValueError as err:
-        raise ValueError(f"expected a size like 8x384 (layers x width), received {text!r}"
-                         ) from err
+    match = re.fullmatch(r"(\d+)x(\d+)(?:h(\d+))?", text.strip().lower())
+    if match is None:
+        raise ValueError(f"expected a size like 8x384 or 8x384h48 (layers x width, head "
+                         f"size), received {text!r}")
+    layers, width = int(match[1]), int(match[2])
+    if match[3]:
+        head_size = int(match[3])
     if layers < 1 or width < 16:
         raise ValueError(f"expected at least 1 layer and width 16, received {text!r}")
     if head_size is None:
@@ -340,6 +343,9 @@ print(json.dumps(result))
 """
 
 
+GENAI_MAX_BATCH = 32
+
+
 def genai_available(python: str) -> str | None:
     """None when ``python`` imports onnxruntime_genai, else why it cannot be used."""
     probe = subprocess.run([python, "-c", "import onnxruntime_genai"], capture_output=True,
@@ -361,12 +367,14 @@ def _greedy_reference(model: LoadedModel, prompt: list[int], steps: int) -> list
 
 
 def bench_genai(path: str | Path, python: str, config: BenchConfig,
-                settings: EngineSettings) -> dict[str, Any]:
+                settings: EngineSettings, decoder: StyleDecoder) -> dict[str, Any]:
     """onnxruntime-genai's decoding loop on the same weights, and a greedy agreement check.
 
     The folder comes from ``export.genai`` (the same graph with genai's attention-mask
     input); genai runs in a child process of ``python``, so it may live in its own
-    environment. Steps at past P run P..P+steps (genai's cache is not reset).
+    environment. Steps at past P run P..P+steps (genai's cache is not reset). The engine
+    is timed again right after the child with the same step counts (``engine``), so the
+    two sides see the same load on a shared machine.
 
     Raises:
         RuntimeError: the child fails (its stderr's last lines are in the message).
@@ -378,8 +386,10 @@ def bench_genai(path: str | Path, python: str, config: BenchConfig,
     model = load_model(path, settings)
     steps = min(config.steps, 64)
     prompt = _random_tokens(model, 64, seed=7)[0].tolist()
+    # genai refuses a batch_size above 32 (its GeneratorParams check).
+    batches = [n for n in config.batches if n <= GENAI_MAX_BATCH]
     spec = {"vocab": model.tokenizer.vocab_size, "pasts": list(config.pasts),
-            "steps": steps, "batches": list(config.batches), "batch_past": config.batch_past,
+            "steps": steps, "batches": batches, "batch_past": config.batch_past,
             "batch_steps": 20, "check_prompt": prompt, "check_steps": 16,
             "max_length": max(model.context_length,
                               max(config.pasts) + steps + 4, config.batch_past + 24)}
@@ -393,9 +403,14 @@ def bench_genai(path: str | Path, python: str, config: BenchConfig,
                            + " | ".join(child.stderr.strip().splitlines()[-3:]))
     raw = json.loads(child.stdout.strip().splitlines()[-1])
     reference = _greedy_reference(model, prompt, spec["check_steps"])
+    engine = {"decode": {p: bench_decode(decoder, p, steps) for p in config.pasts},
+              "model_call": {p: bench_model_call(decoder, p, steps) for p in config.pasts},
+              "batched": {n: bench_batched(decoder, n, config.batch_past, spec["batch_steps"])
+                          for n in batches}}
     return {"version": raw["version"], "python": python,
+            "batches_refused": [n for n in config.batches if n > GENAI_MAX_BATCH],
             "greedy_agrees": raw["greedy"] == reference,
-            "greedy": raw["greedy"], "greedy_reference": reference,
+            "greedy": raw["greedy"], "greedy_reference": reference, "engine": engine,
             "decode": {int(p): stats_ms(v) for p, v in raw["decode"].items()},
             "batched": {int(n): stats_ms(v) for n, v in raw["batched"].items()}}
 
@@ -466,7 +481,7 @@ def run_benchmark(path: str | Path, settings: EngineSettings | None = None,
         reason = genai_available(genai_python)
         try:
             results["genai"] = ({"skipped": reason} if reason else
-                                bench_genai(path, genai_python, config, settings))
+                                bench_genai(path, genai_python, config, settings, decoder))
         except (RuntimeError, subprocess.SubprocessError, ValueError) as err:
             results["genai"] = {"skipped": str(err)}
     results["realtime"] = realtime_sessions(results["batched"], config.realtime_rate)
@@ -601,19 +616,25 @@ def format_table(results: dict[str, Any]) -> str:
         else:
             lines.append(f"onnxruntime-genai {genai['version']} on the same weights "
                          f"(greedy tokens {'agree' if genai['greedy_agrees'] else 'DIFFER'} "
-                         f"with the engine's model): its generate_next_token vs this engine's "
-                         f"step (wall / cpu p50, ms)")
+                         f"with the engine's model): its generate_next_token (call + greedy "
+                         f"pick) vs this engine's step (call + grammar + sampling + notes) and "
+                         f"bare call, timed right after it (wall / cpu p50, ms)")
             for past, value in genai["decode"].items():
-                ours = results["decode"].get(past) or results["decode"].get(str(past))
-                mine = f"{ours['p50']:.3f} / {ours['cpu_p50']:.3f}" if ours else "-"
+                ours = genai["engine"]["decode"][past]
+                call = genai["engine"]["model_call"][past]
                 lines.append(f"  past {past:>5}: genai {value['p50']:.3f} / "
-                             f"{value['cpu_p50']:.3f}   engine {mine}")
+                             f"{value['cpu_p50']:.3f}   engine step {ours['p50']:.3f} / "
+                             f"{ours['cpu_p50']:.3f}   engine call {call['p50']:.3f} / "
+                             f"{call['cpu_p50']:.3f}")
             for sessions, value in genai["batched"].items():
-                ours = results["batched"].get(sessions)
+                ours = genai["engine"]["batched"].get(sessions)
                 mine = f"{ours['mean']:.2f} / {ours['cpu_mean']:.2f}" if ours else "-"
                 lines.append(f"  {sessions:>3} rows at past {results['realtime']['past']}: "
                              f"genai mean {value['mean']:.2f} / {value['cpu_mean']:.2f}   "
                              f"engine {mine}")
+            if genai.get("batches_refused"):
+                lines.append(f"  not run in genai: batches {genai['batches_refused']} (it "
+                             f"refuses batch_size above {GENAI_MAX_BATCH})")
     lines.append("")
     lines.append("targets:")
     for name, value in results["targets"].items():

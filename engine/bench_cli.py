@@ -53,10 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cache length of each batched session (default 256)")
     parser.add_argument("--threads", type=int, default=None,
                         help="ONNX Runtime intra-op threads (default: [engine] setting)")
-    parser.add_argument("--size", metavar="LxC[,LxC...]", default=None,
+    parser.add_argument("--size", metavar="LxC[hD],...", default=None,
                         help="instead of the model itself, time GPTs of these sizes (layers x "
-                             "width, e.g. 4x256,8x384) with random weights and the model's "
-                             "vocabulary and context; needs torch (the exporter builds them)")
+                             "width, optional head size, e.g. 4x256,8x384h48) with random "
+                             "weights and the model's vocabulary and context; needs torch (the "
+                             "exporter builds them)")
     parser.add_argument("--head-size", type=int, default=None,
                         help="head size of the --size models (default 64 where the width "
                              "allows, else 48, 32 or 16)")
