@@ -97,12 +97,25 @@ def load_decoders(styles: list[str], models: list[str],
             raise EngineError("no style to serve: none is installed in models/pretrained/; "
                               "pass --model PATH or --style NAME")
     decoders: dict[str, Any] = {}
+    conditioned: list[Any] = []
     for path in paths:
         model = load_model(path, settings)
         if model.style in decoders:
             raise EngineError(f"two models serve style {model.style!r} "
                               f"({decoders[model.style].model.path} and {path})")
-        decoders[model.style] = StyleDecoder(model, settings)
+        decoders[model.style] = decoder = StyleDecoder(model, settings)
+        conditioned.append(decoder)
+    # A style-conditioned model also serves every style its vocabulary names (a style is
+    # a token there, not a file): one decoder under several names, so the style knob
+    # switches without loading anything. A model made for one style keeps its name.
+    for decoder in conditioned:
+        for name in decoder.tokenizer.style_slots:
+            if name not in decoders:
+                decoders[name] = decoder
+            elif decoders[name] is not decoder:
+                logger.info("style %r is served by its own model %s, not by %s's style "
+                            "token", name, decoders[name].model.path.name,
+                            decoder.model.path.name)
     return decoders
 
 

@@ -171,11 +171,13 @@ class Streams:
     # --- decoding ------------------------------------------------------------------------
 
     def advance(self) -> None:
-        """One token for every running stream: one batched step per style."""
-        by_style: dict[str, list[Stream]] = {}
+        """One token for every running stream: one batched step per model (the styles of
+        a style-conditioned model share its decoder and its batch)."""
+        by_decoder: dict[int, list[Stream]] = {}
         for stream in self.running.values():
-            by_style.setdefault(stream.style, []).append(stream)
-        for style, candidates in by_style.items():
+            by_decoder.setdefault(id(self.decoders[stream.style]), []).append(stream)
+        for candidates in by_decoder.values():
+            style = candidates[0].style
             # A client that vanished while an earlier style was flushed is already gone.
             batch = [s for s in candidates if self._is_running(s) and not s.generation.done]
             if not batch:

@@ -738,3 +738,43 @@ def test_engine_command_is_registered_for_melodyd(tmp_path, capsys):
     assert server_cli.run(parser.parse_args(["--make-keys", str(tmp_path / "keys")])) == 0
     assert "server_secret" in capsys.readouterr().out
     assert (tmp_path / "keys" / "authorized_clients" / "client.key").is_file()
+
+
+def test_a_conditioned_model_serves_each_of_its_styles_in_one_batch(start_server, context,
+                                                                    tiny_conditioned_onnx):
+    """A style is a token of a conditioned model: every style it names is served by the
+    same decoder, and sessions in different styles share its steps."""
+    decoders = server_cli.load_decoders([], [str(tiny_conditioned_onnx)], EngineSettings())
+    named = {"tiny-conditioned", "any", "baroque", "romantic", "pop"}
+    assert set(decoders) == named
+    assert len({id(d) for d in decoders.values()}) == 1
+    server = start_server(decoders=decoders)
+    decoder = decoders["pop"]
+    real_step, real_iterate = decoder.step, server._iterate
+    iteration = [0]
+    calls: list[tuple[int, int]] = []
+
+    def counting_iterate() -> None:
+        iteration[0] += 1
+        real_iterate()
+
+    def counting_step(generations) -> None:
+        calls.append((iteration[0], len(generations)))
+        real_step(generations)
+
+    server._iterate, decoder.step = counting_iterate, counting_step
+    client = Client(context, server.endpoint)
+    hello = client.ask({"v": 1, "type": "hello", "id": "h"})
+    assert named <= set(hello["styles"])
+    requests = [generate(f"r{i}", style, session=f"s{i}", sampling={"seed": i}, bars=4)
+                for i, style in enumerate(("baroque", "pop"))]
+    for request in requests:
+        client.send(request)
+    done = 0
+    while done < len(requests):
+        message = client.recv()
+        assert message["type"] in ("notes", "done"), message
+        done += message["type"] == "done"
+    iterations = [it for it, _ in calls]
+    assert len(iterations) == len(set(iterations)), "two steps of one model in an iteration"
+    assert max(batch for _, batch in calls) == 2, "the two styles never shared a step"
