@@ -89,6 +89,9 @@ class Generation:
         self.slid = False
         self.logits: np.ndarray | None = None
         self.pending: int | None = None
+        # Prompt tokens not yet run through the model (a long prompt goes in chunks, one
+        # per step, so other sessions keep getting their tokens meanwhile).
+        self.prefill_rest: list[int] = []
 
     @property
     def elapsed(self) -> float:
@@ -235,14 +238,17 @@ class StyleDecoder:
             gen.slot = self.pool.acquire()
             if reuse:
                 self.pool.load(gen.slot, cache, reuse)
-            gen.logits = self._prefill(gen.slot, new, reuse)
+            chunk = self.settings.prefill_chunk or len(new)
+            gen.logits = self._prefill(gen.slot, new[:chunk], reuse)
+            gen.prefill_rest = list(new[chunk:])
         else:
             logits, cache = self._run(np.asarray([new], dtype=np.int64), cache)
             gen.cache = cache
             gen.logits = logits[0, -1]
-        gen.stream = list(tokens)
-        gen.cache_len = len(tokens)
-        gen.next_position = len(tokens)
+        # What the cache holds so far: the prompt without its chunks still to run.
+        gen.stream = list(tokens[:len(tokens) - len(gen.prefill_rest)])
+        gen.cache_len = len(gen.stream)
+        gen.next_position = len(gen.stream)
         gen.prefill_tokens = len(new)
         gen.reused_tokens = reuse
         logger.debug("%s: prompt %d tokens (%d reused), bars %d-%d of the stream",
@@ -256,6 +262,13 @@ class StyleDecoder:
             EngineError: the model call fails.
         """
         active = [g for g in generations if not g.done]
+        prefilling = [g for g in active if g.prefill_rest]
+        for gen in prefilling:
+            self._prefill_next(gen)
+        # A generation that ran a prompt chunk this step waits for the next one to sample:
+        # one step never costs more than one chunk per generation on top of the batch.
+        chunked = {id(g) for g in prefilling}
+        active = [g for g in active if id(g) not in chunked]
         for gen in active:
             self._sample(gen)
         running = [g for g in active if not g.done]
@@ -387,6 +400,16 @@ class StyleDecoder:
             gen.pending = None
             gen.next_position += 1
             gen.cache_len += 1
+
+    def _prefill_next(self, gen: Generation) -> None:
+        """Run the next chunk of a generation's prompt into its row."""
+        assert gen.slot is not None  # only pool models prefill in chunks
+        chunk = self.settings.prefill_chunk or len(gen.prefill_rest)
+        tokens, gen.prefill_rest = gen.prefill_rest[:chunk], gen.prefill_rest[chunk:]
+        gen.logits = self._prefill(gen.slot, tokens, gen.cache_len)
+        gen.stream.extend(tokens)
+        gen.cache_len += len(tokens)
+        gen.next_position += len(tokens)
 
     def _prefill(self, slot: int, tokens: Sequence[int], reuse: int) -> np.ndarray:
         """Run a prompt's new tokens into its row after ``reuse`` cached ones; last logits."""

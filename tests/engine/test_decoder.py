@@ -239,3 +239,41 @@ def test_a_generation_left_out_of_a_step_keeps_its_logits(model):
     a2 = alone.start("a", _request(seed=5))
     alone.step([a2])
     np.testing.assert_allclose(a.logits, a2.logits, atol=1e-4)
+
+
+def test_a_long_prompt_in_chunks_plays_what_it_plays_in_one_go(model):
+    request = _request(notes=_seed(60, start=0.0), start=32.0, bars=2, seed=7)
+    whole = _decoder(model, prefill_chunk=0)
+    chunked = _decoder(model, prefill_chunk=16)
+    one = whole.start("jam", request)
+    many = chunked.start("jam", request)
+    assert one.prefill_tokens == many.prefill_tokens > 64
+    assert many.prefill_rest and len(many.stream) == 16
+    # Meanwhile another session keeps getting a token on every step.
+    other = chunked.start("other", _request(notes=_seed(4), start=4.0, bars=2, seed=2))
+    steps = 0
+    while many.prefill_rest:
+        before = other.tokens
+        chunked.step([many, other])
+        steps += 1
+        assert many.tokens == 0
+        assert other.tokens == before + 1 or other.done
+    assert steps == -(-(one.prefill_tokens - 16) // 16)
+    np.testing.assert_allclose(many.logits, one.logits, atol=1e-4)
+    assert _run(chunked, [many])[0] == _run(whole, [one])[0]
+    assert many.stream == one.stream
+
+
+def test_a_generation_cancelled_mid_prompt_leaves_a_consistent_cache(model):
+    request = _request(notes=_seed(60, start=0.0), start=32.0, bars=1, seed=9, greedy=True)
+    decoder = _decoder(model, prefill_chunk=16, max_tokens_per_bar=12)
+    first = decoder.start("jam", request)
+    decoder.step([first])
+    decoder.cancel(first)
+    # The session's cache holds only what was run: the next request reuses that part.
+    again = decoder.start("jam", request)
+    assert 16 <= again.reused_tokens < again.prefill_tokens + again.reused_tokens
+    fresh = _decoder(model, prefill_chunk=0, max_tokens_per_bar=12).start("x", request)
+    while again.prefill_rest:
+        decoder.step([again])
+    np.testing.assert_allclose(again.logits, fresh.logits, atol=1e-4)
