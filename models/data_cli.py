@@ -1,13 +1,19 @@
 """``melody data``: build token datasets and list the bundled corpora.
 
-    melody data build --source SRC --out DIR [--data-root DIR] [--jobs N] [--monophonic]
+    melody data build --source SRC[,SRC...] [--source SRC ...] [--exclude SRC]
+                      --out DIR [--data-root DIR] [--jobs N] [--monophonic]
                       [--transpose -5..6] [--val-fraction 0.1] [--seed 0]
                       [--convert-timeout S] [--config PATH]
     melody data corpora [--data-root DIR] [--convert] [--jobs N]
 
 SRC is a folder of MIDI / MusicXML / kern / ABC files, ``corpus:NAME`` (music21's bundled
-scores) or a named corpus of the data root (``lieder``, ``quartets``, ``chopin``,
-``polish-piano``, ``polish-songs``, ``pop909``).
+scores), a named corpus of the data root (``lieder``, ``quartets``, ``chopin``,
+``polish-piano``, ``polish-songs``, ``pop909``), or ``all-corpora``: every named corpus
+under the data root plus ``corpus:all``. Several sources make one dataset; each piece keeps
+its style and roles, and its name is prefixed by its source (``lieder:...``).
+
+The style- and role-conditioned vocabulary of the one-model recipe is
+``--config models/pretrained/conditioned-tokens.toml``.
 
 Defaults come from ``[data]`` (and ``[tokens]``) of config.toml; flags override them.
 """
@@ -18,8 +24,15 @@ import argparse
 import re
 from typing import Any
 
-from models.dataset import SPLITS, build_dataset, format_skip_table, parse_transpose
+from models.dataset import (
+    SPLITS,
+    build_dataset,
+    format_data_table,
+    format_skip_table,
+    parse_transpose,
+)
 from models.settings import load_settings
+from models.sources import ALL_CORPORA
 from models.tokenizer import MelodyTokenizer
 
 HELP = "build token datasets from MIDI/score folders or named corpora; list the corpora"
@@ -34,9 +47,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     build = sub.add_parser("build", help="tokenize MIDI files into a dataset folder")
     build._negative_number_matcher = _NEGATIVE_VALUE  # see _NEGATIVE_VALUE
-    build.add_argument("--source", required=True,
+    build.add_argument("--source", required=True, action="append",
                        help="a folder of MIDI/MusicXML/kern/ABC files (recursive), "
-                            "corpus:NAME, or a named corpus (lieder, pop909, ...)")
+                            "corpus:NAME, a named corpus (lieder, pop909, ...), or "
+                            f"{ALL_CORPORA} (every named corpus under the data root plus "
+                            "corpus:all); repeat it or give a comma list for one dataset "
+                            "from several sources")
+    build.add_argument("--exclude", action="append", default=[], metavar="SRC",
+                       help=f"leave out a source (e.g. {ALL_CORPORA} --exclude quartets); "
+                            "repeatable or a comma list")
     build.add_argument("--data-root", metavar="DIR",
                        help="folder of the named corpora (overrides [data] data_root)")
     build.add_argument("--convert-timeout", type=float, metavar="S",
@@ -80,9 +99,11 @@ def _build(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, overrides={"data": overrides})
     tokenizer = MelodyTokenizer(settings.tokens)
     manifest = build_dataset(args.source, args.out, settings.data, tokenizer,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, exclude=args.exclude)
     for line in format_skip_table(manifest):
         print(line)
+    if len(manifest["sources"]) > 1:
+        print(f"sources: {manifest['source']}")
     print(f"dataset {args.out} ({manifest['build_seconds']:.1f} s, "
           f"hash {manifest['content_hash'][:12]})")
     print(f"  {'split':<11}{'pieces':>8}{'sequences':>11}{'notes':>12}{'tokens':>13}")
@@ -93,6 +114,11 @@ def _build(args: argparse.Namespace) -> int:
     styles = ", ".join(f"{k} {v}" for k, v in sorted(manifest["styles"].items()))
     print(f"styles: {styles}; licences: {'; '.join(manifest['licences']) or 'unknown'}; "
           f"conversion {manifest['convert_seconds']:.1f} s")
+    for line in format_data_table(manifest):
+        print(line)
+    slots = MelodyTokenizer.from_dict(manifest["tokenizer"]).style_slots
+    if slots:
+        print("style slots: " + ", ".join(f"{k} {name}" for name, k in slots.items()))
     return 0
 
 

@@ -1,21 +1,23 @@
 """Token datasets: MIDI files -> train/validation/test token arrays on disk.
 
 ``build_dataset`` tokenizes every piece of a source (a folder of MIDI and score files, a
-bundled ``corpus:NAME`` or a named corpus of the data root, see ``models.sources``) in
-worker processes, skips bad input with a recorded reason, splits the pieces into
-train / validation / test (by piece, never by token position, so no piece leaks across
-splits), adds transposed copies of the training pieces, and writes per split
-``{split}.tokens.npy`` (uint16, pieces concatenated, each ``BOS ... EOS``) and
-``{split}.offsets.npy`` (int64, ``n + 1`` start offsets), plus ``manifest.json``.
-``TokenDataset`` opens them again as memory maps.
+bundled ``corpus:NAME``, a named corpus of the data root, or several of these, e.g.
+``all-corpora``; see ``models.sources``) in worker processes, skips bad input with a
+recorded reason, splits the pieces into train / validation / test (by piece, never by
+token position, so no piece leaks across splits), adds transposed copies of the training
+pieces, and writes per split ``{split}.tokens.npy`` (uint16, pieces concatenated, each
+``BOS ... EOS``) and ``{split}.offsets.npy`` (int64, ``n + 1`` start offsets), plus
+``manifest.json``. ``TokenDataset`` opens them again as memory maps.
 
 Every entry of a source folder is accounted for: a file is kept, or listed in the
 manifest's skip table with a reason (a name that is not MIDI, a broken link, a FIFO, a
 piece with too many tokens, ...). Suffixes are compared in any letter case, and karaoke
 ``.kar`` files are read: they are Standard MIDI Files with lyrics.
 
-The manifest's ``pieces`` table gives each kept piece's style, licence, corpus and the
-role of each of its tracks (``models.roles.piece_info`` reads it).
+The manifest's ``pieces`` table gives each kept piece's style, licence, corpus, source
+and the role of each of its tracks (``models.roles.piece_info`` reads it); its ``table``
+sums pieces, notes and tokens per split, and the roles met, per style and per source
+(``data_table``; ``melody data build`` prints it).
 
 With a conditioned vocabulary (``[tokens] style_slots``, ``roles``), each piece starts
 ``BOS Style_k`` with its style's slot (slot 0 when its style is unknown) and its notes
@@ -66,6 +68,7 @@ from models.sources import (
     PieceResult,
     Source,
     resolve_source,
+    resolve_sources,
     scan_folder,
 )
 from models.tokenizer import MelodyTokenizer
@@ -330,8 +333,12 @@ def _split_draw(name: str, seed: int) -> float:
 
 
 def split_pieces(names: Sequence[str], val_fraction: float, test_fraction: float,
-                 seed: int) -> dict[str, list[str]]:
+                 seed: int, keys: Mapping[str, str] | None = None) -> dict[str, list[str]]:
     """Assign whole pieces to splits by a hash of ``(seed, name)``.
+
+    ``keys`` gives the name a piece is drawn by when it differs from its name in the
+    dataset: a build from several sources draws each piece by its name within its source
+    (without the source's prefix), so it agrees with a build from that source alone.
 
     A piece whose draw is below ``test_fraction`` is a test piece, below
     ``test_fraction + val_fraction`` a validation piece, else a training piece. The draw
@@ -344,7 +351,8 @@ def split_pieces(names: Sequence[str], val_fraction: float, test_fraction: float
     their fraction is above zero: a small dataset whose draws all fall above a
     threshold gives its lowest-drawn pieces (the ones nearest to the threshold's side).
     """
-    draws = {name: _split_draw(name, seed) for name in names}
+    keys = keys or {}
+    draws = {name: _split_draw(keys.get(name, name), seed) for name in names}
     ordered = sorted(draws, key=lambda name: (draws[name], name))
     test = [n for n in ordered if draws[n] < test_fraction]
     if test_fraction > 0 and not test and len(ordered) >= 3:
@@ -504,17 +512,64 @@ def _skip_table(results: Sequence[PieceResult]) -> dict[str, list[dict[str, str]
     return table
 
 
-def build_dataset(source: str, out: str | Path, settings: DataSettings,
+NO_STYLE = "(none)"  # the table's row of pieces without a style label (slot 0 when conditioned)
+
+
+def _empty_row() -> dict[str, Any]:
+    return {"pieces": dict.fromkeys(SPLITS, 0), "notes": dict.fromkeys(SPLITS, 0),
+            "tokens": dict.fromkeys(SPLITS, 0), "train_sequences": 0,
+            "train_tokens_written": 0, "roles": {}}
+
+
+def data_table(pieces: Mapping[str, Mapping[str, Any]], kept: Mapping[str, PieceResult],
+               plans: Mapping[str, SplitPlan],
+               tokenizer: MelodyTokenizer | None = None) -> dict[str, dict[str, Any]]:
+    """Per style and per source: pieces, notes and tokens of each split, and roles.
+
+    ``pieces``, ``notes`` and ``tokens`` count each piece once, untransposed (the size of
+    the corpus); ``train_sequences`` and ``train_tokens_written`` count what the train
+    split holds with its transposed copies (what training reads). ``roles`` counts, per
+    role, the pieces with a track of that role. A style row carries its ``slot`` when the
+    vocabulary has style tokens.
+    """
+    table: dict[str, dict[str, Any]] = {"styles": {}, "sources": {}}
+    slots = tokenizer.style_slots if tokenizer is not None else {}
+    for split, plan in plans.items():
+        for name, shifts in zip(plan.pieces, plan.transpositions, strict=True):
+            info, result = pieces[name], kept[name]
+            assert result.tokens is not None  # only kept pieces reach the splits
+            groups = (("styles", str(info.get("style") or NO_STYLE)),
+                      ("sources", str(info.get("source") or "-")))
+            for kind, key in groups:
+                row = table[kind].setdefault(key, _empty_row())
+                row["pieces"][split] += 1
+                row["notes"][split] += result.notes
+                row["tokens"][split] += len(result.tokens)
+                if split == "train":
+                    row["train_sequences"] += len(shifts)
+                    row["train_tokens_written"] += len(result.tokens) * len(shifts)
+                for role in sorted(set(result.roles)):
+                    row["roles"][role] = row["roles"].get(role, 0) + 1
+    if slots:
+        for style, row in table["styles"].items():
+            row["slot"] = slots.get(style, 0)
+    return {kind: dict(sorted(rows.items())) for kind, rows in table.items()}
+
+
+def build_dataset(source: str | Sequence[str], out: str | Path, settings: DataSettings,
                   tokenizer: MelodyTokenizer | None = None, *,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, exclude: Sequence[str] = ()) -> dict[str, Any]:
     """Build a dataset folder from MIDI files and return its manifest.
 
     Args:
-        source: a folder of MIDI files (searched recursively) or ``corpus:NAME``.
+        source: a folder of MIDI and score files (searched recursively), ``corpus:NAME``,
+            a named corpus, ``all-corpora``, or several of them (a list or a comma list;
+            see ``models.sources.resolve_sources``).
         out: the dataset folder (created; earlier arrays in it are replaced).
         settings: the ``[data]`` values (with command-line overrides applied).
         tokenizer: the vocabulary; ``[tokens]`` defaults when omitted.
         progress: show tqdm bars.
+        exclude: sources to leave out (``all-corpora`` minus a corpus).
 
     Raises:
         DataError: no source files, no piece survives the filters, or the output folder
@@ -522,8 +577,11 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
     """
     started = time.monotonic()
     tokenizer = tokenizer or MelodyTokenizer()
-    found = resolve_source(source, settings.jobs, progress=progress,
-                           data_root=settings.data_root, timeout=settings.convert_timeout)
+    # resolve_source is looked up here, at call time, so that tests can stand in for it.
+    found = resolve_sources(source, settings.jobs, progress=progress,
+                            data_root=settings.data_root, timeout=settings.convert_timeout,
+                            exclude=exclude, resolve=resolve_source)
+    source_text = ",".join(s["spec"] for s in found.sources)
     root = found.root
     resolve_seconds = time.monotonic() - started
     styles = {name: info.get("style") for name, info in found.meta.items()}
@@ -532,17 +590,17 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
         try:
             tokenizer = tokenizer.with_styles(sorted({s for s in styles.values() if s}))
         except TokenizerError as err:
-            raise DataError(f"{source}: {err}") from err
+            raise DataError(f"{source_text}: {err}") from err
         logger.info("style slots: %s", tokenizer.style_slots)
     results = tokenize_files(root, found.items, tokenizer, settings, progress=progress,
                              styles=styles) + found.unread
     kept = {r.name: r for r in results if r.tokens is not None}
     if not kept:
         reasons = Counter(r.reason for r in results)
-        raise DataError(f"no usable piece among {len(results)} files of {source} "
+        raise DataError(f"no usable piece among {len(results)} files of {source_text} "
                         f"(skipped: {dict(reasons)})")
     splits = split_pieces(list(kept), settings.val_fraction, settings.test_fraction,
-                          settings.seed)
+                          settings.seed, keys=found.split_keys)
     # Train gets shift 0 first, then the others in order; held-out splits stay untouched.
     train_shifts = [0] + [s for s in range(settings.transpose_min, settings.transpose_max + 1)
                           if s != 0]
@@ -554,9 +612,10 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
         raise DataError(f"cannot write the dataset folder {out}: {err}") from err
     digest = hashlib.sha256()
     manifest_splits: dict[str, Any] = {}
+    plans: dict[str, SplitPlan] = {}
     for split in SPLITS:
         shifts = train_shifts if split == "train" else [0]
-        plan = _plan(kept, splits[split], shifts, tokenizer)
+        plan = plans[split] = _plan(kept, splits[split], shifts, tokenizer)
         total = _write_split(out, split, plan, kept, tokenizer=tokenizer, digest=digest)
         digest.update(json.dumps([plan.pieces, plan.transpositions]).encode())
         manifest_splits[split] = {
@@ -575,8 +634,9 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
     manifest = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
-        "source": source,
+        "source": source_text,
         "source_root": str(root),
+        "sources": found.sources,
         "tokenizer": tokenizer.to_dict(),
         "settings": dataclasses.asdict(settings),
         "files": len(results),
@@ -585,6 +645,7 @@ def build_dataset(source: str, out: str | Path, settings: DataSettings,
         "skipped_counts": {reason: len(v) for reason, v in skipped.items()},
         "pieces": pieces,
         "styles": dict(Counter(str(p["style"]) for p in pieces.values())),
+        "table": data_table(pieces, kept, plans, tokenizer),
         "licences": sorted({str(p["licence"]) for p in pieces.values() if p["licence"]}),
         "content_hash": digest.hexdigest(),
         "convert_seconds": round(resolve_seconds, 2),
@@ -705,3 +766,42 @@ def format_skip_table(manifest: dict[str, Any], limit: int = 5) -> list[str]:
     return lines
 
 
+
+
+def _triple(values: Mapping[str, int]) -> str:
+    return "/".join(str(values.get(split, 0)) for split in SPLITS)
+
+
+def format_data_table(manifest: dict[str, Any]) -> list[str]:
+    """Lines of the manifest's per-style and per-source table (``data_table``).
+
+    Each of pieces, notes and tokens is ``train/validation/test``, counting every piece
+    once; ``written`` is the train split's tokens with its transposed copies.
+    """
+    table = manifest.get("table")
+    if not isinstance(table, dict):
+        return ["(no per-style table: a dataset built before it existed)"]
+    lines = []
+    for kind, title in (("styles", "style"), ("sources", "source")):
+        rows = table.get(kind) or {}
+        if not rows:
+            continue
+        texts = {key: (_triple(row["pieces"]), _triple(row["notes"]), _triple(row["tokens"]))
+                 for key, row in rows.items()}
+        widths = [max(len(title), *(len(k) for k in rows))] + [
+            max(len(head), *(len(t[i]) for t in texts.values()))
+            for i, head in enumerate(("pieces", "notes", "tokens"))]
+        slot = kind == "styles" and any("slot" in row for row in rows.values())
+        head = (f"  {title:<{widths[0]}}" + ("  slot" if slot else "")
+                + f"  {'pieces':>{widths[1]}}  {'notes':>{widths[2]}}  {'tokens':>{widths[3]}}"
+                + f"  {'written':>11}  roles (pieces)")
+        lines.append(f"per {title} (pieces / notes / tokens: train/validation/test, each piece "
+                     f"once; written: train tokens with transposed copies)")
+        lines.append(head)
+        for key, row in rows.items():
+            roles = ", ".join(f"{role} {count}" for role, count in sorted(row["roles"].items()))
+            lines.append(f"  {key:<{widths[0]}}" + (f"  {row.get('slot', '-'):>4}" if slot else "")
+                         + f"  {texts[key][0]:>{widths[1]}}  {texts[key][1]:>{widths[2]}}"
+                         f"  {texts[key][2]:>{widths[3]}}  {row['train_tokens_written']:>11}"
+                         f"  {roles or '-'}")
+    return lines

@@ -7,9 +7,20 @@ read, each with a reason:
 - a folder: every MIDI file under it, and every score file (MusicXML, kern, ABC),
   converted once by music21 into the user's cache (``<cache>/folders/``);
 - ``corpus:NAME``: a style of music21's bundled scores (``models.corpus``);
-- a named corpus of the data root (``lieder``, ``pop909``, ... see ``models.data_root``).
+- a named corpus of the data root (``lieder``, ``pop909``, ... see ``models.data_root``);
+- ``all-corpora``: every named corpus found under the data root, plus ``corpus:all``.
 
 A name of a named corpus is read as that corpus; write ``./lieder`` for a folder so named.
+
+``resolve_sources`` reads several sources into one (``--source lieder,pop909,corpus:all``,
+or ``--source`` repeated). Each piece keeps the style, roles and licence of its source,
+and its name is prefixed by its source's label (``lieder:lieder/Brahms,...``,
+``corpus:all:bach/bwv1.6``, ``songs:tune01.mid`` for a folder named ``songs``), since two
+sources can hold pieces of the same name (the bundled ``chopin`` collection and the named
+``chopin`` corpus both write ``chopin/...``). The split still draws each piece by its name
+within its source (``Source.split_keys``), so a piece held out of a one-source dataset is
+held out of the combined one too. A file reached through two sources (``corpus:romantic``
+and ``corpus:all``) is read once, under the first.
 
 Torch-free; music21 is imported only where scores must be converted.
 """
@@ -21,6 +32,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +45,12 @@ from models.scores import SCORE_SUFFIXES, is_score_name
 READ_SUFFIXES = MIDI_SUFFIXES + SCORE_SUFFIXES
 
 CORPUS_PREFIX = "corpus:"
+# Every named corpus under the data root plus every bundled collection. Not "all": that
+# would read like ``corpus:all``, which is the bundled collections alone.
+ALL_CORPORA = "all-corpora"
+BUNDLED_ALL = "corpus:all"
+# Between a source's label and a piece's name in a build from several sources.
+LABEL_SEPARATOR = ":"
 
 # Reasons a file is skipped (the keys of the manifest's skip table).
 SKIP_NOT_MIDI = "not MIDI"
@@ -173,13 +191,147 @@ class Source:
         items: ``(MIDI file, piece name)`` of each piece, sorted by name.
         unread: the entries not read, each with a reason (see ``scan_folder``), and the
             scores that could not be converted.
-        meta: per piece name, what is known of it: ``style``, ``licence``, ``corpus``.
+        meta: per piece name, what is known of it: ``style``, ``licence``, ``corpus``
+            and (from ``resolve_sources``) ``source``, the label of its source.
+        split_keys: per piece name, the name its split is drawn by when that differs
+            (the name within its source, without the source's label).
+        sources: one entry per source read: ``label``, ``spec`` (what ``--source``
+            said), ``root``.
     """
 
     root: Path
     items: list[tuple[Path, str]]
     unread: list[PieceResult]
     meta: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    split_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+    sources: list[dict[str, str]] = dataclasses.field(default_factory=list)
+
+
+# ----------------------------------------------------------------- several sources
+def split_source_list(values: str | Sequence[str]) -> list[str]:
+    """``--source`` values as a list of sources: comma lists split, blanks dropped, each
+    source once (first place kept).
+
+    A value naming an existing folder is taken whole, so a folder with a comma in its
+    name still works.
+    """
+    texts = [values] if isinstance(values, str) else list(values)
+    out: list[str] = []
+    for text in texts:
+        parts = [text] if Path(text).expanduser().is_dir() else text.split(",")
+        for part in (p.strip() for p in parts):
+            if part and part not in out:
+                out.append(part)
+    return out
+
+
+def available_named(data_root: str | Path | None) -> list[str]:
+    """The named corpora whose folder is under ``data_root`` (none when it is unset)."""
+    from models.data_root import NAMED_CORPORA  # noqa: PLC0415 - avoids an import cycle
+
+    if not data_root or not str(data_root).strip():
+        return []
+    root = Path(data_root).expanduser()
+    return [name for name, corpus in NAMED_CORPORA.items() if (root / corpus.folder).is_dir()]
+
+
+def expand_sources(specs: Sequence[str], data_root: str | Path | None,
+                   exclude: Sequence[str] = ()) -> list[str]:
+    """The sources to read: ``all-corpora`` replaced by what it stands for, minus ``exclude``.
+
+    ``all-corpora`` is every named corpus found under the data root (in the order of
+    ``models.data_root.NAMED_CORPORA``), then ``corpus:all``.
+
+    Raises:
+        DataError: no source is left, or an excluded name is no source at all (a typo
+            would otherwise silently keep the corpus in).
+    """
+    from models.corpus import CORPORA  # noqa: PLC0415
+    from models.data_root import NAMED_CORPORA  # noqa: PLC0415
+
+    expanded: list[str] = []
+    for spec in specs:
+        more = ([*available_named(data_root), BUNDLED_ALL] if spec == ALL_CORPORA else [spec])
+        expanded += [s for s in more if s not in expanded]
+    known = {*NAMED_CORPORA, *(CORPUS_PREFIX + name for name in CORPORA)}
+    excluded = split_source_list(exclude)
+    for name in excluded:
+        if name not in expanded and name not in known:
+            raise DataError(f"--exclude {name!r} is not one of the sources "
+                            f"({', '.join(expanded)}) nor a corpus name")
+    left = [s for s in expanded if s not in excluded]
+    if not left:
+        raise DataError(f"no source left to read (sources {', '.join(specs) or 'none'}, "
+                        f"excluded {', '.join(excluded) or 'none'})")
+    return left
+
+
+def _label(spec: str, taken: set[str]) -> str:
+    """A short unique label of a source: a corpus's own name, or a folder's base name."""
+    from models.data_root import NAMED_CORPORA  # noqa: PLC0415
+
+    if spec.startswith(CORPUS_PREFIX) or spec in NAMED_CORPORA:
+        base = spec
+    else:
+        base = Path(spec).expanduser().resolve().name or "folder"
+    label, number = base, 2
+    while label in taken:  # two folders called "midi": midi, midi-2
+        label, number = f"{base}-{number}", number + 1
+    taken.add(label)
+    return label
+
+
+def resolve_sources(specs: str | Sequence[str], jobs: int = 0, *, progress: bool = True,
+                    data_root: str | Path | None = None, timeout: float = 600.0,
+                    exclude: Sequence[str] = (),
+                    resolve: Callable[..., Source] | None = None) -> Source:
+    """The pieces of one or several sources, as one ``Source``.
+
+    ``specs`` is what ``--source`` said (a comma list, a list, ``all-corpora``). One
+    source is read as ``resolve_source`` reads it, names unchanged; several get their
+    names prefixed by their source's label (see the module docstring). Every piece's
+    ``meta`` names its source's label. ``resolve`` reads one source (default
+    ``resolve_source``; tests give fixtures).
+
+    Raises:
+        DataError: as ``resolve_source`` for any source, and as ``expand_sources``.
+    """
+    resolve = resolve or resolve_source
+    listed = expand_sources(split_source_list(specs), data_root, exclude)
+    taken: set[str] = set()
+    labelled = [(spec, _label(spec, taken)) for spec in listed]
+    blank = {"style": None, "licence": None, "corpus": None}
+    if len(labelled) == 1:
+        spec, label = labelled[0]
+        found = resolve(spec, jobs, progress=progress, data_root=data_root, timeout=timeout)
+        found.meta = {name: {**blank, **found.meta.get(name, {}), "source": label}
+                      for _, name in found.items}
+        found.sources = [{"label": label, "spec": spec, "root": str(found.root)}]
+        return found
+    items: list[tuple[Path, str]] = []
+    unread: list[PieceResult] = []
+    meta: dict[str, dict[str, Any]] = {}
+    keys: dict[str, str] = {}
+    sources: list[dict[str, str]] = []
+    first_name: dict[Path, str] = {}
+    for spec, label in labelled:
+        found = resolve(spec, jobs, progress=progress, data_root=data_root, timeout=timeout)
+        sources.append({"label": label, "spec": spec, "root": str(found.root)})
+        prefix = f"{label}{LABEL_SEPARATOR}"
+        for path, name in found.items:
+            full = prefix + name
+            real = path.resolve()
+            if real in first_name:
+                unread.append(PieceResult(full, None, reason=SKIP_DUPLICATE,
+                                          detail=f"the same file as {first_name[real]}"))
+                continue
+            first_name[real] = full
+            items.append((path, full))
+            meta[full] = {**blank, **found.meta.get(name, {}), "source": label}
+            keys[full] = name
+        unread += [dataclasses.replace(r, name=prefix + r.name) for r in found.unread]
+    root = Path(os.path.commonpath([s["root"] for s in sources]))
+    return Source(root, sorted(items, key=lambda item: item[1]), unread, meta, keys, sources)
 
 
 def resolve_source(source: str, jobs: int = 0, *, progress: bool = True,
