@@ -100,6 +100,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def child_pids(pid: int) -> dict[str, int]:
+    """melodyd's children by what they are: ``engine[PID]`` or ``guardian[PID]``."""
+    named = {}
+    for child in children(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # it has just exited
+        kind = "guardian" if b"bridge.guardian" in command else "engine"
+        named[f"{kind}[{child}]"] = child
+    return named
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100), nearest-rank."""
     if not values:
@@ -158,7 +171,7 @@ def idle_under_midi_clock(args: argparse.Namespace, workdir: Path) -> dict[str, 
         probe = Probe(timeout=60, native=args.probe == "native")
         probe.start_clock(args.bpm)
         time.sleep(2.0)
-        pids = {"melodyd": daemon.pid, **{f"engine[{p}]": p for p in children(daemon.pid)}}
+        pids = {"melodyd": daemon.pid, **child_pids(daemon.pid)}
         return idle_cpu_percent(pids, args.idle)
     finally:
         if probe is not None:
@@ -223,11 +236,11 @@ def run(args: argparse.Namespace) -> dict:
         text = wait_for_log(log_path, r"engine at .* is up", 120)
         origin = float(re.search(r"beat 0 at monotonic ([0-9.]+)", text).group(1))
         spb = 60.0 / args.bpm
-        engine_pids = children(daemon.pid)
+        helpers = child_pids(daemon.pid)
 
         # Idle: nobody plays. Let start-up settle first.
         time.sleep(2.0)
-        pids = {"melodyd": daemon.pid, **{f"engine[{p}]": p for p in engine_pids}}
+        pids = {"melodyd": daemon.pid, **helpers}
         idle_cpu = idle_cpu_percent(pids, args.idle)
 
         xruns_before = server.xruns()
