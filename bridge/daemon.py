@@ -25,6 +25,7 @@ from bridge.clock import Clock, MidiClock
 from bridge.controls import ControlMap
 from bridge.listener import InputQueue
 from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
+from bridge.requests import generate_fields
 from bridge.scheduler import Scheduler
 from bridge.seed import SeedWindow
 from bridge.status import Response, StatusLine, format_status
@@ -227,41 +228,17 @@ class Daemon:
             self._request(trigger, now, beat)
 
     def _request(self, trigger: Trigger, now: float, beat: float) -> None:
-        sampling: dict[str, Any] = {
-            "temperature": self.temperature, "top_k": self.settings.sampling.top_k,
-            "top_p": self.settings.sampling.top_p, "min_p": self.settings.sampling.min_p,
-            "seed": None if self.settings.sampling.seed < 0 else self.settings.sampling.seed}
-        s = self.settings.sampling
-        pitch_min, pitch_max = self._pitch_range()
-        constraints = {"pitch_min": pitch_min, "pitch_max": pitch_max,
-                       "scale": list(s.scale) or None,
-                       "max_polyphony": s.max_polyphony or None}
         seed = self.seed.notes(beat, own_until=trigger.own_until)
-        request_id = self.client.generate(
-            session=self.session, style=self.style, seed=[n.to_json() for n in seed],
-            time_signature=list(self.clock.time_signature), start_beat=trigger.start_beat,
-            bars=trigger.bars, sampling=sampling, constraints=constraints)
+        request_id = self.client.generate(session=self.session, **generate_fields(
+            self.settings, style=self.style, facts=self._style_facts.get(self.style or "", {}),
+            temperature=self.temperature, seed=seed, time_signature=self.clock.time_signature,
+            start_beat=trigger.start_beat, bars=trigger.bars))
         self._responses[request_id] = Response(request_id, now, beat, trigger.start_beat,
                                                trigger.bars)
         if self.mode == "call":
             self._answer = request_id
         logger.debug("request %s at beat %.2f: start %g, %d bar(s), seed of %d notes",
                      request_id, beat, trigger.start_beat, trigger.bars, len(seed))
-
-    def _pitch_range(self) -> tuple[int, int]:
-        """``[sampling]``'s pitch range within what the style's vocabulary can play.
-
-        The engine refuses a range beyond the style's (``hello`` says what it is), so a
-        configured 0-127 asks for the style's whole range instead of failing every answer.
-        """
-        s = self.settings.sampling
-        low, high = s.pitch_min, s.pitch_max
-        facts = self._style_facts.get(self.style or "", {})
-        if isinstance(facts.get("pitch_min"), int) and isinstance(facts.get("pitch_max"), int):
-            low, high = max(low, facts["pitch_min"]), min(high, facts["pitch_max"])
-            if low > high:  # no overlap at all: the style's range is the only playable one
-                low, high = facts["pitch_min"], facts["pitch_max"]
-        return low, high
 
     # ----------------------------------------------------------------- engine replies
     def _on_reply(self, reply: dict[str, Any]) -> None:

@@ -245,3 +245,42 @@ def style_features(notes: Sequence[Note], length: float | None = None) -> np.nda
     ])
     assert len(vector) == NUM_FEATURES  # the groups above document the layout
     return vector
+
+
+# ----------------------------------------------------------------- call and answer
+ONSET_STEPS_PER_BEAT = 4  # the rhythm grid: sixteenths (triplets fall to the nearest)
+
+
+def onset_histogram(notes: Sequence[Note], bar_length: float,
+                    steps_per_beat: int = ONSET_STEPS_PER_BEAT) -> np.ndarray:
+    """Share of onsets at each grid position of the bar (sums to 1; zeros without notes).
+
+    Onsets of the same position in different bars add up, so the histogram is the
+    passage's rhythmic pattern within a bar, whatever its length or where it starts
+    (onsets are taken relative to bar lines at multiples of ``bar_length``).
+    """
+    slots = max(1, round(bar_length * steps_per_beat))
+    hist = np.zeros(slots)
+    for note in notes:
+        hist[round((note.onset % bar_length) * steps_per_beat) % slots] += 1
+    total = hist.sum()
+    return hist / total if total else hist
+
+
+def rhythmic_similarity(call: Sequence[Note], answer: Sequence[Note],
+                        bar_length: float) -> float | None:
+    """How much an answer's rhythm echoes the call's: overlap of their onset histograms.
+
+    1 when the onsets fall on the same positions of the bar in the same proportions, 0
+    when no position is shared (``1 - histogram_distance``). ``None`` when either passage
+    has no notes.
+    """
+    if not call or not answer:
+        return None
+    return 1.0 - histogram_distance(onset_histogram(call, bar_length),
+                                    onset_histogram(answer, bar_length))
+
+
+def mean_pitch(notes: Sequence[Note]) -> float | None:
+    """The passage's register: its mean MIDI pitch (``None`` without notes)."""
+    return float(np.mean([n.pitch for n in notes])) if notes else None

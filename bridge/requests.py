@@ -1,0 +1,63 @@
+"""The fields of a ``generate`` request, as the daemon sends them.
+
+Pure functions of the settings, the engine's facts about the style and the seed, shared by
+the daemon (which sends them over zmq) and the jam harness (``engine.jam``, which plays
+scripted calls through the same decisions without ports or sockets), so what the harness
+measures is what a musician gets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from models.notes import Note
+from models.settings import Settings
+
+
+def style_pitch_range(settings: Settings, facts: Mapping[str, Any]) -> tuple[int, int]:
+    """``[sampling]``'s pitch range within what the style's vocabulary can play.
+
+    The engine refuses a range beyond the style's (``hello`` says what it is), so a
+    configured 0-127 asks for the style's whole range instead of failing every answer.
+
+    Args:
+        settings: the daemon's settings.
+        facts: what the engine's ``hello`` said about the style (may be empty).
+    """
+    s = settings.sampling
+    low, high = s.pitch_min, s.pitch_max
+    if isinstance(facts.get("pitch_min"), int) and isinstance(facts.get("pitch_max"), int):
+        low, high = max(low, facts["pitch_min"]), min(high, facts["pitch_max"])
+        if low > high:  # no overlap at all: the style's range is the only playable one
+            low, high = facts["pitch_min"], facts["pitch_max"]
+    return low, high
+
+
+def generate_fields(settings: Settings, *, style: str, facts: Mapping[str, Any],
+                    temperature: float, seed: Sequence[Note],
+                    time_signature: tuple[int, int], start_beat: float,
+                    bars: int) -> dict[str, Any]:
+    """The fields of one ``generate`` (everything but ``session`` and the envelope).
+
+    Args:
+        settings: the daemon's settings (``[sampling]`` gives sampling and constraints).
+        style: the style asked for.
+        facts: the engine's facts about that style (its pitch range).
+        temperature: the live temperature (a CC may have changed it from the config).
+        seed: the seed window's notes.
+        time_signature: the clock's time signature.
+        start_beat: where the answer starts (the policy's trigger).
+        bars: its length in bars.
+    """
+    s = settings.sampling
+    sampling: dict[str, Any] = {
+        "temperature": temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p,
+        "seed": None if s.seed < 0 else s.seed}
+    pitch_min, pitch_max = style_pitch_range(settings, facts)
+    constraints = {"pitch_min": pitch_min, "pitch_max": pitch_max,
+                   "scale": list(s.scale) or None,
+                   "max_polyphony": s.max_polyphony or None}
+    return {"style": style, "seed": [n.to_json() for n in seed],
+            "time_signature": list(time_signature), "start_beat": start_beat, "bars": bars,
+            "sampling": sampling, "constraints": constraints}
