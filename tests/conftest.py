@@ -1,113 +1,127 @@
-"""Fixtures shared by every test package: tiny random models, real ONNX exports.
+"""Fixtures shared by every test package: tiny random ONNX models, and the no-skip mode.
 
-The models are built once per test session (a few seconds) with random weights and the
-default vocabulary, exported through the same code as ``melody export`` and verified
-against PyTorch on the way. They need torch (the train extra): without it the tests that
-use them are skipped with a reason. The engine and bridge tests only read the resulting
-files, so their own code still never imports torch.
+The engine and bridge tests need real model files. Those they use are built by
+``tests/fixtures/make_tiny_models.py`` (random weights, the default or a conditioned
+vocabulary, the same export as ``melody export``) and committed under
+``tests/fixtures/models/``:
+
+- with torch and music21 installed (the train extra) each is rebuilt once per session,
+  so the whole suite exercises the current export code (and ``test_tiny_fixtures.py``
+  checks that the committed files still equal the rebuilt ones);
+- without them (the torch-free install of the live path) the committed files are used.
+
+``MELODYD_NO_SKIPS=1`` turns every skip into a failure: CI's torch-free job sets it, so a
+live-path test that cannot run there (a model it cannot find, no JACK server, no native
+JACK client) fails instead of passing quietly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+# The build script lives with the files it writes; importlib mode puts no test folder on
+# the path.
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 
-def _require_torch() -> None:
-    pytest.importorskip("torch", reason="tiny models are built with torch (the train extra)")
+import make_tiny_models  # after the path above
+
+NO_SKIPS = "MELODYD_NO_SKIPS"
+# Architecture -> committed model, for ``tiny_onnx_factory``.
+ARCH_MODELS = {"gpt": "tiny", "lstm": "tiny-lstm", "gru": "tiny-gru"}
+
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in modules)
+
+
+def _tiny_model(name: str, directory: Path) -> Path:
+    """The tiny model ``name``: built into ``directory`` with the train extra, else the
+    committed file."""
+    # The int8 export's agreement check tokenizes music21 chorales.
+    needs = ("torch", "onnx", "music21") if make_tiny_models.MODELS[name].int8 else (
+        "torch", "onnx")
+    if _installed(*needs):
+        path = directory / make_tiny_models.MODELS[name].file
+        return path if path.exists() else make_tiny_models.build(name, directory)
+    committed = make_tiny_models.MODELS[name].committed
+    if not committed.exists():
+        pytest.skip(f"{committed} is missing and cannot be built without the train extra "
+                    f"(python tests/fixtures/make_tiny_models.py {name})")
+    return committed
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A session-wide folder holding the tiny checkpoints and ONNX files."""
+    """A session-wide folder holding the tiny checkpoints and ONNX files built here."""
     return tmp_path_factory.mktemp("tiny_models")
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_model_dir: Path) -> Path:
-    """A melodyd checkpoint of a random ``tiny`` GPT (2 layers, 2 heads, width 64)."""
-    _require_torch()
-    from export.tiny import write_tiny_checkpoint  # noqa: PLC0415 - torch is optional
+    """The checkpoint of ``tiny_onnx_model`` (a random narrow tiny GPT, seed 0); torch."""
+    pytest.importorskip("torch", reason="checkpoints are built with torch (the train extra)")
+    return make_tiny_models.build_checkpoint("tiny", tiny_model_dir)
 
-    return write_tiny_checkpoint(tiny_model_dir / "tiny_gpt.pt", arch="gpt", seed=0)
+
+@pytest.fixture(scope="session")
+def tiny_onnx_model(tiny_model_dir: Path) -> Path:
+    """The fp32 ONNX model of ``tiny_checkpoint`` (style ``tiny``), with its card."""
+    return _tiny_model("tiny", tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_int8_model(tiny_model_dir: Path) -> Path:
+    """The weight-only int8 export of ``tiny_checkpoint`` (style ``tiny-int8``)."""
+    return _tiny_model("tiny-int8", tiny_model_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx_factory(tiny_model_dir: Path) -> Callable[[str], Path]:
-    """``make(arch)`` -> a verified fp32 ONNX file of a random tiny ``gpt``/``lstm``/``gru``.
+    """``make(arch)`` -> the fp32 ONNX model of a random tiny ``gpt``/``lstm``/``gru``.
 
-    Each architecture is exported once per session; its style name is ``tiny-<arch>``
-    and its checkpoint lies beside it as ``tiny-<arch>.pt``.
+    The ``gpt`` one is ``tiny_onnx_model``; the recurrent ones are styles ``tiny-<arch>``.
     """
-    _require_torch()
-    from export.tiny import export_tiny_model  # noqa: PLC0415 - torch is optional
-
-    made: dict[str, Path] = {}
-
     def make(arch: str = "gpt") -> Path:
-        if arch not in made:
-            made[arch] = export_tiny_model(tiny_model_dir / f"tiny-{arch}.onnx", arch=arch,
-                                           style=f"tiny-{arch}")
-        return made[arch]
+        return _tiny_model(ARCH_MODELS[arch], tiny_model_dir)
 
     return make
 
 
-@pytest.fixture(scope="session")
-def tiny_onnx_model(tiny_checkpoint: Path, tiny_model_dir: Path) -> Path:
-    """The fp32 ONNX export of ``tiny_checkpoint`` (style ``tiny``), with its metadata."""
-    from export.pipeline import export_checkpoint  # noqa: PLC0415 - torch is optional
-
-    return export_checkpoint(tiny_checkpoint, tiny_model_dir / "tiny.onnx", style="tiny",
-                             max_batch=3).path
-
-
-@pytest.fixture(scope="session")
-def tiny_onnx_int8_model(tiny_checkpoint: Path, tiny_model_dir: Path) -> Path:
-    """The weight-only int8 export of ``tiny_checkpoint`` (style ``tiny-int8``).
-
-    Its agreement check tokenizes a few music21 chorales, so it needs music21 too.
-    """
-    pytest.importorskip("music21", reason="the int8 check tokenizes music21 pieces")
-    from export.pipeline import export_checkpoint  # noqa: PLC0415 - torch is optional
-
-    return export_checkpoint(tiny_checkpoint, tiny_model_dir / "tiny-int8.onnx",
-                             style="tiny-int8", int8=True, max_batch=3).path
-
-
-# The conditioned vocabulary of the tiny style- and role-aware model (see models.tokenizer).
-CONDITIONED_STYLES = ("baroque", "romantic", "pop")
+# The named styles of the conditioned vocabulary (see models.tokenizer).
+CONDITIONED_STYLES = make_tiny_models.CONDITIONED_STYLES
 
 
 @pytest.fixture(scope="session")
 def tiny_conditioned_onnx(tiny_model_dir: Path) -> Path:
-    """A verified fp32 ONNX file of a random tiny GPT over a vocabulary with 8 style slots
+    """A fp32 ONNX model of a random tiny GPT over a vocabulary with 8 style slots
     (``CONDITIONED_STYLES`` named) and role tokens; its style name is ``tiny-conditioned``."""
-    _require_torch()
-    import torch  # noqa: PLC0415 - torch is optional
+    return _tiny_model("tiny-conditioned", tiny_model_dir)
 
-    from export.pipeline import export_checkpoint  # noqa: PLC0415
-    from models.checkpoint import model_arch, save_checkpoint  # noqa: PLC0415
-    from models.gpt import GPT, gpt_config  # noqa: PLC0415
-    from models.settings import TokensSettings  # noqa: PLC0415
-    from models.tokenizer import MelodyTokenizer  # noqa: PLC0415
 
-    tokenizer = MelodyTokenizer(TokensSettings(style_slots=8, styles=CONDITIONED_STYLES,
-                                               roles=True))
-    torch.manual_seed(3)
-    model = GPT(gpt_config("tiny", tokenizer.vocab_size))
-    checkpoint = save_checkpoint(tiny_model_dir / "tiny-conditioned.pt", {
-        "arch": model_arch(model),
-        "model_config": dict(vars(model.config)),
-        "tokenizer": tokenizer.to_dict(),
-        "data": {"source": "random", "hash": None,
-                 "splits": {"train": {"pieces": 0, "tokens": 0}}},
-        "model": model.state_dict(),
-        "step": 0,
-        "metrics": {},
-        "train_config": {"seed": 3},
-    })
-    return export_checkpoint(checkpoint, tiny_model_dir / "tiny-conditioned.onnx",
-                             style="tiny-conditioned", max_batch=3).path
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
+                              ) -> Iterator[None]:
+    """With ``MELODYD_NO_SKIPS=1``, a skipped test is reported as failed, with its reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get(NO_SKIPS) == "1" and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and {NO_SKIPS}=1 allows no skips: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """With ``MELODYD_NO_SKIPS=1``, a module skipped as a whole is a collection error."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get(NO_SKIPS) == "1" and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and {NO_SKIPS}=1 allows no skips: {reason}"

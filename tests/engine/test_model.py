@@ -19,6 +19,7 @@ def test_a_text_file_is_refused_with_a_clear_error(tmp_path):
         load_model(path)
 
 
+@pytest.mark.torch  # the onnx package (train extra) writes the foreign model
 def test_a_foreign_onnx_model_is_refused(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper  # noqa: PLC0415

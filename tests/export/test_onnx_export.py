@@ -24,6 +24,9 @@ from models.exceptions import ExportError  # noqa: E402
 from models.model_card import card_from_metadata  # noqa: E402
 
 pytestmark = pytest.mark.torch
+
+# tiny_onnx_model has 2 heads of 16 (width 32, see tests/fixtures/make_tiny_models.py).
+HEAD_DIM = 16
 ATOL = 1e-4
 
 
@@ -42,11 +45,11 @@ def test_graph_inputs_and_outputs_are_named_and_symbolic(tiny_onnx_model: Path) 
     assert shapes["seqlens_k"] == ["batch"]
     assert shapes["query_seqlens"] == ["batch"]
     assert shapes["total_sequence_length"] == []
-    assert shapes["past_key_values.0.key"] == ["batch", 2, "capacity", 32]
-    assert shapes["past_key_values.1.value"] == ["batch", 2, "capacity", 32]
+    assert shapes["past_key_values.0.key"] == ["batch", 2, "capacity", HEAD_DIM]
+    assert shapes["past_key_values.1.value"] == ["batch", 2, "capacity", HEAD_DIM]
     assert shapes["logits"] == ["batch", "seq", 390]
     # present is the same buffer as past: the graph writes into it, never concatenates.
-    assert shapes["present.1.value"] == ["batch", 2, "capacity", 32]
+    assert shapes["present.1.value"] == ["batch", 2, "capacity", HEAD_DIM]
     assert len(model.graph.input) == 5 + 4
     assert model.opset_import[0].version == DEFAULT_OPSET
     ops = {node.op_type for node in model.graph.node}
@@ -89,10 +92,10 @@ def test_parity_report_treats_nan_and_shape_mismatch_as_failure() -> None:
 def test_prefill_starts_from_an_empty_buffer(tiny_onnx_model: Path) -> None:
     lm = OnnxLM(tiny_onnx_model)
     cache = lm.empty_cache(2, capacity=8)
-    assert cache[0].shape == (2, 2, 8, 32)
+    assert cache[0].shape == (2, 2, 8, HEAD_DIM)
     logits, present = lm.step(np.array([[1, 2, 3], [4, 5, 6]]), cache)
     assert logits.shape == (2, 3, 390)
-    assert present[0].shape == (2, 2, 8, 32)  # the same capacity: written, not grown
+    assert present[0].shape == (2, 2, 8, HEAD_DIM)  # the same capacity: written, not grown
     assert np.isfinite(logits).all()
 
 
@@ -124,7 +127,7 @@ def test_in_place_cached_decoding_equals_the_full_pass(tiny_onnx_model: Path) ->
     ids = np.array(_rng_rows([24], 390))
     full, _ = lm.step(ids, lm.empty_cache(1))
     session, names, outputs = _in_place_session(tiny_onnx_model)
-    buffers = [np.zeros((1, 2, 32, 32), np.float32) for _ in names]
+    buffers = [np.zeros((1, 2, 32, HEAD_DIM), np.float32) for _ in names]
     prefix = 7
     first = _run_in_place(session, names, outputs,
                           kv_feeds(ids[:, :prefix], np.array([0]), np.array([prefix])), buffers)
@@ -201,7 +204,7 @@ def test_metadata_round_trip(tiny_checkpoint: Path, tiny_onnx_model: Path) -> No
     assert card.tokenizer == state["tokenizer"]
     assert card.context_length == state["model_config"]["context_length"]
     assert card.cache.kind == "kv"
-    assert (card.cache.num_layers, card.cache.num_heads, card.cache.head_dim) == (2, 2, 32)
+    assert (card.cache.num_layers, card.cache.num_heads, card.cache.head_dim) == (2, 2, HEAD_DIM)
     assert card.cache.inputs[0] == "past_key_values.0.key"
     assert card.cache.outputs[-1] == "present.1.value"
     assert card.quantization == "none"

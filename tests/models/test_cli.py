@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 from models import cli
 from models.exceptions import DataError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the base install brings tomli on 3.10
+    import tomli as tomllib
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
 def _module(run) -> types.ModuleType:
@@ -34,12 +43,24 @@ def test_exit_code_of_command_is_returned() -> None:
     assert cli.run_command(_module(lambda args: None), argparse.Namespace()) == 0
 
 
+def _declared_commands(group: str) -> set[str]:
+    """The commands ``pyproject.toml`` registers under an entry-point group."""
+    with PYPROJECT.open("rb") as fh:
+        return set(tomllib.load(fh)["project"]["entry-points"][group])
+
+
 def test_help_lists_registered_commands() -> None:
+    declared = _declared_commands("melody.commands")
+    assert {"train", "export", "generate", "bench"} <= declared  # the table was found
+    # Without an (up to date) install the entry points are missing and the loop below
+    # would check nothing.
+    assert set(cli.load_commands("melody.commands")) == declared, (
+        "installed commands differ from pyproject.toml: pip install -e . --no-deps")
     result = subprocess.run([sys.executable, "-m", "models.cli", "--help"],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0
-    for name in cli.load_commands("melody.commands"):
-        assert name in result.stdout
+    listed = set(re.findall(r"^    (\S+)", result.stdout, re.MULTILINE))  # one per command
+    assert listed == declared, result.stdout
 
 
 def test_no_command_prints_help_and_fails() -> None:
