@@ -93,6 +93,16 @@ def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), f"file mode {oct(mode)}")
 
 
+def printable_name(name: str) -> str:
+    """A file name as text a manifest can hold.
+
+    Python keeps the bytes of a name that are not UTF-8 (a Latin-1 name on a UTF-8 system)
+    as surrogate escapes, which JSON cannot encode: such bytes are shown as ``\\xNN``, so
+    the file is still read and named in the report instead of failing the whole build.
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def scan_folder(root: Path) -> tuple[list[Path], list[PieceResult]]:
     """Every entry under ``root``: the MIDI and score files to read, and the others.
 
@@ -128,7 +138,8 @@ def scan_folder(root: Path) -> tuple[list[Path], list[PieceResult]]:
             skip(rel_folder or ".", SKIP_UNREADABLE, f"cannot list the folder: {err.strerror}")
             return
         for entry in entries:
-            rel = f"{rel_folder}/{entry.name}" if rel_folder else entry.name
+            name = printable_name(entry.name)
+            rel = f"{rel_folder}/{name}" if rel_folder else name
             is_link = entry.is_symlink()
             try:
                 info = os.stat(entry.path)  # follows links
@@ -363,7 +374,8 @@ def resolve_source(source: str, jobs: int = 0, *, progress: bool = True,
     if not files:
         others = f" (only {len(skipped)} other entries)" if skipped else ""
         raise DataError(f"no {', '.join(READ_SUFFIXES)} files under {root}{others}")
-    items = [(f, f.relative_to(root).as_posix()) for f in files if not is_score_name(f)]
+    items = [(f, printable_name(f.relative_to(root).as_posix())) for f in files
+             if not is_score_name(f)]
     scores = [f for f in files if is_score_name(f)]
     if scores:
         converted, failed = _folder_scores(root, scores, jobs, progress, timeout)
@@ -429,7 +441,7 @@ def _folder_scores(root: Path, scores: list[Path], jobs: int, progress: bool,
     def units(_: Collection, out_root: Path) -> list[dict[str, Any]]:
         out = []
         for path in scores:
-            rel = path.relative_to(root)
+            rel = Path(printable_name(path.relative_to(root).as_posix()))
             out.append({"source": rel.as_posix(), "path": str(path), "kind": "score",
                         "out_root": str(out_root),
                         "midi": f"scores/{rel.with_suffix('').as_posix()}",

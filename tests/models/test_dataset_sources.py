@@ -305,3 +305,20 @@ def test_the_cli_excludes_a_source(data_root: Path, tmp_path: Path,
     # One source: names as a build of that source alone has always written them.
     assert all(name.startswith("chopin/") for name in manifest["pieces"])
     assert "per style" in capsys.readouterr().out
+
+
+def test_a_file_name_that_is_not_utf8_is_read_and_named(tmp_path: Path) -> None:
+    """A Latin-1 name on a UTF-8 system used to crash the build when the manifest was
+    written; the file is read, and its name shows the odd byte as \\xff."""
+    import os  # noqa: PLC0415
+
+    folder = tmp_path / "songs"
+    for index in range(3):
+        write_midi(folder / f"tune{index}.mid", [("lead", pop_melody(index))])
+    good = folder / "tune0.mid"
+    os.rename(bytes(good), os.fsencode(folder) + b"/caf\xe9.mid")
+    manifest = build_dataset(str(folder), tmp_path / "out", DataSettings(jobs=1),
+                             MelodyTokenizer(), progress=False)
+    names = [name for split in SPLITS for name in manifest["splits"][split]["pieces"]]
+    assert "caf\\xe9.mid" in names
+    json.loads((tmp_path / "out" / "manifest.json").read_text())
