@@ -5,6 +5,7 @@ seed replays the same traffic."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # Values of the wrong type for any field.
+# Each use takes a copy: a list or dict put into one message and mutated later must not
+# turn up, changed or containing itself, in every later message.
 WRONG = [None, True, False, "x", "", [], {}, [1, 2], {"a": 1}, 0, -1, 1.5, "60", "1e400"]
 # Number tokens written into the JSON text as they are (json.dumps cannot write them).
 HUGE = ["1e308", "1e309", "-1e309", "1" + "0" * 400, "9" * 5000, "-" + "9" * 4300,
@@ -110,7 +113,7 @@ class Fuzzer:
     # returns its name; ``raws`` collects number tokens to write verbatim.
     def m_wrong_type(self, message: dict, raws: list[str]) -> str:
         container, key, path = self.rng.choice(_paths(message))
-        container[key] = self.rng.choice(WRONG)
+        container[key] = copy.deepcopy(self.rng.choice(WRONG))
         return f"wrong_type({path[-1]})"
 
     def _raw(self, message: dict, raws: list[str], token: str, name: str) -> str:
@@ -200,7 +203,7 @@ class Fuzzer:
     def m_unknown_field(self, message: dict, raws: list[str]) -> str:
         target = self.rng.choice(_dicts(message))
         name = self.rng.choice(["temprature", "extra", "Seed", "__proto__", "id2", ""])
-        target[name] = self.rng.choice(WRONG)
+        target[name] = copy.deepcopy(self.rng.choice(WRONG))
         return f"unknown_field({name})"
 
     def m_missing(self, message: dict, raws: list[str]) -> str:
