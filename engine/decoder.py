@@ -35,7 +35,7 @@ from engine.cache import Cache, CacheOps, KVPool
 from engine.grammar import Grammar, VocabularyMasks
 from engine.model import LoadedModel, ort_errors
 from engine.prompt import build_prompt
-from engine.requests import GenerateRequest
+from engine.requests import GenerateRequest, SamplingParams
 from engine.sampling import make_rng, sample
 from models.exceptions import EngineError
 from models.notes import Note
@@ -211,6 +211,22 @@ class StyleDecoder:
     def cached_sessions(self) -> int:
         """Sessions whose cache is kept for their next request."""
         return len(self._sessions)
+
+    def warm_up(self) -> None:
+        """Run one short request through the model and forget it.
+
+        ONNX Runtime prepares its kernels on a session's first calls (~150-220 ms on the
+        2-core machines); done at start-up, that cost never lands on the first player's
+        answer, nor on every other session waiting behind it.
+        """
+        key = ("melodyd-warm-up",)
+        request = GenerateRequest(seed=(Note(0.0, 1.0, 60, 80),), start_beat=4.0, bars=1,
+                                  sampling=SamplingParams(seed=0))
+        generation = self.start(key, request, "warm-up")
+        for _ in range(2):
+            self.step([generation])
+        self.cancel(generation)
+        self.drop_session(key)
 
     def drop_session(self, session_key: Hashable) -> None:
         """Forget a session's cache (its client left)."""

@@ -105,6 +105,8 @@ def load_decoders(styles: list[str], models: list[str],
                               f"({decoders[model.style].model.path} and {path})")
         decoders[model.style] = decoder = StyleDecoder(model, settings)
         conditioned.append(decoder)
+    for decoder in conditioned:
+        decoder.warm_up()  # the first player's answer must not pay ONNX Runtime's set-up
     # A style-conditioned model also serves every style its vocabulary names (a style is
     # a token there, not a file): one decoder under several names, so the style knob
     # switches without loading anything. A model made for one style keeps its name.

@@ -278,3 +278,13 @@ def test_a_generation_cancelled_mid_prompt_leaves_a_consistent_cache(model):
     while again.prefill_rest:
         decoder.step([again])
     np.testing.assert_allclose(again.logits, fresh.logits, atol=1e-4)
+
+
+def test_warm_up_leaves_nothing_behind(model):
+    warm = _decoder(model)
+    warm.warm_up()
+    assert warm.cached_sessions == 0
+    assert warm.pool.used_rows() == 0
+    request = _request(seed=11)
+    fresh = _decoder(model)
+    assert _run(warm, [warm.start("jam", request)]) == _run(fresh, [fresh.start("jam", request)])
