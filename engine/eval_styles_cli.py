@@ -112,12 +112,7 @@ def _train_classifier(data: dict[str, Path], config: Any) -> tuple[Any, dict[str
     import numpy as np  # noqa: PLC0415
 
     from engine.style_eval import reference_histogram  # noqa: PLC0415
-    from models.style_classifier import (  # noqa: PLC0415
-        StyleClassifier,
-        dataset_segments,
-        feature_matrix,
-        recall_by_class,
-    )
+    from models.style_classifier import dataset_segments, fit_on_segments  # noqa: PLC0415
 
     classes = list(data)
     train = {s: dataset_segments(d, "train", config.bars, max_per_piece=config.train_per_piece,
@@ -128,16 +123,11 @@ def _train_classifier(data: dict[str, Path], config: Any) -> tuple[Any, dict[str
     if len(classes) < 2 or not all(train.values()) or not all(test.values()):
         logger.warning("style fidelity needs real segments of at least two styles; skipped")
         return None, {"classes": classes, "skipped": True}, real
-    x = np.concatenate([feature_matrix(train[s]) for s in classes])
-    y = np.concatenate([[i] * len(train[s]) for i, s in enumerate(classes)])
-    classifier = StyleClassifier(classes).fit(x, y)
-    test_x = np.concatenate([feature_matrix(test[s]) for s in classes])
-    test_y = np.concatenate([[i] * len(test[s]) for i, s in enumerate(classes)])
-    recall, confusion = recall_by_class(classifier, test_x, test_y)
+    classifier, recall, confusion = fit_on_segments(train, test, classes)
     report = {"classes": classes,
               "train_segments": {s: len(train[s]) for s in classes},
               "test_segments": {s: len(test[s]) for s in classes},
-              "real_recall": {s: float(r) for s, r in zip(classes, recall, strict=True)},
+              "real_recall": recall,
               "accuracy": float(np.trace(confusion) / max(confusion.sum(), 1)),
               "confusion": confusion.tolist(),
               "model": classifier.to_dict()}

@@ -36,8 +36,7 @@ from models.style_classifier import (
     MIN_SEGMENT_NOTES,
     Segment,
     StyleClassifier,
-    feature_matrix,
-    recall_by_class,
+    fit_on_segments,
 )
 
 logger = logging.getLogger(__name__)
@@ -224,13 +223,7 @@ def _train(train: dict[str, list[Segment]], test: dict[str, list[Segment]], bars
     if len(classes) < 2:
         logger.warning("the style classifier needs real music of two styles; no verdicts")
         return None, {}, report
-    x = np.concatenate([feature_matrix(train[s]) for s in classes])
-    y = np.concatenate([[i] * len(train[s]) for i, s in enumerate(classes)])
-    classifier = StyleClassifier(classes).fit(x, y)
-    test_x = np.concatenate([feature_matrix(test[s]) for s in classes])
-    test_y = np.concatenate([[i] * len(test[s]) for i, s in enumerate(classes)])
-    recall, confusion = recall_by_class(classifier, test_x, test_y)
-    real = {s: float(r) for s, r in zip(classes, recall, strict=True)}
+    classifier, real, confusion = fit_on_segments(train, test, classes)
     report.update(classes=classes, real_recall=real,
                   accuracy=float(np.trace(confusion) / max(confusion.sum(), 1)))
     logger.info("style classifier on held-out real %d-bar segments: %s", bars,

@@ -13,7 +13,7 @@ Torch-free: numpy only (no scikit-learn, which melodyd does not depend on).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,3 +287,21 @@ def recall_by_class(classifier: StyleClassifier, features: np.ndarray,
     totals = confusion.sum(axis=1)
     recall = np.divide(np.diag(confusion), totals, out=np.full(k, np.nan), where=totals > 0)
     return recall, confusion
+
+
+def fit_on_segments(train: Mapping[str, Sequence[Segment]],
+                    test: Mapping[str, Sequence[Segment]], classes: Sequence[str],
+                    ) -> tuple[StyleClassifier, dict[str, float], np.ndarray]:
+    """Fit a classifier of ``classes`` on real training segments, score it on held-out ones.
+
+    Returns:
+        The classifier, each class's recall on ``test`` (NaN where it has none) and the
+        confusion matrix (rows: true class, columns: predicted).
+    """
+    x = np.concatenate([feature_matrix(train[s]) for s in classes])
+    y = np.concatenate([[i] * len(train[s]) for i, s in enumerate(classes)])
+    classifier = StyleClassifier(list(classes)).fit(x, y)
+    test_x = np.concatenate([feature_matrix(test[s]) for s in classes])
+    test_y = np.concatenate([[i] * len(test[s]) for i, s in enumerate(classes)])
+    recall, confusion = recall_by_class(classifier, test_x, test_y)
+    return classifier, {s: float(r) for s, r in zip(classes, recall, strict=True)}, confusion
