@@ -23,14 +23,25 @@ logger = logging.getLogger(__name__)
 
 
 def tiny_checkpoint_state(arch: str = "gpt", seed: int = 0, size: str = "tiny",
-                          ) -> dict[str, Any]:
-    """A checkpoint dict of a randomly initialized model over the default vocabulary."""
-    tokenizer = MelodyTokenizer()
+                          tokens: dict[str, Any] | None = None,
+                          width: dict[str, int] | None = None) -> dict[str, Any]:
+    """A checkpoint dict of a randomly initialized model.
+
+    Args:
+        arch: ``gpt``, ``lstm`` or ``gru``.
+        seed: seeds the random weights (the same seed gives the same model).
+        size: the named size the model starts from.
+        tokens: ``TokensSettings`` fields of the vocabulary (default: the default one).
+        width: overrides of the size's widths (e.g. ``{"n_embd": 32}``).
+    """
+    from models.settings import TokensSettings  # noqa: PLC0415 - keeps the import light
+
+    tokenizer = MelodyTokenizer(TokensSettings(**tokens) if tokens else None)
     torch.manual_seed(seed)
     if arch == "gpt":
-        model: torch.nn.Module = GPT(gpt_config(size, tokenizer.vocab_size))
+        model: torch.nn.Module = GPT(gpt_config(size, tokenizer.vocab_size, **(width or {})))
     else:
-        model = RecurrentLM(rnn_config(size, tokenizer.vocab_size, arch))
+        model = RecurrentLM(rnn_config(size, tokenizer.vocab_size, arch, **(width or {})))
     return {
         "arch": model_arch(model),
         "model_config": dict(vars(model.config)),
