@@ -139,18 +139,20 @@ def list_ports_command(settings: Settings) -> int:
 
 
 def start_guardian(ports: Ports) -> Guardian | None:
-    """The note guardian for melodyd's own JACK client (see bridge.guardian), or None.
+    """The note guardian for melodyd's JACK output (see bridge.guardian), or None.
 
     melodyd goes on without it where it cannot run: it only matters if melodyd is killed
     outright, and then only a separate process can release the notes.
     """
-    from bridge.guardian import Guardian  # noqa: PLC0415 - loads the native client
+    from bridge.guardian import Guardian, jack_output_name  # noqa: PLC0415 - native client
 
-    if ports.driver != "native":
-        logger.info("no note guardian with %s ports: a SIGKILL of melodyd can leave notes "
-                    "sounding (README, 'If melodyd is killed')", ports.driver)
+    port = jack_output_name(ports)
+    if port is None:
+        logger.info("no note guardian with %s ports on %s: a SIGKILL of melodyd can leave "
+                    "notes sounding (README, 'If melodyd is killed')", ports.driver,
+                    ports.backend)
         return None
-    guardian = Guardian(ports.output.name)
+    guardian = Guardian(port)
     try:
         guardian.start()
     except BridgeError as err:

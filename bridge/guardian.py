@@ -16,8 +16,9 @@ tiny process does:
   sends a note-off for every sounding note, sustain-off and all-notes-off on every channel
   used, lets JACK take them, and exits.
 
-It needs melodyd's own JACK client library (``bridge.jack_native``); where that is not
-built, melodyd runs without a guardian and says so.
+It needs melodyd's own JACK client library (``bridge.jack_native``) and a JACK server;
+it watches melodyd's own client or python-rtmidi's JACK ports alike. Elsewhere melodyd
+runs without a guardian and says so.
 """
 
 from __future__ import annotations
@@ -32,16 +33,21 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import mido
 
 from bridge import jack_native
 from models.exceptions import BridgeError
 
+if TYPE_CHECKING:  # melodyd's side only: the guardian process never loads rtmidi
+    from bridge.ports import Ports
+
 logger = logging.getLogger(__name__)
 
 BYE = b"B"  # melodyd stopped cleanly: nothing to release
 POLL_S = 0.2  # how often the output's connections are recorded
+PORT_GONE_WAIT_S = 1.0  # how long a vanished port waits for melodyd's BYE
 CLIENT_NAME = "melodyd-guardian"
 READY_LINE = b"ready\n"  # written to stdout once it listens, so melodyd can go on
 READY_TIMEOUT_S = 10.0
@@ -112,9 +118,18 @@ def guard(watch_fd: int, port: str, ready: int | None = None) -> int:
                     break  # end of file: melodyd is gone
                 continue
             connected = client.connections(port)
-            if connected is None:  # its client vanished before the pipe closed
+            if connected is None:
+                # The port is gone. A clean stop closes melodyd's ports just before it says
+                # BYE; a killed melodyd's pipe closes at about the same time as its port.
+                if _said_bye(watch_fd, PORT_GONE_WAIT_S):
+                    return 0
                 break
-            destinations = [n for n in connected if n != client.input_name]
+            others = [n for n in connected if n != client.input_name]
+            # A client being torn down loses its connections before its ports: never let
+            # that moment erase where the notes went (a note-off to a synth that was once
+            # connected is harmless).
+            if others:
+                destinations = others
         messages = tracker.releases()
         for destination in destinations:
             try:
@@ -128,6 +143,39 @@ def guard(watch_fd: int, port: str, ready: int | None = None) -> int:
         return 3
     finally:
         client.close()  # waits until JACK has taken the releases
+
+
+def _said_bye(watch_fd: int, timeout: float) -> bool:
+    """Whether melodyd writes BYE within ``timeout`` (False on end of file or silence)."""
+    readable, _, _ = select.select([watch_fd], [], [], timeout)
+    return bool(readable) and os.read(watch_fd, 64).startswith(BYE)
+
+
+def jack_output_name(ports: Ports) -> str | None:
+    """Full JACK name of melodyd's output port, or None where no guardian can watch it.
+
+    melodyd's own client knows its name. python-rtmidi's JACK ports live in a client of
+    their own ("melodyd-01", ...) whose name rtmidi does not tell: it is the one port of a
+    "melodyd" client with the output's name. Other MIDI systems have no guardian (it is a
+    JACK client), nor does a JACK without melodyd's client library.
+    """
+    from bridge.ports import CLIENT_NAME as PORTS_CLIENT_NAME  # noqa: PLC0415
+
+    if ports.driver == "native":
+        return str(ports.output.name)
+    if ports.backend != "jack" or not jack_native.available():
+        return None
+    lister = jack_native.JackClient(f"{CLIENT_NAME}-lister", "in", "out")
+    try:
+        names = lister.list_ports(readable=True)
+    finally:
+        lister.close()
+    ours = [n for n in names if n.endswith(f":{ports.output.name}")
+            and n.split(":", 1)[0].startswith(f"{PORTS_CLIENT_NAME}-")]
+    if len(ours) != 1:
+        logger.info("cannot tell melodyd's output among %s", ", ".join(ours) or "no port")
+        return None
+    return ours[0]
 
 
 class Guardian:

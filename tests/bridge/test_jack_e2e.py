@@ -230,11 +230,15 @@ def test_stop_during_answer_leaves_nothing_sounding(start_melodyd, probe_for,
 
 
 @pytest.mark.skipif(not jack_native.available(), reason="the guardian needs the native client")
+@pytest.mark.parametrize("jack_client", ["native", "rtmidi"])
 def test_sigkill_during_answer_the_guardian_releases_every_note(start_melodyd, probe_for,
-                                                                tiny_onnx_model):
+                                                                tiny_onnx_model, jack_client):
     """Killed outright, melodyd runs no cleanup and its ports vanish: the guardian process
-    sends the note-offs and all-notes-off to where melodyd's output was connected."""
-    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bars", "8"])
+    sends the note-offs and all-notes-off to where melodyd's output was connected (on
+    melodyd's own JACK client and on python-rtmidi's JACK ports alike)."""
+    config = E2E_CONFIG + f'[midi]\njack_client = "{jack_client}"\n'
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bars", "8"],
+                           config_text=config)
     text = daemon.wait_for_log("engine at .* is up")
     guardian = int(re.search(r"note guardian (\d+) watches", text).group(1))
     probe = probe_for()
