@@ -778,3 +778,35 @@ def test_a_conditioned_model_serves_each_of_its_styles_in_one_batch(start_server
     iterations = [it for it, _ in calls]
     assert len(iterations) == len(set(iterations)), "two steps of one model in an iteration"
     assert max(batch for _, batch in calls) == 2, "the two styles never shared a step"
+
+
+def test_start_work_in_one_iteration_is_bounded(start_server, context, style, monkeypatch):
+    """A burst of generates is started within a time budget per iteration, so a ping
+    queued behind heavy starts waits one iteration, not all of them."""
+    import engine.server as server_module  # noqa: PLC0415
+
+    monkeypatch.setattr(server_module, "_START_BUDGET_S", 0.0)
+    server = start_server()
+    decoder = server.decoders[style]
+    real_start, real_iterate = decoder.start, server._iterate
+    iteration = [0]
+    started: list[int] = []
+
+    def counting_iterate() -> None:
+        iteration[0] += 1
+        real_iterate()
+
+    def counting_start(*args, **kwargs):
+        started.append(iteration[0])
+        return real_start(*args, **kwargs)
+
+    server._iterate, decoder.start = counting_iterate, counting_start
+    client = Client(context, server.endpoint)
+    requests = [generate(f"r{i}", style, session=f"s{i}", bars=1) for i in range(3)]
+    for request in requests:
+        client.send(request)
+    done = 0
+    while done < len(requests):
+        done += client.recv()["type"] == "done"
+    assert len(started) == 3
+    assert len(set(started)) == 3, "two starts in one iteration despite a spent budget"
