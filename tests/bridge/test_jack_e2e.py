@@ -79,6 +79,20 @@ def next_bar_start(t: float, origin: float, spb: float, lead: float = 0.2) -> fl
     return origin + bar * 4 * spb
 
 
+def play_until_answered(probe, daemon, origin: float, spb: float) -> float:
+    """Play PHRASE on bar lines until an answer starts; returns that phrase's end.
+
+    A random model may end its answer at once, so the phrase is played again (at most
+    MAX_TRIES times) until a note of an answer has come.
+    """
+    for _ in range(MAX_TRIES):
+        phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
+        if wait_until(lambda end=phrase_end: note_ons(probe.messages(), end), 10):
+            break
+    assert note_ons(probe.messages(), phrase_end), daemon.log()
+    return phrase_end
+
+
 NATIVE = pytest.param("native", marks=pytest.mark.skipif(
     not jack_native.available(), reason="the native JACK client is not built"))
 
@@ -212,11 +226,7 @@ def test_stop_during_answer_leaves_nothing_sounding(start_melodyd, probe_for,
     daemon.wait_for_log("engine at .* is up")
     probe = probe_for()  # after melodyd's ports exist, never a previous run's
     origin, spb = daemon.origin, 0.5
-    for _ in range(MAX_TRIES):  # a random model may end its answer at once: play again
-        phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
-        if wait_until(lambda end=phrase_end: note_ons(probe.messages(), end), 10):
-            break
-    assert note_ons(probe.messages(), phrase_end), daemon.log()
+    play_until_answered(probe, daemon, origin, spb)
     time.sleep(0.3)
     assert daemon.stop(stop_signal) == 0, daemon.log()
     time.sleep(0.2)
@@ -326,11 +336,7 @@ def test_private_engine_crash_during_an_answer_is_reported_and_released(
     first = int(re.search(r"engine child (\d+) on", daemon.log()).group(1))
     probe = probe_for()
     origin, spb = daemon.origin, 0.5
-    for _ in range(MAX_TRIES):  # a random model may end its answer at once: play again
-        phrase_end = probe.play(PHRASE, next_bar_start(time.monotonic(), origin, spb), spb)
-        if wait_until(lambda end=phrase_end: note_ons(probe.messages(), end), 10):
-            break
-    assert note_ons(probe.messages(), phrase_end), daemon.log()
+    play_until_answered(probe, daemon, origin, spb)
     killed = time.monotonic()
     os.kill(first, signal.SIGKILL)
     # Declared lost by the supervisor, well before the protocol's 3 s of silence.
