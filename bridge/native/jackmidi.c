@@ -83,10 +83,9 @@ extern int jack_midi_event_write(void *port_buffer, jack_nframes_t time,
 
 typedef struct {
     jack_time_t usecs; /* JACK time of the event (input: arrival frame; output: deadline) */
-    /* Input only: the arrival as CLOCK_MONOTONIC seconds, converted with the offset
-     * measured once for the whole cycle, so events of one frame (a tick and a note
-     * played on it) keep exactly the same time instead of each getting its own
-     * freshly measured, microsecond-noisy offset. */
+    /* Input only: the arrival as CLOCK_MONOTONIC seconds, converted with the client's
+     * one offset, so events of one frame (a tick and a note played on it) keep exactly
+     * the same time instead of each getting its own microsecond-noisy measurement. */
     double monotonic_s;
     uint32_t size;
     jack_midi_data_t data[MM_EVENT_BYTES];
@@ -137,6 +136,10 @@ typedef struct {
     _Atomic uint64_t out_dropped;  /* output lost: JACK's port buffer was full */
     _Atomic int shut_down;         /* the server went away */
     _Atomic uint64_t cycles;       /* process callbacks completed: mm_drain waits on it */
+    /* JACK time minus CLOCK_MONOTONIC in nanoseconds, one value for input and output.
+     * Written by the sending thread only (mm_send), read by the process thread. */
+    _Atomic int64_t offset_ns;
+    double offset_checked_s; /* monotonic time of the last check: sending thread only */
 } mm_client;
 
 static double monotonic_s(void) {
@@ -146,12 +149,43 @@ static double monotonic_s(void) {
 }
 
 /* JACK time minus CLOCK_MONOTONIC, in microseconds (JACK2 on Linux uses the same clock,
- * but measuring keeps us right on builds that do not). */
-static double jack_offset_us(void) {
-    double before = monotonic_s();
-    jack_time_t jack = jack_get_time();
-    double after = monotonic_s();
-    return (double)jack - (before + after) * 0.5e6;
+ * but measuring keeps us right on builds that do not). Best of a few readings: a thread
+ * preempted between its two clock reads would otherwise skew the answer. */
+static double measure_offset_us(void) {
+    double best_offset = 0.0, best_window = 1e9;
+    for (int i = 0; i < 5; i++) {
+        double before = monotonic_s();
+        jack_time_t jack = jack_get_time();
+        double after = monotonic_s();
+        if (after - before < best_window) {
+            best_window = after - before;
+            best_offset = (double)jack - (before + after) * 0.5e6;
+        }
+    }
+    return best_offset;
+}
+
+/* How far a fresh measurement must move before the client adopts it: real drift between
+ * the clocks, not measuring noise. Keeping one offset is what lets two messages sent for
+ * the same moment land in the same frame (a per-message offset put them a frame apart). */
+#define MM_OFFSET_SLACK_US 20.0
+#define MM_OFFSET_CHECK_S 1.0
+
+static double client_offset_us(mm_client *c) {
+    return (double)atomic_load_explicit(&c->offset_ns, memory_order_relaxed) * 1e-3;
+}
+
+/* Sending thread: re-check the offset once a second, keep it unless it drifted. */
+static double refreshed_offset_us(mm_client *c) {
+    double now = monotonic_s();
+    if (now - c->offset_checked_s >= MM_OFFSET_CHECK_S) {
+        c->offset_checked_s = now;
+        double fresh = measure_offset_us();
+        double drift = fresh - client_offset_us(c);
+        if (drift > MM_OFFSET_SLACK_US || drift < -MM_OFFSET_SLACK_US)
+            atomic_store_explicit(&c->offset_ns, (int64_t)(fresh * 1e3), memory_order_relaxed);
+    }
+    return client_offset_us(c);
 }
 
 static void notify(mm_client *c) {
@@ -174,8 +208,7 @@ static int process(jack_nframes_t nframes, void *arg) {
         next_us = cycle_us + (jack_time_t)(1e6 * nframes / jack_get_sample_rate(c->client));
     }
     double us_per_frame = (double)(next_us - cycle_us) / nframes;
-    double offset_us = 0.0; /* measured on the first input event of the cycle */
-    int offset_known = 0;
+    double offset_us = client_offset_us(c); /* one offset for the whole cycle */
 
     /* Input: each event keeps the time of its own frame. */
     void *in_buffer = jack_port_get_buffer(c->in, nframes);
@@ -190,10 +223,6 @@ static int process(jack_nframes_t nframes, void *arg) {
             continue;
         }
         slot->usecs = cycle_us + (jack_time_t)(event.time * us_per_frame);
-        if (!offset_known) {
-            offset_us = jack_offset_us();
-            offset_known = 1;
-        }
         slot->monotonic_s = ((double)slot->usecs - offset_us) * 1e-6;
         slot->size = (uint32_t)event.size;
         memcpy(slot->data, event.buffer, event.size);
@@ -275,6 +304,8 @@ mm_client *mm_open(const char *client_name, const char *in_name, const char *out
         free(c);
         return NULL;
     }
+    atomic_store(&c->offset_ns, (int64_t)(measure_offset_us() * 1e3));
+    c->offset_checked_s = monotonic_s();
     jack_set_process_callback(c->client, process, c);
     jack_on_shutdown(c->client, on_shutdown, c);
     if (jack_activate(c->client) != 0) {
@@ -381,7 +412,7 @@ int mm_send(mm_client *c, const uint8_t *data, uint32_t size, double when_s) {
     if (size > MM_EVENT_BYTES) return -2;
     mm_event *slot = ring_reserve(&c->out_ring);
     if (slot == NULL) return -1;
-    slot->usecs = when_s <= 0 ? 0 : (jack_time_t)(when_s * 1e6 + jack_offset_us());
+    slot->usecs = when_s <= 0 ? 0 : (jack_time_t)(when_s * 1e6 + refreshed_offset_us(c));
     slot->size = size;
     memcpy(slot->data, data, size);
     ring_commit(&c->out_ring);
