@@ -184,15 +184,20 @@ def corpus_root() -> Path:
 
 
 def get_corpus(name: str) -> CorpusSpec:
-    """The corpus called ``name`` (without the ``corpus:`` prefix).
+    """The corpus called ``name`` (without the ``corpus:`` prefix): a style, ``all``, or one
+    collection (``corpus:monteverdi``), so a build can take part of a style.
 
     Raises:
-        DataError: no corpus has that name.
+        DataError: no corpus or collection has that name.
     """
-    if name not in CORPORA:
-        known = ", ".join(f"corpus:{n}" for n in CORPORA)
-        raise DataError(f"unknown corpus 'corpus:{name}' (known: {known})")
-    return CORPORA[name]
+    if name in CORPORA:
+        return CORPORA[name]
+    if name in COLLECTIONS:
+        collection = COLLECTIONS[name]
+        return CorpusSpec(name, collection.description, (name,))
+    known = ", ".join(f"corpus:{n}" for n in CORPORA)
+    raise DataError(f"unknown corpus 'corpus:{name}' (known: {known}, or one collection "
+                    f"such as corpus:bach)")
 
 
 def music21_corpus_dir() -> Path:

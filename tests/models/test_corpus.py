@@ -98,6 +98,12 @@ def test_all_is_the_union_of_the_styles() -> None:
     assert len(CORPORA["all"].collections) == len(everything)
 
 
+def test_one_collection_is_a_corpus_of_its_own() -> None:
+    spec = get_corpus("monteverdi")
+    assert spec.collections == ("monteverdi",)
+    assert spec.description == COLLECTIONS["monteverdi"].description
+
+
 def test_an_unknown_corpus_lists_the_known_ones() -> None:
     with pytest.raises(DataError, match="corpus:bach"):
         get_corpus("bahc")
