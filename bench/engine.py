@@ -30,9 +30,9 @@ import numpy as np
 from engine.cache import window_feeds
 from engine.decoder import Generation, StyleDecoder, _Binding
 from engine.model import LoadedModel, load_model
-from engine.requests import GenerateRequest, SamplingParams
-from models.notes import Note
-from models.settings import EngineSettings
+from models.core.notes import Note
+from models.core.protocol.messages import GenerateRequest, SamplingParams
+from models.core.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def bench_torch(model: LoadedModel, past: int, steps: int, threads: int) -> dict
     """PyTorch eager, one cached token at ``past``, same architecture, random weights."""
     import torch  # noqa: PLC0415 - only the comparison needs it
 
-    from models.checkpoint import build_model  # noqa: PLC0415
+    from models.train.checkpoint import build_model  # noqa: PLC0415
 
     if threads:
         torch.set_num_threads(threads)
@@ -277,8 +277,8 @@ def write_random_model(like: str | Path, size: str, directory: str | Path, *,
 
     from export.gpt_graph import build_gpt_graph  # noqa: PLC0415
     from export.metadata import build_card, set_card  # noqa: PLC0415
-    from models.checkpoint import model_arch  # noqa: PLC0415
-    from models.gpt import GPT, GPTConfig  # noqa: PLC0415
+    from models.train.checkpoint import model_arch  # noqa: PLC0415
+    from models.train.gpt import GPT, GPTConfig  # noqa: PLC0415
 
     layers, width, heads = parse_size(size, head_size)
     base = load_model(like)

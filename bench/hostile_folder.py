@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from models.dataset import (
+from models.core.settings import DataSettings
+from models.data.dataset import (
     SKIP_BROKEN_LINK,
     SKIP_DUPLICATE,
     SKIP_EMPTY,
@@ -44,7 +45,6 @@ from models.dataset import (
     TokenDataset,
     build_dataset,
 )
-from models.settings import DataSettings
 
 # ----------------------------------------------------------------- raw MIDI bytes
 # Written byte by byte rather than with a MIDI library: the point is to write what
@@ -115,7 +115,7 @@ def make_hostile_folder(root: str | Path) -> dict[str, str | None]:
 
     Returns:
         Each entry's name relative to ``root`` -> ``None`` when the piece must be kept,
-        else the skip reason (a ``models.dataset.SKIP_*`` value) it must be reported with.
+        else the skip reason (a ``models.data.dataset.SKIP_*`` value) it must be reported with.
         Folders that are walked (``good/``, ``case/``) are not entries themselves.
 
     Links and the FIFO are left out where the platform has none.

@@ -14,12 +14,14 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.cli import configure_logging, load_commands, run_command
-from models.exceptions import BridgeError, MelodyError
-from models.settings import Settings, load_settings, parse_time_signature
+from models.core.commands import command_entry_points, configure_logging, run_command
+from models.core.exceptions import BridgeError, MelodyError
+from models.core.paths import styles_directory as resolve_styles_directory
+from models.core.settings import Settings, load_settings, parse_time_signature
 
 if TYPE_CHECKING:  # annotations only: the daemon's modules load when it runs
     from bridge.guardian import Guardian
@@ -90,9 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def styles_directory(settings: Settings) -> Path:
     """Where installed styles live: ``[styles] directory`` or the package's pretrained."""
-    if settings.styles.directory:
-        return Path(settings.styles.directory).expanduser()
-    return Path(__file__).resolve().parent.parent / "models" / "pretrained"
+    return resolve_styles_directory(settings.styles.directory)
 
 
 def choose_models(args: argparse.Namespace,
@@ -253,9 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``melodyd``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):
-        commands = load_commands("melodyd.commands")
+        commands = command_entry_points("melodyd.commands")
         if argv[0] in commands:
-            module = commands[argv[0]]
+            module = import_module(commands[argv[0]].value)
             parser = argparse.ArgumentParser(prog=f"melodyd {argv[0]}", description=module.HELP)
             parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
             module.add_arguments(parser)

@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 import zmq.auth
 
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.settings import MidiSettings
+from models.core.settings import MidiSettings
 
 TEMPERATURE_RANGE = (0.2, 2.0)  # a knob's full turn; beyond these the music falls apart
 MAX_KNOB_BARS = 8

@@ -29,8 +29,8 @@ from bridge.requests import generate_fields
 from bridge.scheduler import Scheduler
 from bridge.seed import SeedWindow
 from bridge.status import Response, StatusLine, format_status
-from models.notes import Note
-from models.settings import Settings
+from models.core.notes import Note
+from models.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

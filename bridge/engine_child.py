@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 logger = logging.getLogger(__name__)
 

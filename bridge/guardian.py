@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import mido
 
 from bridge import jack_native
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 if TYPE_CHECKING:  # melodyd's side only: the guardian process never loads rtmidi
     from bridge.ports import Ports

@@ -26,7 +26,7 @@ from typing import Any
 
 import mido
 
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from bridge.clock import TICKS_PER_BEAT
 from bridge.engine_child import stop_process
 from bridge.jack_native import JackClient
 from bridge.ports import close_input, find_port, open_backend
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 logger = logging.getLogger(__name__)
 

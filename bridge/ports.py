@@ -20,7 +20,7 @@ import rtmidi
 
 from bridge import jack_native
 from bridge.listener import CLOCK_WAKE_EVERY
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The fields of a ``generate`` request, as the daemon sends them.
 
 Pure functions of the settings, the engine's facts about the style and the seed, shared by
-the daemon (which sends them over zmq) and the jam harness (``engine.jam``, which plays
+the daemon (which sends them over zmq) and the jam harness (``engine.tools.jam``, which plays
 scripted calls through the same decisions without ports or sockets), so what the harness
 measures is what a musician gets.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from models.notes import Note
-from models.settings import Settings
+from models.core.notes import Note
+from models.core.settings import Settings
 
 
 def style_pitch_range(settings: Settings, facts: Mapping[str, Any]) -> tuple[int, int]:

@@ -24,8 +24,8 @@ from typing import Protocol, runtime_checkable
 import mido
 
 from bridge.clock import Clock
-from models.exceptions import BridgeError
-from models.notes import Note
+from models.core.exceptions import BridgeError
+from models.core.notes import Note
 
 logger = logging.getLogger(__name__)
 

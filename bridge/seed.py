@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from models.notes import Note
+from models.core.notes import Note
 
 MIN_DURATION = 1.0 / 48.0  # the engine requires duration > 0; a tap is still a note
 RECENT_VELOCITIES = 8  # note-ons averaged for "the player's recent dynamics"

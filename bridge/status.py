@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from models.notes import Note
+from models.core.notes import Note
 
 logger = logging.getLogger(__name__)
 

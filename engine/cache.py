@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.model_card import CacheSpec
+from models.core.model_card import CacheSpec
 
 Cache = list[np.ndarray]
 

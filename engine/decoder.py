@@ -35,11 +35,11 @@ from engine.cache import Cache, CacheOps, KVPool
 from engine.grammar import Grammar, VocabularyMasks
 from engine.model import LoadedModel, ort_errors
 from engine.prompt import build_prompt
-from engine.requests import GenerateRequest, SamplingParams
 from engine.sampling import make_rng, sample
-from models.exceptions import EngineError
-from models.notes import Note
-from models.settings import EngineSettings
+from models.core.exceptions import EngineError
+from models.core.notes import Note
+from models.core.protocol.messages import GenerateRequest, SamplingParams
+from models.core.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The model proposes logits over every token; this module says which ones keep the stream
 decodable and inside the musical limits of a request, as a boolean mask. It follows the
-same state machine as ``models.streaming.StreamingDetokenizer`` (which it drives), so a
+same state machine as ``models.core.streaming.StreamingDetokenizer`` (which it drives), so a
 stream sampled under these masks always decodes with ``skipped == 0``:
 
 - after ``Pitch`` only ``Velocity``; after ``Velocity`` only ``Duration``;
@@ -34,11 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.requests import Constraints
-from models.exceptions import EngineError
-from models.notes import Note
-from models.streaming import Expect, StreamingDetokenizer, TokenInfo, parse_vocabulary
-from models.tokenizer import MelodyTokenizer
+from models.core.exceptions import EngineError
+from models.core.notes import Note
+from models.core.protocol.messages import Constraints
+from models.core.streaming import Expect, StreamingDetokenizer, TokenInfo, parse_vocabulary
+from models.core.tokenizer import MelodyTokenizer
 
 # Onsets and ends are compared on the beat grid; this absorbs float rounding.
 _EPS = 1e-6

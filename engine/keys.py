@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import zmq.auth
 
-from models.exceptions import EngineError
+from models.core.exceptions import EngineError
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Loading a melodyd ONNX model: its card, its tokenizer and an ONNX Runtime session.
 
-A model file describes itself (``models.model_card``): architecture, vocabulary, cache
+A model file describes itself (``models.core.model_card``): architecture, vocabulary, cache
 tensor names and context length. Loading checks that card, rebuilds the tokenizer from it
 and opens a session whose thread pools sleep when idle, because the engine shares the
 machine with a DAW that needs the cores the moment audio is due.
@@ -17,14 +17,14 @@ from typing import Any
 
 import onnxruntime as ort
 
-from models.exceptions import EngineError, MelodyError
-from models.model_card import ModelCard, card_from_metadata
-from models.settings import EngineSettings
-from models.tokenizer import MelodyTokenizer
+from models.core.exceptions import EngineError, MelodyError
+from models.core.model_card import ModelCard, card_from_metadata
+from models.core.paths import PRETRAINED_DIR
+from models.core.settings import EngineSettings
+from models.core.tokenizer import MelodyTokenizer
 
 logger = logging.getLogger(__name__)
 
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "models" / "pretrained"
 _HOW_TO_MAKE = "make one from a checkpoint with `melody export`"
 
 

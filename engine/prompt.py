@@ -23,10 +23,10 @@ import math
 from dataclasses import dataclass
 
 from engine.grammar import Grammar, VocabularyMasks
-from engine.requests import GenerateRequest
-from models.exceptions import EngineError
-from models.notes import Note
-from models.tokenizer import MelodyTokenizer
+from models.core.exceptions import EngineError
+from models.core.notes import Note
+from models.core.protocol.messages import GenerateRequest
+from models.core.tokenizer import MelodyTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.requests import SamplingParams
-from models.exceptions import EngineError
+from models.core.exceptions import EngineError
+from models.core.protocol.messages import SamplingParams
 
 
 def make_rng(params: SamplingParams) -> np.random.Generator:

@@ -26,11 +26,11 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from engine import protocol
 from engine.keys import CurveKeys
 from engine.streams import Streams, vocabulary_pitch_range
-from models.exceptions import EngineError, MelodyError, ProtocolError
-from models.settings import EngineSettings
+from models.core.exceptions import EngineError, MelodyError, ProtocolError
+from models.core.protocol import wire as protocol
+from models.core.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
 

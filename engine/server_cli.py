@@ -20,9 +20,9 @@ from typing import Any
 
 from engine.keys import CurveKeys, choose_security, make_keys
 from engine.server import EngineServer
-from models.cli import configure_logging, run_command
-from models.exceptions import EngineError
-from models.settings import EngineSettings, load_settings
+from models.core.commands import configure_logging, run_command
+from models.core.exceptions import EngineError
+from models.core.settings import EngineSettings, load_settings
 
 logger = logging.getLogger(__name__)
 

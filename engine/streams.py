@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from engine import protocol
-from engine.requests import Constraints
-from models.exceptions import ProtocolError
-from models.settings import EngineSettings
+from models.core.exceptions import ProtocolError
+from models.core.protocol import wire as protocol
+from models.core.protocol.messages import Constraints
+from models.core.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
 

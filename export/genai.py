@@ -27,8 +27,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.exceptions import ExportError
-from models.model_card import METADATA_KEY
+from models.core.exceptions import ExportError
+from models.core.model_card import METADATA_KEY
 
 GENAI_CONFIG = "genai_config.json"
 _DERIVED = ("seqlens_k", "total_sequence_length", "query_seqlens")

@@ -1,6 +1,6 @@
 """Build the GPT's ONNX graph from its weights, with a KV cache that each call updates in place.
 
-Tracing ``models.gpt.GPT`` gives a graph that concatenates the whole past with the new
+Tracing ``models.train.gpt.GPT`` gives a graph that concatenates the whole past with the new
 keys/values into a fresh present tensor every step, so a step costs what the past costs.
 This module writes the graph node by node instead, around ONNX Runtime's
 ``com.microsoft.GroupQueryAttention`` (GQA): each layer's keys and values live in a buffer
@@ -9,7 +9,7 @@ output. When the caller binds both to the same memory (I/O binding), GQA writes 
 new positions and reads only each row's valid ones; without binding, ONNX Runtime
 allocates a present buffer and copies the past into it (same numbers, used by tests).
 
-Inputs (``models.model_card.KV_INPUTS``, then the cache):
+Inputs (``models.core.model_card.KV_INPUTS``, then the cache):
 
     input_ids [batch, seq] int64            new tokens of each row, left-aligned
     position_ids [batch, seq] int64         their absolute (RoPE) positions
@@ -41,8 +41,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from models.exceptions import ExportError
-from models.model_card import KV_INPUTS, LOGITS, kv_cache_names
+from models.core.exceptions import ExportError
+from models.core.model_card import KV_INPUTS, LOGITS, kv_cache_names
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ GRAPH_OPSET = 17        # LayerNormalization is a native op from 17 on
 MS_DOMAIN = "com.microsoft"
 # ONNX Runtime's CPU GroupQueryAttention refuses other head sizes.
 HEAD_DIM_MULTIPLE = 16
-LAYER_NORM_EPS = 1e-5   # nn.LayerNorm's default, which models.gpt uses
+LAYER_NORM_EPS = 1e-5   # nn.LayerNorm's default, which models.train.gpt uses
 
 
 class _Builder:
@@ -109,7 +109,7 @@ def _rotary_table(b: _Builder, head_dim: int, rope_base: float) -> tuple[str, st
     slides its window and keeps counting), so no fixed table is big enough; instead each
     call computes the rows of its own tokens (token ``n`` of the flattened batch -> row
     ``n``, zero rows padded up to the total) and passes ``0..batch*seq-1`` as position ids.
-    The angles are computed as ``models.gpt.rope_cos_sin`` does: float32 position times
+    The angles are computed as ``models.train.gpt.rope_cos_sin`` does: float32 position times
     float32 inverse frequency.
     """
     inv_freq = (rope_base ** (-np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))

@@ -1,6 +1,6 @@
 """Build the ``melodyd`` model card from a checkpoint and store it in an ONNX file.
 
-The card's layout and validation live in the torch-free ``models.model_card`` so the
+The card's layout and validation live in the torch-free ``models.core.model_card`` so the
 engine reads exactly what this module writes; here we only gather the facts (from the
 checkpoint dictionary and the model's shape) and move JSON in and out of ONNX files.
 """
@@ -17,8 +17,8 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 
-from models.exceptions import ExportError, ModelError
-from models.model_card import (
+from models.core.exceptions import ExportError, ModelError
+from models.core.model_card import (
     FORMAT_VERSION,
     METADATA_KEY,
     CacheSpec,
@@ -81,7 +81,7 @@ def context_length(arch: str, model_config: Mapping[str, Any],
 def training_summary(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
     """Corpus, pieces, tokens, manifest hash, validation metrics and step of a checkpoint."""
     data = checkpoint.get("data") or {}
-    # models.data.manifest_summary keeps pieces and tokens per split.
+    # models.train.batches.manifest_summary keeps pieces and tokens per split.
     splits = data.get("splits") if isinstance(data.get("splits"), Mapping) else {}
     return {
         "corpus": data.get("source"),

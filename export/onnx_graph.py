@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from export.gpt_graph import GRAPH_OPSET, write_gpt_graph
-from models.exceptions import ExportError
-from models.model_card import KV_INPUTS, LOGITS, RNN_INPUTS, kv_cache_names, rnn_state_names
+from models.core.exceptions import ExportError
+from models.core.model_card import KV_INPUTS, LOGITS, RNN_INPUTS, kv_cache_names, rnn_state_names
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 from export.runtime import OnnxLM, TorchLM, right_pad
-from models.exceptions import ExportError
-from models.model_card import LOGITS
+from models.core.exceptions import ExportError
+from models.core.model_card import LOGITS
 
 logger = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from export.quantize import (
     quantize_int8,
 )
 from export.runtime import OnnxLM
-from models.checkpoint import load_checkpoint
-from models.exceptions import ExportError
-from models.model_card import STYLE_PATTERN, ModelCard
-from models.tokenizer import MelodyTokenizer
+from models.core.exceptions import ExportError
+from models.core.model_card import STYLE_PATTERN, ModelCard
+from models.core.tokenizer import MelodyTokenizer
+from models.train.checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 from export.runtime import OnnxLM
-from models.exceptions import DataError, ExportError
-from models.tokenizer import MelodyTokenizer
+from models.core.exceptions import DataError, ExportError
+from models.core.tokenizer import MelodyTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def dataset_windows(data_dir: str | Path, tokenizer: MelodyTokenizer,
         DataError: the dataset is missing or malformed, has no validation pieces, or was
             built with a different vocabulary than the model's.
     """
-    from models.dataset import TokenDataset  # noqa: PLC0415 - only for --int8
+    from models.data.dataset import TokenDataset  # noqa: PLC0415 - only for --int8
 
     dataset = TokenDataset(data_dir, "validation")
     if dataset.tokenizer.fingerprint != tokenizer.fingerprint:

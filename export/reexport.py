@@ -27,8 +27,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from models.exceptions import ExportError
-from models.model_card import METADATA_KEY
+from models.core.exceptions import ExportError
+from models.core.model_card import METADATA_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def reexport(path: str | Path) -> None:
         ExportError: the file cannot be recovered or the new export fails its checks.
     """
     from export.pipeline import export_checkpoint  # noqa: PLC0415
-    from models.checkpoint import save_checkpoint  # noqa: PLC0415
+    from models.train.checkpoint import save_checkpoint  # noqa: PLC0415
 
     path = Path(path)
     state = recover_state(path)

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from export.onnx_graph import RNNGraph, io_names
-from models.exceptions import ExportError
-from models.model_card import KV_INPUTS, LOGITS, RNN_INPUTS
+from models.core.exceptions import ExportError
+from models.core.model_card import KV_INPUTS, LOGITS, RNN_INPUTS
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 
 from export.pipeline import export_checkpoint
-from models.checkpoint import model_arch, save_checkpoint
-from models.gpt import GPT, gpt_config
-from models.rnn import RecurrentLM, rnn_config
-from models.tokenizer import MelodyTokenizer
+from models.core.tokenizer import MelodyTokenizer
+from models.train.checkpoint import model_arch, save_checkpoint
+from models.train.gpt import GPT, gpt_config
+from models.train.rnn import RecurrentLM, rnn_config
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def tiny_checkpoint_state(arch: str = "gpt", seed: int = 0, size: str = "tiny",
         tokens: ``TokensSettings`` fields of the vocabulary (default: the default one).
         width: overrides of the size's widths (e.g. ``{"n_embd": 32}``).
     """
-    from models.settings import TokensSettings  # noqa: PLC0415 - keeps the import light
+    from models.core.settings import TokensSettings  # noqa: PLC0415 - keeps the import light
 
     tokenizer = MelodyTokenizer(TokensSettings(**tokens) if tokens else None)
     torch.manual_seed(seed)

@@ -93,7 +93,7 @@ def tiny_onnx_factory(tiny_model_dir: Path) -> Callable[[str], Path]:
     return make
 
 
-# The named styles of the conditioned vocabulary (see models.tokenizer).
+# The named styles of the conditioned vocabulary (see models.core.tokenizer).
 CONDITIONED_STYLES = make_tiny_models.CONDITIONED_STYLES
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from engine.cache import window_feeds
 from engine.model import LoadedModel, load_model
-from models.model_card import FORMAT_VERSION
+from models.core.model_card import FORMAT_VERSION
 
 pytestmark = pytest.mark.torch
 

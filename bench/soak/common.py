@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.jack_rig import JackServer, Probe
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 from tests.bridge.bridge_fakes import sounding_after
 
 REPO = Path(__file__).resolve().parents[2]

@@ -29,7 +29,7 @@ from bench.soak.common import (
 from bridge import jack_native
 from bridge.engine_child import stop_process
 from bridge.jack_rig import Probe
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 DOWNBEAT_PHRASE = [(0.0, 0.5, 64, 90), (0.5, 0.5, 67, 90), (1.0, 0.5, 71, 90)]
 ORDERS = ("note-tick", "tick-note", "pre-tick")

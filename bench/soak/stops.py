@@ -38,7 +38,7 @@ from bench.soak.common import (
 )
 from bridge.engine_child import stop_process
 from bridge.jack_rig import JackServer
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 MAX_TRIES = 4  # a model may end its answer at once: play the phrase again
 ANSWER_WAIT_S = 10.0

@@ -6,7 +6,7 @@ import pytest
 
 from bridge import cli
 from bridge.ports import NO_MIDI_SYSTEM, WINDOWS_NO_VIRTUAL, find_port, open_ports
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 
 def test_missing_model_names_the_path_and_the_fix(tmp_path, capsys):

@@ -10,7 +10,7 @@ import zmq
 
 from bridge.client import EngineClient
 from bridge.controls import ControlMap
-from models.settings import MidiSettings
+from models.core.settings import MidiSettings
 
 
 class FakeClock:

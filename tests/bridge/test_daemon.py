@@ -21,7 +21,7 @@ from bridge.client import EngineClient
 from bridge.clock import InternalClock
 from bridge.daemon import Daemon, follow_dynamics
 from bridge.listener import InputQueue
-from models.settings import Settings
+from models.core.settings import Settings
 
 BPM = 600.0  # 0.1 s per beat, 0.4 s per bar: the tests stay short
 

@@ -10,7 +10,7 @@ import pytest
 
 from bridge.client import CurveClientKeys, EngineClient
 from bridge.engine_child import free_loopback_port, stop_process
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 
 def pump_until(client: EngineClient, predicate, timeout: float = 60.0) -> list[dict]:

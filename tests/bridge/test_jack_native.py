@@ -17,7 +17,7 @@ import pytest
 from bridge import jack_native, ports
 from bridge.jack_native import JackClient
 from bridge.jack_rig import JackServer, Probe
-from models.exceptions import BridgeError
+from models.core.exceptions import BridgeError
 
 pytestmark = pytest.mark.jack
 needs_native = pytest.mark.skipif(not jack_native.available(),

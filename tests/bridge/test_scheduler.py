@@ -10,7 +10,7 @@ from bridge_fakes import FakeOutput, ManualClock, sounding_after
 
 from bridge.clock import Mapping
 from bridge.scheduler import Scheduler
-from models.notes import Note
+from models.core.notes import Note
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:

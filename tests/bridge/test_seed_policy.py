@@ -6,7 +6,7 @@ import pytest
 
 from bridge.policy import AccompanyPolicy, CallResponsePolicy, next_line
 from bridge.seed import SeedWindow
-from models.notes import Note
+from models.core.notes import Note
 
 
 def play(window: SeedWindow, notes: list[tuple[float, float, int]], velocity: int = 80) -> None:

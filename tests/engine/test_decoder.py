@@ -9,9 +9,9 @@ import pytest
 
 from engine.decoder import Generation, StyleDecoder
 from engine.model import load_model
-from engine.requests import Constraints, GenerateRequest, SamplingParams
-from models.notes import Note
-from models.settings import EngineSettings
+from models.core.notes import Note
+from models.core.protocol.messages import Constraints, GenerateRequest, SamplingParams
+from models.core.settings import EngineSettings
 
 SCALE = (0, 2, 4, 5, 7, 9, 11)
 
@@ -178,7 +178,7 @@ def test_a_long_seed_is_trimmed_to_whole_bars_and_still_starts_on_time(model):
 def test_greedy_output_equals_greedy_pytorch(model, tiny_checkpoint):
     """Every greedy token through the engine is the argmax of PyTorch's logits (same mask)."""
     torch = pytest.importorskip("torch")
-    from models.checkpoint import load_checkpoint  # noqa: PLC0415 - needs torch
+    from models.train.checkpoint import load_checkpoint  # noqa: PLC0415 - needs torch
 
     torch_model = load_checkpoint(tiny_checkpoint).model
     decoder = _decoder(model, max_tokens_per_bar=40)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from engine.grammar import Grammar, VocabularyMasks
-from engine.requests import Constraints, SamplingParams
 from engine.sampling import make_rng, sample
-from models.exceptions import EngineError
-from models.notes import Note
-from models.tokenizer import MelodyTokenizer
+from models.core.exceptions import EngineError
+from models.core.notes import Note
+from models.core.protocol.messages import Constraints, SamplingParams
+from models.core.tokenizer import MelodyTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def test_ten_thousand_random_tokens_always_decode_within_constraints(tokenizer, 
 # ----------------------------------------------------------------- style and role tokens
 @pytest.fixture(scope="module")
 def conditioned() -> MelodyTokenizer:
-    from models.settings import TokensSettings  # noqa: PLC0415
+    from models.core.settings import TokensSettings  # noqa: PLC0415
 
     return MelodyTokenizer(TokensSettings(style_slots=4, styles=("romantic",), roles=True))
 

@@ -14,9 +14,9 @@ import pytest
 from engine.cache import KVPool, window_feeds
 from engine.decoder import Generation, StyleDecoder
 from engine.model import load_model
-from engine.requests import GenerateRequest, SamplingParams
-from models.notes import Note
-from models.settings import EngineSettings
+from models.core.notes import Note
+from models.core.protocol.messages import GenerateRequest, SamplingParams
+from models.core.settings import EngineSettings
 
 FP32_ATOL = 1e-4
 INT8_ATOL = 1e-3

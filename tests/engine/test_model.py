@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine.model import installed_styles, load_model, resolve_model_path, session_options
-from models.exceptions import EngineError
-from models.settings import EngineSettings
+from models.core.exceptions import EngineError
+from models.core.settings import EngineSettings
 
 
 def test_a_text_file_is_refused_with_a_clear_error(tmp_path):

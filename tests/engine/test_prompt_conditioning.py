@@ -6,12 +6,12 @@ import pytest
 
 from engine.grammar import VocabularyMasks
 from engine.prompt import build_prompt
-from engine.protocol import parse_generate
-from engine.requests import Constraints, GenerateRequest, SamplingParams
-from models.notes import Note
-from models.settings import TokensSettings
-from models.streaming import StreamingDetokenizer
-from models.tokenizer import MelodyTokenizer
+from models.core.notes import Note
+from models.core.protocol.messages import Constraints, GenerateRequest, SamplingParams
+from models.core.protocol.wire import parse_generate
+from models.core.settings import TokensSettings
+from models.core.streaming import StreamingDetokenizer
+from models.core.tokenizer import MelodyTokenizer
 
 SEED = (Note(0.0, 1.0, 72, 80, "lead"), Note(0.0, 2.0, 48, 70, "accompaniment"),
         Note(1.0, 1.0, 74, 80, "lead"), Note(2.0, 2.0, 53, 70, "accompaniment"))
@@ -82,7 +82,7 @@ def conditioned_model(tiny_conditioned_onnx):
 
 def _generate(model, request: GenerateRequest) -> tuple[list[Note], list[int]]:
     from engine.decoder import StyleDecoder  # noqa: PLC0415
-    from models.settings import EngineSettings  # noqa: PLC0415
+    from models.core.settings import EngineSettings  # noqa: PLC0415
 
     decoder = StyleDecoder(model, EngineSettings(), allow_eos=False)
     gen = decoder.start("jam", request)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.requests import SamplingParams
 from engine.sampling import make_rng, probabilities, sample
-from models.exceptions import EngineError
+from models.core.exceptions import EngineError
+from models.core.protocol.messages import SamplingParams
 
 VOCAB = 64
 

@@ -25,17 +25,18 @@ import pytest
 import zmq
 import zmq.auth
 
-from engine import protocol, server_cli
+from engine import server_cli
 from engine.decoder import StyleDecoder
 from engine.keys import CurveKeys, choose_security, is_local_endpoint, make_keys
 from engine.model import load_model
-from engine.protocol import parse_generate
-from engine.requests import GenerateRequest
 from engine.server import EngineServer
-from models.cli import load_commands
-from models.exceptions import EngineError
-from models.notes import Note
-from models.settings import EngineSettings
+from models.core.commands import load_commands
+from models.core.exceptions import EngineError
+from models.core.notes import Note
+from models.core.protocol import wire as protocol
+from models.core.protocol.messages import GenerateRequest
+from models.core.protocol.wire import parse_generate
+from models.core.settings import EngineSettings
 
 RECV_TIMEOUT_MS = 20_000  # generous: the machine is shared; a hang still fails
 SEED = [{"onset": 0.0, "duration": 1.0, "pitch": 60, "velocity": 80},

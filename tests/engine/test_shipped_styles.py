@@ -10,9 +10,9 @@ import pytest
 
 from engine.decoder import StyleDecoder
 from engine.model import PRETRAINED_DIR, installed_styles, load_model
-from engine.requests import GenerateRequest, SamplingParams
-from models.primes import fur_elise_prime
-from models.settings import EngineSettings, load_settings
+from models.analysis.primes import fur_elise_prime
+from models.core.protocol.messages import GenerateRequest, SamplingParams
+from models.core.settings import EngineSettings, load_settings
 
 # The styles the README and the issue promise; the recipe may ship more.
 REQUIRED = ("baroque", "romantic")

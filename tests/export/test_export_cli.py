@@ -15,8 +15,8 @@ from export import cli as export_cli
 from export import onnx_graph, quantize
 from export.metadata import read_card
 from export.tiny import tiny_checkpoint_state
-from models.checkpoint import save_checkpoint
 from models.cli import main
+from models.train.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.torch
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,9 +146,9 @@ def _tiny_dataset(tmp_path: Path, tokenizer) -> Path:
     """A real dataset folder (melody data build's format) of five random melodies."""
     import numpy as np  # noqa: PLC0415 - only this test needs it
 
-    from models.dataset import build_dataset  # noqa: PLC0415
-    from models.notes import Note  # noqa: PLC0415
-    from models.settings import DataSettings  # noqa: PLC0415
+    from models.core.notes import Note  # noqa: PLC0415
+    from models.core.settings import DataSettings  # noqa: PLC0415
+    from models.data.dataset import build_dataset  # noqa: PLC0415
 
     source = tmp_path / "midi"
     source.mkdir(parents=True)
@@ -166,8 +166,8 @@ def _tiny_dataset(tmp_path: Path, tokenizer) -> Path:
 @pytest.mark.slow
 def test_int8_checks_against_a_datasets_validation_split(
         tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from models.settings import TokensSettings  # noqa: PLC0415
-    from models.tokenizer import MelodyTokenizer  # noqa: PLC0415
+    from models.core.settings import TokensSettings  # noqa: PLC0415
+    from models.core.tokenizer import MelodyTokenizer  # noqa: PLC0415
 
     data = _tiny_dataset(tmp_path, MelodyTokenizer())
     out = tmp_path / "q.onnx"
@@ -184,8 +184,8 @@ def test_int8_checks_against_a_datasets_validation_split(
 @pytest.mark.slow
 def test_int8_checks_on_the_training_datasets_validation_split_by_default(
         tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from models.checkpoint import read_checkpoint, save_checkpoint  # noqa: PLC0415
-    from models.tokenizer import MelodyTokenizer  # noqa: PLC0415
+    from models.core.tokenizer import MelodyTokenizer  # noqa: PLC0415
+    from models.train.checkpoint import read_checkpoint, save_checkpoint  # noqa: PLC0415
 
     data = _tiny_dataset(tmp_path, MelodyTokenizer())
     state = read_checkpoint(tiny_checkpoint)

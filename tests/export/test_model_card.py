@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from models.exceptions import ModelError
-from models.model_card import (
+from models.core.exceptions import ModelError
+from models.core.model_card import (
     METADATA_KEY,
     CacheSpec,
     ModelCard,
@@ -127,7 +127,7 @@ def test_not_a_melodyd_model() -> None:
 
 
 def test_model_card_imports_neither_torch_nor_onnx() -> None:
-    code = ("import sys, models.model_card; "
+    code = ("import sys, models.core.model_card; "
             "print(' '.join(sorted(m.split('.')[0] for m in sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, check=True)

@@ -19,9 +19,9 @@ from export.metadata import read_card  # noqa: E402
 from export.onnx_graph import DEFAULT_OPSET, dynamic_axes, export_graph  # noqa: E402
 from export.parity import ParityReport, check_parity, raise_on_failure  # noqa: E402
 from export.runtime import OnnxLM, right_pad  # noqa: E402
-from models.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
-from models.exceptions import ExportError  # noqa: E402
-from models.model_card import card_from_metadata  # noqa: E402
+from models.core.exceptions import ExportError  # noqa: E402
+from models.core.model_card import card_from_metadata  # noqa: E402
+from models.train.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

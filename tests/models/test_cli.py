@@ -9,8 +9,8 @@ import sys
 import types
 from pathlib import Path
 
-from models import cli
-from models.exceptions import DataError
+from models.core import commands as cli
+from models.core.exceptions import DataError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,3 +68,18 @@ def test_no_command_prints_help_and_fails() -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 2
     assert "usage: melody" in result.stdout
+
+
+def test_running_one_command_imports_only_that_command() -> None:
+    code = ("import sys\n"
+            "from models.cli import main\n"
+            "try:\n"
+            "    main(['render', '--help'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(sorted(m for m in sys.modules if m.endswith('_cli') or m.endswith('.cli')))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.strip().splitlines()[-1]
+    assert loaded == "['models.analysis.render_cli', 'models.cli']", loaded

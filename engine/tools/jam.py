@@ -1,0 +1,510 @@
+"""The jam harness: scripted calls played through the bridge's decisions and the real engine.
+
+Each call is a phrase a player might play (a C-major line, other keys, meters, tempi,
+sparse and dense, held-out openings of real music). It is fed note by note into the
+bridge's own ``SeedWindow`` and policy on a simulated beat clock, exactly as the daemon's
+loop would (inputs first, then the policy at each time it asks to be woken), so the answer
+is requested at the same beat, with the same seed and start beat, and with the same
+``generate`` fields (``bridge.requests``) that melodyd would send. The fields go through
+the engine's protocol validation and the live decoder (``allow_eos`` as the server has it),
+in process, one answer at a time as in a jam, timed on the wall clock.
+
+Every answer is scored against its call (``score_answer``) and the scores are summarised
+per style and per call family (``summarise``). Call-and-response is the mode measured now;
+``simulate`` already drives either policy, so accompany mode (issue 17) adds its scoring
+on the triggers it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
+from bridge.requests import generate_fields
+from bridge.seed import SeedWindow
+from engine.decoder import StyleDecoder
+from engine.streams import vocabulary_pitch_range
+from models.analysis.music_stats import estimate_key, mean_pitch, rhythmic_similarity
+from models.core.notes import Note
+from models.core.protocol.messages import GenerateRequest
+from models.core.protocol.wire import PROTOCOL_VERSION, parse_request
+from models.core.settings import Settings
+
+NEAR_SILENT_PER_BAR = 1.0  # an answer with fewer notes per bar is no answer
+DENSITY_BAND = (0.5, 2.0)  # answer/call notes per bar counted as "following the density"
+SESSION = "melodyd-jam"  # the daemon's session name is per process; one name here
+COUNT_IN_BARS = 1  # calls start on bar 1, as after a count-in
+
+
+# ----------------------------------------------------------------- calls
+@dataclass(frozen=True)
+class Call:
+    """A phrase the harness plays.
+
+    Attributes:
+        name: unique name (``c_major``, ``key_A_minor``, ``heldout_folk``).
+        family: what it varies (``c_major``, ``keys``, ``meters``, ``tempi``, ``texture``,
+            ``held-out``).
+        notes: the phrase, from beat 0 of its first bar.
+        time_signature: ``(numerator, denominator)``.
+        bpm: the tempo it is played at.
+        source: where it comes from (``synthetic`` or a held-out piece).
+    """
+
+    name: str
+    family: str
+    notes: tuple[Note, ...]
+    time_signature: tuple[int, int] = (4, 4)
+    bpm: float = 120.0
+    source: str = "synthetic"
+
+    @property
+    def bar_length(self) -> float:
+        """Beats per bar."""
+        return self.time_signature[0] * 4.0 / self.time_signature[1]
+
+    @property
+    def bars(self) -> int:
+        """Bars from the first to the one holding the last onset."""
+        last = max((n.onset for n in self.notes), default=0.0)
+        return math.floor(last / self.bar_length + 1e-6) + 1
+
+
+MAJOR = (0, 2, 4, 5, 7, 9, 11)
+HARMONIC_MINOR = (0, 2, 3, 5, 7, 8, 11)
+# Scale degrees of the synthetic phrases: up, a turn, down to the tonic; as many as a
+# phrase needs are taken, and the last note is always the tonic (a phrase that cadences).
+_DEGREES = (0, 1, 2, 3, 4, 2, 3, 1, 2, 4, 5, 4, 3, 2, 1, 0)
+
+
+def scale_phrase(tonic: int, mode: str, rhythm: tuple[Sequence[float], Sequence[float]], *,
+                 bars: int, bar_length: float, velocity: int = 90) -> tuple[Note, ...]:
+    """A scale-wise phrase in a key with the given rhythm repeated in every bar.
+
+    Args:
+        tonic: MIDI pitch of the tonic (60 = middle C).
+        mode: ``major`` or ``minor`` (harmonic minor).
+        rhythm: onsets within one bar (beats) and their durations.
+        bars: how many bars.
+        bar_length: beats per bar.
+    """
+    scale = MAJOR if mode == "major" else HARMONIC_MINOR
+    onsets, durations = rhythm
+    count = len(onsets) * bars
+    degrees = [_DEGREES[i % len(_DEGREES)] for i in range(count - 1)] + [0]
+    notes = []
+    for i, degree in enumerate(degrees):
+        bar, k = divmod(i, len(onsets))
+        octave, step = divmod(degree, len(scale))
+        notes.append(Note(bar * bar_length + onsets[k], durations[k],
+                          tonic + 12 * octave + scale[step], velocity))
+    return tuple(notes)
+
+
+def _even(per_bar: int, bar_length: float) -> tuple[list[float], list[float]]:
+    step = bar_length / per_bar
+    return [i * step for i in range(per_bar)], [step * 0.9] * per_bar
+
+
+def synthetic_calls(bars: int = 2) -> list[Call]:
+    """The scripted calls: C major, other keys, meters, tempi, sparse and dense."""
+
+    def phrase(tonic: int, mode: str, rhythm: tuple[Sequence[float], Sequence[float]],
+               bar_length: float = 4.0) -> tuple[Note, ...]:
+        return scale_phrase(tonic, mode, rhythm, bars=bars, bar_length=bar_length)
+
+    quarters = _even(4, 4.0)
+    # 6/8 in its lilt: quarter-eighth twice per bar (beats are quarter notes).
+    lilt = ([0.0, 1.0, 1.5, 2.5], [0.9, 0.45, 0.9, 0.45])
+    calls = [Call("c_major", "c_major", phrase(60, "major", quarters))]
+    for name, tonic, mode in (("G_major", 67, "major"), ("F_major", 65, "major"),
+                              ("A_minor", 57, "minor"), ("Eb_major", 63, "major")):
+        calls.append(Call(f"key_{name}", "keys", phrase(tonic, mode, quarters)))
+    calls.append(Call("meter_3_4", "meters", phrase(60, "major", _even(3, 3.0), 3.0), (3, 4)))
+    calls.append(Call("meter_6_8", "meters", phrase(60, "major", lilt, 3.0), (6, 8)))
+    for bpm in (70, 100, 120, 160):
+        calls.append(Call(f"tempo_{bpm}", "tempi", phrase(60, "major", quarters),
+                          bpm=float(bpm)))
+    calls.append(Call("sparse_2_per_bar", "texture", phrase(60, "major", _even(2, 4.0))))
+    calls.append(Call("dense_8_per_bar", "texture", phrase(60, "major", _even(8, 4.0))))
+    return calls
+
+
+# ----------------------------------------------------------------- the bridge, simulated
+@dataclass(frozen=True)
+class Requested:
+    """A request the bridge made while a call was played.
+
+    Attributes:
+        beat: the simulated beat the policy fired at (when the request goes out).
+        trigger: what the policy asked for.
+        seed: the seed window's notes at that beat.
+    """
+
+    beat: float
+    trigger: Trigger
+    seed: tuple[Note, ...]
+
+
+def make_policy(mode: str, settings: Settings, bar_length: float
+                ) -> CallResponsePolicy | AccompanyPolicy:
+    """The daemon's policy for ``mode`` (``call`` or ``accompany``), from ``[interaction]``."""
+    inter = settings.interaction
+    if mode == "call":
+        return CallResponsePolicy(inter.silence_beats, inter.response_bars, inter.start_on,
+                                  bar_length, inter.barge_in)
+    return AccompanyPolicy(bar_length, inter.seed_bars)
+
+
+def simulate(call: Call, settings: Settings, mode: str = "call",
+             offset: float | None = None) -> list[Requested]:
+    """Play ``call`` into the seed window and policy; every request the daemon would make.
+
+    Like the daemon's loop: each input is applied at its beat, then the policy is asked;
+    between inputs the clock advances to whatever beat the policy's ``next_check`` names.
+    Releases sort before presses at the same beat (a legato player lifts, then presses).
+
+    Args:
+        call: the phrase.
+        settings: ``[interaction]`` gives the seed length, the silence and the lead time.
+        mode: ``call`` (call-and-response) or ``accompany``.
+        offset: beat where the call starts (default: after a count-in bar).
+    """
+    bar_length = call.bar_length
+    offset = COUNT_IN_BARS * bar_length if offset is None else offset
+    window = SeedWindow(settings.interaction.seed_bars, bar_length)
+    policy = make_policy(mode, settings, bar_length)
+    lead = settings.interaction.min_lead_ms / 1000.0 * call.bpm / 60.0
+    events = sorted([(n.onset + offset, 1, n.pitch, n.velocity) for n in call.notes]
+                    + [(n.end + offset, 0, n.pitch, 0) for n in call.notes])
+    requests: list[Requested] = []
+
+    def ask(now: float) -> None:
+        trigger = policy.due(now, window, lead)
+        if trigger is not None:
+            seed = window.notes(now, own_until=trigger.own_until)
+            requests.append(Requested(now, trigger, tuple(seed)))
+
+    def advance(until: float) -> None:
+        now = None
+        while True:
+            when = policy.next_check(window, now if now is not None else until)
+            if when is None or when >= until or (now is not None and when <= now):
+                return
+            now = when
+            ask(now)
+
+    for beat, press, pitch, velocity in events:
+        advance(beat)
+        if press:
+            window.note_on(beat, pitch, velocity)
+            policy.on_player_note()  # a barge-in stops an answer the player talks over
+        else:
+            window.note_off(beat, pitch)
+        ask(beat)
+    advance(math.inf)
+    return requests
+
+
+def request_for(requested: Requested, call: Call, settings: Settings, *, style: str,
+                facts: dict[str, Any], request_id: str) -> GenerateRequest:
+    """The daemon's ``generate`` for a request, through the engine's own validation.
+
+    Raises:
+        ProtocolError: the engine would refuse it.
+    """
+    fields = generate_fields(settings, style=style, facts=facts,
+                             temperature=settings.sampling.temperature, seed=requested.seed,
+                             time_signature=call.time_signature,
+                             start_beat=requested.trigger.start_beat,
+                             bars=requested.trigger.bars)
+    message = {"v": PROTOCOL_VERSION, "type": "generate", "id": request_id,
+               "session": SESSION, **fields}
+    return parse_request(message).request
+
+
+# ----------------------------------------------------------------- the engine
+@dataclass
+class Decoded:
+    """One answer from the decoder.
+
+    Attributes:
+        notes: its notes on the jam's timeline.
+        reason: why it ended.
+        tokens: tokens sampled.
+        log_likelihood: mean log-probability (nats) of the sampled tokens under the model's
+            own distribution (temperature 1, no masks); ``None`` without tokens.
+        first_note_s: wall seconds from the request to the first streamed note.
+        first_onset: that first streamed batch's earliest onset (beats).
+        total_s: wall seconds of the whole answer.
+    """
+
+    notes: list[Note]
+    reason: str
+    tokens: int
+    log_likelihood: float | None
+    first_note_s: float | None
+    first_onset: float | None
+    total_s: float
+
+
+def _log_prob(logits: np.ndarray, token: int) -> float:
+    values = logits.astype(np.float64)
+    top = values.max()
+    return float(values[token] - top - math.log(np.exp(values - top).sum()))
+
+
+def decode(decoder: StyleDecoder, request: GenerateRequest, session: str,
+           request_id: str) -> Decoded:
+    """Run one request alone through the decoder, as the server steps it, timing it.
+
+    Raises:
+        EngineError: the model fails or cannot encode the request.
+    """
+    started = time.perf_counter()
+    gen = decoder.start(session, request, request_id)
+    notes: list[Note] = []
+    total_lp, count = 0.0, 0
+    first_s = first_onset = None
+    while not gen.done:
+        # The logits the next token is drawn from; a step that runs a prompt chunk samples
+        # nothing, and a sampled token lands at the end of the stream.
+        sampling = not gen.prefill_rest
+        logits = None if gen.logits is None else np.array(gen.logits, copy=True)
+        before = gen.tokens
+        decoder.step([gen])
+        if sampling and logits is not None and gen.tokens > before:
+            total_lp += _log_prob(logits, gen.stream[-1])
+            count += 1
+        fresh = gen.drain_notes()
+        if fresh and first_s is None:
+            first_s = time.perf_counter() - started
+            first_onset = min(n.onset for n in fresh)
+        notes.extend(fresh)
+    return Decoded(notes, gen.reason or "", gen.tokens, total_lp / count if count else None,
+                   first_s, first_onset, time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------- scoring
+def score_answer(call: Sequence[Note], answer: Sequence[Note], *, bar_length: float,
+                 call_bars: int, answer_bars: int) -> dict[str, Any]:
+    """The musical scores of one answer to one call (both on their own timelines).
+
+    Returns:
+        ``call_key``/``answer_key`` (names or ``None``), ``key_agreement`` (1 same tonic
+        and mode, 0 not, ``None`` when either has no key), ``call_per_bar`` and
+        ``answer_per_bar`` (notes per bar), ``density_ratio`` (answer/call), ``in_density``
+        (ratio within ``DENSITY_BAND``), ``register_distance`` (semitones between mean
+        pitches), ``rhythm`` (``models.analysis.music_stats.rhythmic_similarity``) and
+        ``near_silent`` (fewer than ``NEAR_SILENT_PER_BAR`` notes per bar).
+    """
+    call_key, answer_key = estimate_key(call), estimate_key(answer)
+    agreement = (None if call_key is None or answer_key is None else
+                 float((call_key.tonic, call_key.mode) == (answer_key.tonic, answer_key.mode)))
+    call_per_bar = len(call) / max(call_bars, 1)
+    answer_per_bar = len(answer) / max(answer_bars, 1)
+    ratio = answer_per_bar / call_per_bar if call_per_bar > 0 else None
+    call_pitch, answer_pitch = mean_pitch(call), mean_pitch(answer)
+    return {
+        "call_key": None if call_key is None else call_key.name,
+        "answer_key": None if answer_key is None else answer_key.name,
+        "key_agreement": agreement,
+        "call_per_bar": call_per_bar,
+        "answer_per_bar": answer_per_bar,
+        "density_ratio": ratio,
+        "in_density": None if ratio is None else DENSITY_BAND[0] <= ratio <= DENSITY_BAND[1],
+        "register_distance": (None if call_pitch is None or answer_pitch is None
+                              else abs(answer_pitch - call_pitch)),
+        "rhythm": rhythmic_similarity(call, answer, bar_length),
+        "near_silent": answer_per_bar < NEAR_SILENT_PER_BAR,
+    }
+
+
+def lead_time(decoded: Decoded, requested: Requested, bpm: float) -> dict[str, Any]:
+    """How long before it must sound the first note was ready (the request goes out at
+    the beat the policy fired; the note is due at its onset at the call's tempo)."""
+    if decoded.first_note_s is None or decoded.first_onset is None:
+        return {"lead_ms": None, "lead_beats": None}
+    due_s = (decoded.first_onset - requested.beat) * 60.0 / bpm
+    lead_s = due_s - decoded.first_note_s
+    return {"lead_ms": 1000.0 * lead_s, "lead_beats": lead_s * bpm / 60.0,
+            "first_note_ms": 1000.0 * decoded.first_note_s,
+            "first_note_after_call_beats": decoded.first_onset - requested.beat}
+
+
+# ----------------------------------------------------------------- a run
+@dataclass
+class JamConfig:
+    """What one harness run plays.
+
+    Attributes:
+        repeats: answers per call and style (sampling seeds ``seed``, ``seed + 1``, ...).
+        seed: the first sampling seed.
+        mode: ``call`` (accompany mode's scoring comes with issue 17).
+    """
+
+    repeats: int = 3
+    seed: int = 0
+    mode: str = "call"
+    settings: Settings = field(default_factory=Settings)
+
+
+Verdict = Callable[[Sequence[Note], float], dict[str, Any]]
+
+
+def answer_call(decoder: StyleDecoder, style: str, call: Call, config: JamConfig, *,
+                repeat: int, verdict: Verdict | None = None) -> dict[str, Any]:
+    """Play one call, request and decode its answer, and score it (one JSON record).
+
+    Raises:
+        EngineError: the model fails.
+        ProtocolError: the request is one the engine would refuse.
+    """
+    # The daemon samples with fresh entropy (seed -1); the harness fixes one per answer.
+    seed = config.seed + repeat
+    settings = dataclasses.replace(
+        config.settings, sampling=dataclasses.replace(config.settings.sampling, seed=seed))
+    made = simulate(call, settings, config.mode)
+    record: dict[str, Any] = {"style": style, "call": call.name, "family": call.family,
+                              "repeat": repeat, "sampling_seed": seed, "bpm": call.bpm,
+                              "time_signature": list(call.time_signature),
+                              "requests": len(made)}
+    if not made:
+        record["error"] = "the policy never asked for an answer"
+        return record
+    requested = made[-1]  # earlier ones were cut off by the player's next note (barge-in)
+    pitches = vocabulary_pitch_range(decoder)
+    facts = {} if pitches is None else {"pitch_min": pitches[0], "pitch_max": pitches[1]}
+    request = request_for(requested, call, settings, style=style, facts=facts,
+                          request_id=f"{call.name}/{repeat}")
+    # A fresh session per answer: no cached prefix, the first answer of a jam (the
+    # slowest to start).
+    decoded = decode(decoder, request, f"{SESSION}/{style}/{call.name}/{repeat}",
+                     f"{call.name}/{repeat}")
+    start = requested.trigger.start_beat
+    answer = [n.shifted(-start) for n in decoded.notes]
+    offset = COUNT_IN_BARS * call.bar_length
+    record.update(request_beat=requested.beat - offset, start_beat=start - offset,
+                  seed_notes=len(requested.seed), bars=requested.trigger.bars,
+                  reason=decoded.reason, tokens=decoded.tokens, notes=len(answer),
+                  log_likelihood=decoded.log_likelihood, decode_ms=1000.0 * decoded.total_s)
+    record.update(lead_time(decoded, requested, call.bpm))
+    record.update(score_answer(call.notes, answer, bar_length=call.bar_length,
+                               call_bars=call.bars, answer_bars=requested.trigger.bars))
+    if verdict is not None:
+        record.update(verdict(answer, requested.trigger.bars * call.bar_length))
+    record["answer"] = [[round(n.onset, 4), round(n.duration, 4), n.pitch, n.velocity]
+                        for n in answer]
+    return record
+
+
+def classifier_verdict(classifier: Any, style: str) -> Verdict:
+    """A verdict function: the classifier's style for an answer and its belief in ``style``.
+
+    Answers too short to judge (``MIN_SEGMENT_NOTES``) get ``None``: they are counted as
+    not recognised, as ``melody eval-styles`` counts them.
+    """
+    from models.analysis.style_classifier import MIN_SEGMENT_NOTES, Segment, feature_matrix  # noqa: PLC0415
+
+    classes = list(classifier.classes)
+
+    def judge(notes: Sequence[Note], length: float) -> dict[str, Any]:
+        if len(notes) < MIN_SEGMENT_NOTES:
+            return {"style_verdict": None, "style_prob": None}
+        proba = classifier.predict_proba(feature_matrix([Segment(tuple(notes), length)]))[0]
+        return {"style_verdict": classes[int(np.argmax(proba))],
+                "style_prob": float(proba[classes.index(style)]) if style in classes else None}
+
+    return judge
+
+
+# ----------------------------------------------------------------- summary
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def summarise_records(records: Sequence[dict[str, Any]], real_recall: float | None
+                      ) -> dict[str, Any]:
+    """The issue's measures over some answers (one style's, one family's...).
+
+    ``key_kept``, ``in_density``, ``near_silent``, ``style_ok`` and ``lead_ok`` are shares
+    (0-1); ``silent_to_busy`` counts near-silent answers to calls with at least 2 notes
+    per bar (the target is 0); ``fidelity`` is ``style_ok`` over the classifier's recall
+    on real held-out music of the style (the target is 0.8).
+    """
+    done = [r for r in records if "error" not in r]
+    out: dict[str, Any] = {"answers": len(done), "errors": len(records) - len(done)}
+    if not done:
+        return out
+    ratios = [r["density_ratio"] for r in done if r.get("density_ratio") is not None]
+    judged = "style_verdict" in done[0]
+    leads = [r["lead_ms"] for r in done if r.get("lead_ms") is not None]
+    out.update(
+        key_kept=_mean([r["key_agreement"] for r in done]),
+        in_density=_mean([None if r["in_density"] is None else float(r["in_density"])
+                          for r in done]),
+        density_ratio_median=float(np.median(ratios)) if ratios else None,
+        near_silent=_mean([float(r["near_silent"]) for r in done]),
+        silent_to_busy=sum(r["near_silent"] and r["call_per_bar"] >= 2 for r in done),
+        register_distance=_mean([r["register_distance"] for r in done]),
+        rhythm=_mean([r["rhythm"] for r in done]),
+        log_likelihood=_mean([r["log_likelihood"] for r in done]),
+        lead_ms_min=min(leads) if leads else None,
+        lead_ms_median=float(np.median(leads)) if leads else None,
+        lead_ok=_mean([None if r.get("lead_beats") is None else float(r["lead_beats"] >= 1.0)
+                       for r in done]),
+        notes_per_bar=_mean([r["answer_per_bar"] for r in done]))
+    if judged:
+        ok = float(np.mean([r["style_verdict"] == r["style"] for r in done]))
+        out["style_ok"] = ok
+        out["fidelity"] = ok / real_recall if real_recall else None
+    return out
+
+
+def summarise(records: Sequence[dict[str, Any]], real_recall: dict[str, float]
+              ) -> dict[str, dict[str, Any]]:
+    """Per style: ``all`` answers, then each call family."""
+    result: dict[str, dict[str, Any]] = {}
+    for style in dict.fromkeys(r["style"] for r in records):
+        mine = [r for r in records if r["style"] == style]
+        recall = real_recall.get(style)
+        result[style] = {"all": summarise_records(mine, recall)}
+        for family in dict.fromkeys(r["family"] for r in mine):
+            result[style][family] = summarise_records(
+                [r for r in mine if r["family"] == family], recall)
+    return result
+
+
+_COLUMNS = (  # header, key, format: shares as percentages
+    ("n", "answers", "{:d}"), ("key%", "key_kept", "pct"), ("dens%", "in_density", "pct"),
+    ("ratio", "density_ratio_median", "{:.2f}"), ("silent%", "near_silent", "pct"),
+    ("reg", "register_distance", "{:.1f}"), ("rhythm", "rhythm", "{:.2f}"),
+    ("style%", "style_ok", "pct"), ("fid", "fidelity", "{:.2f}"),
+    ("loglik", "log_likelihood", "{:.2f}"), ("lead_min", "lead_ms_min", "{:.0f}"),
+    ("lead_med", "lead_ms_median", "{:.0f}"), ("lead>=1b%", "lead_ok", "pct"),
+)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.0f}" if fmt == "pct" else fmt.format(value)
+
+
+def format_table(summary: dict[str, dict[str, Any]]) -> str:
+    """A Markdown table: one row per style and family (``all`` first)."""
+    head = ["style", "calls"] + [c[0] for c in _COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for style, families in summary.items():
+        for family, stats in families.items():
+            cells = [style, family] + [_cell(stats.get(key), fmt) for _, key, fmt in _COLUMNS]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
