@@ -219,6 +219,15 @@ class Source:
 
 
 # ----------------------------------------------------------------- several sources
+def _is_folder(text: str) -> bool:
+    """True if ``text`` names an existing folder; a long comma list is no path at all (the
+    system refuses it with "file name too long")."""
+    try:
+        return Path(text).expanduser().is_dir()
+    except OSError:
+        return False
+
+
 def split_source_list(values: str | Sequence[str]) -> list[str]:
     """``--source`` values as a list of sources: comma lists split, blanks dropped, each
     source once (first place kept).
@@ -229,7 +238,7 @@ def split_source_list(values: str | Sequence[str]) -> list[str]:
     texts = [values] if isinstance(values, str) else list(values)
     out: list[str] = []
     for text in texts:
-        parts = [text] if Path(text).expanduser().is_dir() else text.split(",")
+        parts = [text] if _is_folder(text) else text.split(",")
         for part in (p.strip() for p in parts):
             if part and part not in out:
                 out.append(part)

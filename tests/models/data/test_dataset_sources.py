@@ -322,3 +322,8 @@ def test_a_file_name_that_is_not_utf8_is_read_and_named(tmp_path: Path) -> None:
     names = [name for split in SPLITS for name in manifest["splits"][split]["pieces"]]
     assert "caf\\xe9.mid" in names
     json.loads((tmp_path / "out" / "manifest.json").read_text())
+
+
+def test_a_source_list_longer_than_a_file_name_is_still_a_list() -> None:
+    names = [f"corpus:collection{i:03d}" for i in range(40)]  # > 255 characters together
+    assert split_source_list(",".join(names)) == names
