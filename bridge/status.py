@@ -8,15 +8,9 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from models.core.notes import Note
+from models.core.pitch_names import pitch_name
 
 logger = logging.getLogger(__name__)
-
-NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-
-
-def note_name(pitch: int) -> str:
-    """``60`` -> ``C4``."""
-    return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
 
 @dataclass
@@ -51,7 +45,7 @@ class Response:
         lead = "no notes" if self.first_lead_ms is None else (
             f"first note {self.latency_ms:.0f} ms after trigger, "
             f"{self.first_lead_ms:.0f} ms ahead of its time")
-        notes = " ".join(f"{note_name(n.pitch)}@{n.onset:g}" for n in self.notes[:32])
+        notes = " ".join(f"{pitch_name(n.pitch)}@{n.onset:g}" for n in self.notes[:32])
         more = f" (+{len(self.notes) - 32})" if len(self.notes) > 32 else ""
         return (f"response {self.id}: trigger at beat {self.trigger_beat:.2f}, start beat "
                 f"{self.start_beat:g}, {self.bars} bar(s), {reason}; {lead}; "
