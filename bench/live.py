@@ -182,9 +182,10 @@ def idle_under_midi_clock(args: argparse.Namespace, workdir: Path) -> dict[str, 
 
 BARE_CLIENT = """
 import sys, time
-from bridge import ports
-ports.open_ports("jack", in_name="bare in", out_name="bare out", connect_in="",
-                 connect_out="", callback=lambda *a: None, jack_client=sys.argv[1])
+from bridge.drivers.system import open_ports
+from bridge.listener import CLOCK_WAKE_EVERY
+open_ports("jack", in_name="bare in", out_name="bare out", connect_in="", connect_out="",
+           callback=lambda *a: None, jack_client=sys.argv[1], clock_batch=CLOCK_WAKE_EVERY)
 time.sleep(3600)
 """
 

@@ -25,7 +25,6 @@ from models.core.settings import Settings, load_settings, parse_time_signature
 
 if TYPE_CHECKING:  # annotations only: the daemon's modules load when it runs
     from bridge.guardian import Guardian
-    from bridge.ports import Ports
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def choose_models(args: argparse.Namespace,
 
 def list_ports_command(settings: Settings) -> int:
     """Print the MIDI ports of the chosen MIDI system."""
-    from bridge.ports import choose_backend, list_ports  # noqa: PLC0415 - loads rtmidi
+    from bridge.drivers.system import choose_backend, list_ports  # noqa: PLC0415 - rtmidi
 
     backend = choose_backend(settings.midi.backend)
     inputs, outputs = list_ports(backend)
@@ -138,29 +137,6 @@ def list_ports_command(settings: Settings) -> int:
     return 0
 
 
-def start_guardian(ports: Ports) -> Guardian | None:
-    """The note guardian for melodyd's JACK output (see bridge.guardian), or None.
-
-    melodyd goes on without it where it cannot run: it only matters if melodyd is killed
-    outright, and then only a separate process can release the notes.
-    """
-    from bridge.guardian import Guardian, jack_output_name  # noqa: PLC0415 - native client
-
-    port = jack_output_name(ports)
-    if port is None:
-        logger.info("no note guardian with %s ports on %s: a SIGKILL of melodyd can leave "
-                    "notes sounding (README, 'If melodyd is killed')", ports.driver,
-                    ports.backend)
-        return None
-    guardian = Guardian(port)
-    try:
-        guardian.start()
-    except BridgeError as err:
-        logger.warning("%s; going on without it", err)
-        return None
-    return guardian
-
-
 def run_daemon(args: argparse.Namespace) -> int:
     """Start the parts in order, serve, stop them in reverse.
 
@@ -171,9 +147,10 @@ def run_daemon(args: argparse.Namespace) -> int:
     from bridge.client import CurveClientKeys, EngineClient  # noqa: PLC0415
     from bridge.clock import InternalClock, MidiClock  # noqa: PLC0415
     from bridge.daemon import Daemon  # noqa: PLC0415
+    from bridge.drivers.system import choose_backend, open_ports  # noqa: PLC0415
     from bridge.engine_child import EngineChild  # noqa: PLC0415
-    from bridge.listener import InputQueue  # noqa: PLC0415
-    from bridge.ports import choose_backend, open_ports  # noqa: PLC0415
+    from bridge.guardian import start_guardian  # noqa: PLC0415 - native client
+    from bridge.listener import CLOCK_WAKE_EVERY, InputQueue  # noqa: PLC0415
 
     settings = settings_from_args(args)
     if args.list_ports:
@@ -198,14 +175,15 @@ def run_daemon(args: argparse.Namespace) -> int:
     backend = choose_backend(midi.backend)
     inputs = InputQueue()
     ports = None
-    guardian = None
+    guardian: Guardian | None = None
     try:
         if child is not None:
             child.start()  # loads while we open ports
             address = child.address
         ports = open_ports(backend, in_name=midi.in_port, out_name=midi.out_port,
                            connect_in=midi.connect_in, connect_out=midi.connect_out,
-                           callback=inputs.callback, jack_client=midi.jack_client)
+                           callback=inputs.callback, jack_client=midi.jack_client,
+                           clock_batch=CLOCK_WAKE_EVERY)
         guardian = start_guardian(ports)
         if settings.clock.source == "internal":
             clock = InternalClock(settings.clock.bpm, signature)

@@ -23,6 +23,7 @@ import zmq
 from bridge.client import EngineClient
 from bridge.clock import Clock, MidiClock
 from bridge.controls import ControlMap
+from bridge.drivers.base import OutputPort
 from bridge.listener import InputQueue
 from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
 from bridge.requests import generate_fields
@@ -57,7 +58,7 @@ class Daemon:
         inputs: the queue the input port's callback feeds.
     """
 
-    def __init__(self, settings: Settings, clock: Clock, *, output: mido.ports.BaseOutput,
+    def __init__(self, settings: Settings, clock: Clock, *, output: OutputPort,
                  client: EngineClient, style: str | None, inputs: InputQueue) -> None:
         self.settings = settings
         self.clock = clock

@@ -16,7 +16,7 @@ tiny process does:
   sends a note-off for every sounding note, sustain-off and all-notes-off on every channel
   used, lets JACK take them, and exits.
 
-It needs melodyd's own JACK client library (``bridge.jack_native``) and a JACK server;
+It needs melodyd's own JACK client library (``bridge.drivers.jack``) and a JACK server;
 it watches melodyd's own client or python-rtmidi's JACK ports alike. Elsewhere melodyd
 runs without a guardian and says so.
 """
@@ -33,15 +33,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import mido
 
-from bridge import jack_native
+from bridge.drivers import jack  # the JACK driver alone: the guardian never loads rtmidi
+from bridge.drivers.base import Ports
 from models.core.exceptions import BridgeError
-
-if TYPE_CHECKING:  # melodyd's side only: the guardian process never loads rtmidi
-    from bridge.ports import Ports
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +99,7 @@ def guard(watch_fd: int, port: str, ready: int | None = None) -> int:
         BridgeError: no JACK client could be opened or ``port`` does not exist.
     """
     tracker = NoteTracker()
-    client = jack_native.JackClient(CLIENT_NAME, "in", "out", callback=tracker)
+    client = jack.JackClient(CLIENT_NAME, "in", "out", callback=tracker)
     try:
         client.connect(port, client.input_name)
         if ready is not None:
@@ -154,28 +151,33 @@ def _said_bye(watch_fd: int, timeout: float) -> bool:
 def jack_output_name(ports: Ports) -> str | None:
     """Full JACK name of melodyd's output port, or None where no guardian can watch it.
 
-    melodyd's own client knows its name. python-rtmidi's JACK ports live in a client of
-    their own ("melodyd-01", ...) whose name rtmidi does not tell: it is the one port of a
-    "melodyd" client with the output's name. Other MIDI systems have no guardian (it is a
-    JACK client), nor does a JACK without melodyd's client library.
+    Other MIDI systems have no guardian (it is a JACK client), nor does a JACK without
+    melodyd's client library; the driver knows (or finds) its port's JACK name.
     """
-    from bridge.ports import CLIENT_NAME as PORTS_CLIENT_NAME  # noqa: PLC0415
+    if not jack.available():
+        return None
+    return ports.output.jack_name()
 
-    if ports.driver == "native":
-        return str(ports.output.name)
-    if ports.backend != "jack" or not jack_native.available():
+
+def start_guardian(ports: Ports) -> Guardian | None:
+    """The note guardian for melodyd's JACK output, started, or None.
+
+    melodyd goes on without it where it cannot run: it only matters if melodyd is killed
+    outright, and then only a separate process can release the notes.
+    """
+    port = jack_output_name(ports)
+    if port is None:
+        logger.info("no note guardian with %s ports on %s: a SIGKILL of melodyd can leave "
+                    "notes sounding (README, 'If melodyd is killed')", ports.driver,
+                    ports.backend)
         return None
-    lister = jack_native.JackClient(f"{CLIENT_NAME}-lister", "in", "out")
+    guardian = Guardian(port)
     try:
-        names = lister.list_ports(readable=True)
-    finally:
-        lister.close()
-    ours = [n for n in names if n.endswith(f":{ports.output.name}")
-            and n.split(":", 1)[0].startswith(f"{PORTS_CLIENT_NAME}-")]
-    if len(ours) != 1:
-        logger.info("cannot tell melodyd's output among %s", ", ".join(ours) or "no port")
+        guardian.start()
+    except BridgeError as err:
+        logger.warning("%s; going on without it", err)
         return None
-    return ours[0]
+    return guardian
 
 
 class Guardian:

@@ -10,7 +10,6 @@ process on the machine shares, so onsets can be checked against the wall clock.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -26,9 +25,10 @@ from typing import IO
 import mido
 
 from bridge.clock import TICKS_PER_BEAT
+from bridge.drivers.base import find_port
+from bridge.drivers.jack import JackClient
+from bridge.drivers.rtmidi import RtmidiInput, RtmidiOutput, port_names
 from bridge.engine_child import stop_process
-from bridge.jack_native import JackClient
-from bridge.ports import close_input, find_port, open_backend
 from models.core.exceptions import BridgeError
 
 logger = logging.getLogger(__name__)
@@ -146,16 +146,12 @@ class Probe:
         self._client: JackClient | None = None
         if native:
             self._client = JackClient("melodyd-probe", "in", "out", callback=self._record)
-            list_outputs = functools.partial(self._client.list_ports, readable=False)
-            list_inputs = functools.partial(self._client.list_ports, readable=True)
-        else:
-            backend = open_backend("jack")
-            list_outputs, list_inputs = backend.get_output_names, backend.get_input_names
         end = time.monotonic() + timeout
         while True:
             try:
-                out_name = find_port(daemon_in, list_outputs(), "output")
-                in_name = find_port(daemon_out, list_inputs(), "input")
+                readable, writable = self._list_ports()
+                out_name = find_port(daemon_in, writable, "output")
+                in_name = find_port(daemon_out, readable, "input")
                 break
             except BridgeError:
                 if time.monotonic() > end:
@@ -170,16 +166,23 @@ class Probe:
             self._client.connect(in_name, self._client.input_name)
             self._client.connect(self._client.output_name, out_name)
         else:
-            self.input = backend.open_input(in_name, callback=self._record)
-            self.output = backend.open_output(out_name)
+            self.input = RtmidiInput("jack", in_name, self._record, virtual=False)
+            self.output = RtmidiOutput("jack", out_name, virtual=False)
         self._clock_thread: threading.Thread | None = None
         self._clock_stop = threading.Event()
         self._clock_lock = threading.Lock()
         self._clock_anchor = (0.0, 0, 0.5 / TICKS_PER_BEAT)  # (t, tick, seconds per tick)
         self.clock_start: float | None = None  # wall time of tick 0 after Start
 
-    def _record(self, message: mido.Message, t: float | None = None) -> None:
-        t = time.monotonic() if t is None else t  # the native client knows the frame's time
+    def _list_ports(self) -> tuple[list[str], list[str]]:
+        """Full names of the JACK ports it can read from and those it can write to."""
+        if self._client is not None:
+            return (self._client.list_ports(readable=True),
+                    self._client.list_ports(readable=False))
+        return port_names("jack")
+
+    def _record(self, message: mido.Message, t: float) -> None:
+        # The native client stamps the frame's time, rtmidi the time its callback ran.
         with self._lock:
             self.received.append(Received(t, message))
 
@@ -319,6 +322,6 @@ class Probe:
             self._client.close()
             return
         if hasattr(self, "input"):
-            close_input(self.input)
+            self.input.close()
         if hasattr(self, "output"):
             self.output.close()

@@ -1,10 +1,10 @@
-"""The MIDI input callback: timestamp, queue, wake the daemon's thread. Nothing else.
+"""The MIDI input callback: queue, wake the daemon's thread. Nothing else.
 
 rtmidi calls the callback on its own thread, where blocking would delay every later
 message (and, on JACK, the audio cycle); melodyd's JACK client calls it on its reader
-thread. So it only stamps the arrival time, appends to a queue and writes one byte to a
-pipe that the daemon's ``zmq.Poller`` watches alongside the engine socket (for MIDI
-clock ticks, one byte per sixteenth note).
+thread. The driver stamps the arrival time; the callback only appends the message and its
+time to a queue and writes one byte to a pipe that the daemon's ``zmq.Poller`` watches
+alongside the engine socket (for MIDI clock ticks, one byte per sixteenth note).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import time
 
 import mido
 
@@ -34,18 +33,16 @@ class InputQueue:
         os.set_blocking(self.wake_fd, False)
         os.set_blocking(self._wake_w, False)
 
-    def callback(self, message: mido.Message, t: float | None = None) -> None:
-        """The port callback: stamp the arrival time and queue (never blocks).
-
-        ``t`` is the arrival time where the port knows it (melodyd's JACK client passes
-        the time of the message's frame); otherwise the callback reads the clock now.
+    def callback(self, message: mido.Message, t: float) -> None:
+        """The port callback (a ``bridge.drivers.base.InputCallback``): queue the message
+        with its arrival time ``t`` and wake the daemon's thread (never blocks).
 
         A MIDI clock tick wakes the daemon only every ``CLOCK_WAKE_EVERY`` ticks: each
         tick carries its own arrival stamp, so fitting a few of them at once is as exact
         as one by one, and an idle melodyd following a DAW wakes 8 times a second at
         120 BPM instead of 48. Every other message wakes it at once.
         """
-        self._queue.put((time.monotonic() if t is None else t, message))
+        self._queue.put((t, message))
         if message.type == "clock":
             self._ticks_since_wake += 1
             if self._ticks_since_wake < CLOCK_WAKE_EVERY:

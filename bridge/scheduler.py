@@ -19,34 +19,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import mido
 
 from bridge.clock import Clock
+from bridge.drivers.base import OutputPort
 from models.core.exceptions import BridgeError
 from models.core.notes import Note
+from models.core.settings import MidiSettings
 
 logger = logging.getLogger(__name__)
 
 EARLY_S = 0.0002  # send when this close: waking for the last fraction of a ms costs more
 CC_SUSTAIN = 64
 CC_ALL_NOTES_OFF = 123
-
-
-@runtime_checkable
-class TimedOutput(Protocol):
-    """An output that places each message at its own deadline (melodyd's JACK client).
-
-    Messages handed over ``send_ahead_s`` before their time leave exactly on time instead
-    of whenever the MIDI system next runs; ``send`` still sends at once.
-    """
-
-    send_ahead_s: float
-
-    def send(self, message: mido.Message) -> None: ...
-
-    def send_at(self, message: mido.Message, when: float) -> None: ...
 
 
 @dataclass(eq=False)
@@ -89,8 +75,8 @@ class Scheduler:
     """Plays notes on ``port`` at the clock's wall time of their beats.
 
     Args:
-        port: a mido output port (any ``BaseOutput``; tests pass a fake), or a
-            ``TimedOutput``, which gets each message ``send_ahead_s`` early with its time.
+        port: the output; each message is handed to its ``send_at`` the port's
+            ``send_ahead_s`` before its time (zero for a port that cannot place it).
         clock: the beat timeline.
         channel: MIDI channel 0-15 of every message sent.
         late_drop_s: a note-on this late (seconds) is dropped and counted.
@@ -100,7 +86,7 @@ class Scheduler:
             after each note-on is sent; keep it cheap.
     """
 
-    def __init__(self, port: mido.ports.BaseOutput, clock: Clock, *, channel: int = 0,
+    def __init__(self, port: OutputPort, clock: Clock, *, channel: int = 0,
                  late_drop_s: float = 0.025, on_sent: SentCallback | None = None,
                  lead_s: float = 0.0) -> None:
         self.port = port
@@ -111,7 +97,7 @@ class Scheduler:
         self.lead_s = lead_s
         # A port that places messages at their deadline (melodyd's JACK client) gets each
         # one this early; any other port gets it at its time.
-        self._send_ahead_s = port.send_ahead_s if isinstance(port, TimedOutput) else 0.0
+        self._send_ahead_s = port.send_ahead_s
         self.stats = SchedulerStats()
         self._cond = threading.Condition()
         self._heap: list[_Event] = []
@@ -120,6 +106,13 @@ class Scheduler:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="melodyd-scheduler", daemon=True)
         clock.add_listener(self.wake)
+
+    @classmethod
+    def for_settings(cls, port: OutputPort, clock: Clock, midi: MidiSettings) -> Scheduler:
+        """A scheduler with the ``[midi]`` settings: channel, late-drop bound, output lead."""
+        return cls(port, clock, channel=midi.output_channel - 1,
+                   late_drop_s=midi.late_drop_ms / 1000.0,
+                   lead_s=midi.output_latency_ms / 1000.0)
 
     # ----------------------------------------------------------------- public, any thread
     def start(self) -> None:
@@ -266,11 +259,11 @@ class Scheduler:
                                        velocity=0), when)
 
     def _send(self, message: mido.Message, when: float | None = None) -> None:
-        """Send now, or at ``when`` on a port that can place messages in time."""
-        if when is not None and self._send_ahead_s > 0:
-            self.port.send_at(message, when)
-        else:
+        """Send now, or at ``when`` (a port that cannot place messages sends it now)."""
+        if when is None:
             self.port.send(message)
+        else:
+            self.port.send_at(message, when)
 
     def _send_safely(self, message: mido.Message, when: float | None = None) -> None:
         """Send on the way out; a failing port is logged, never raised from cleanup."""

@@ -19,7 +19,7 @@ from bench.soak.downbeat import run_downbeat
 from bench.soak.fuzz import run_fuzz
 from bench.soak.report import print_table, verdict, write_json
 from bench.soak.stops import STOP_KINDS, run_stops
-from bridge import jack_native
+from bridge.drivers import jack
 
 
 def tiny_model(workdir: Path) -> Path:
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "through them (the first one for downbeat)")
     parser.add_argument("--bpm", type=float, default=120.0)
     parser.add_argument("--probe", choices=("native", "rtmidi"),
-                        default="native" if jack_native.available() else "rtmidi",
+                        default="native" if jack.available() else "rtmidi",
                         help="the listener's JACK client for the stops part")
     parser.add_argument("--seed", type=int, default=0, help="seed of kill delays and fuzz")
     parser.add_argument("--quick", action="store_true",

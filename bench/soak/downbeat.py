@@ -26,7 +26,7 @@ from bench.soak.common import (
     wait_until,
     wait_up,
 )
-from bridge import jack_native
+from bridge.drivers import jack
 from bridge.engine_child import stop_process
 from bridge.jack_rig import Probe
 from models.core.exceptions import BridgeError
@@ -98,7 +98,7 @@ def _new_request(log: Path, requests: int, errors: int) -> str | None:
 
 def run_downbeat(args: argparse.Namespace, workdir: Path) -> list[dict]:
     """``--downbeats`` starts per case (3 orders with a phrase, a single note) per client."""
-    if not jack_native.available():
+    if not jack.available():
         return [{"skipped": "placing a note in the first tick's frame needs the native "
                             "JACK client (bridge/native), which is not built"}]
     cases = [(f"phrase {order}", order) for order in ORDERS] + [("single note", "")]

@@ -8,6 +8,7 @@ import time
 import mido
 
 from bridge.clock import Clock, Mapping
+from bridge.drivers.base import OutputPort
 
 # Sampling for the end-to-end tests: a random tiny model, at most 4 notes at once (its
 # raw output piles up 20-note clusters; tighter limits make it end its piece sooner).
@@ -21,13 +22,17 @@ response_bars = 2
 """
 
 
-class FakeOutput(mido.ports.BaseOutput):
+class FakeOutput(OutputPort):
     """An output port that records ``(time.monotonic(), message)`` instead of sending."""
 
-    def _open(self, **kwargs: object) -> None:
+    def __init__(self, send_ahead_s: float = 0.0) -> None:
+        super().__init__("fake out", send_ahead_s)
         self.sent: list[tuple[float, mido.Message]] = []
         self.lock = threading.Lock()
         self.fail = False
+
+    def _close(self) -> None:
+        pass
 
     def _send(self, message: mido.Message) -> None:
         if self.fail:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge import cli
-from bridge.ports import NO_MIDI_SYSTEM, WINDOWS_NO_VIRTUAL, find_port, open_ports
+from bridge.drivers.system import NO_MIDI_SYSTEM
 from models.core.exceptions import BridgeError
 
 
@@ -86,7 +86,7 @@ def test_no_midi_system_is_one_clear_line(monkeypatch, capsys):
     # where one exists, the check is skipped.
     monkeypatch.setenv("JACK_DEFAULT_SERVER", "melodyd-test-no-such-server")
     monkeypatch.setenv("JACK_NO_START_SERVER", "1")
-    from bridge.ports import choose_backend  # noqa: PLC0415
+    from bridge.drivers.system import choose_backend  # noqa: PLC0415
 
     try:
         backend = choose_backend("auto")
@@ -104,26 +104,3 @@ def test_jack_backend_without_server_says_start_jack(monkeypatch, capsys):
     monkeypatch.setenv("JACK_NO_START_SERVER", "1")
     assert cli.main(["--list-ports", "--backend", "jack"]) == 2
     assert "start a JACK server" in capsys.readouterr().err
-
-
-def test_windows_needs_existing_ports():
-    with pytest.raises(BridgeError, match="loopMIDI") as info:
-        open_ports("windows", in_name="a", out_name="b", connect_in="", connect_out="",
-                   callback=lambda m: None)
-    assert str(info.value) == WINDOWS_NO_VIRTUAL
-
-
-@pytest.mark.parametrize(("wanted", "expected"), [
-    ("melodyd in", "melodyd:melodyd in"), ("MELODYD IN", "melodyd:melodyd in"),
-    ("loopMIDI Port 1", "loopMIDI Port 1"),
-])
-def test_find_port(wanted, expected):
-    names = ["melodyd:melodyd in", "loopMIDI Port 1", "loopMIDI Port 12"]
-    assert find_port(wanted, names, "output") == expected
-
-
-def test_find_port_errors_list_what_exists():
-    with pytest.raises(BridgeError, match="several output ports match 'loopMIDI'"):
-        find_port("loopMIDI", ["loopMIDI A", "loopMIDI B"], "output")
-    with pytest.raises(BridgeError, match="available: 'x'"):
-        find_port("melodyd", ["x"], "input")

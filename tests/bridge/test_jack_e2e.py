@@ -23,7 +23,7 @@ import mido
 import pytest
 from bridge_fakes import E2E_CONFIG, sounding_after
 
-from bridge import jack_native
+from bridge.drivers import jack
 from bridge.engine_child import free_loopback_port
 
 pytestmark = [pytest.mark.jack, pytest.mark.slow]
@@ -94,7 +94,7 @@ def play_until_answered(probe, daemon, origin: float, spb: float) -> float:
 
 
 NATIVE = pytest.param("native", marks=pytest.mark.skipif(
-    not jack_native.available(), reason="the native JACK client is not built"))
+    not jack.available(), reason="the native JACK client is not built"))
 
 
 @pytest.mark.parametrize("jack_client", [NATIVE, "rtmidi"])
@@ -194,7 +194,7 @@ def test_follows_midi_clock_at_100_then_140_bpm(start_melodyd, probe_for, tiny_o
                       2.0)
 
 
-@pytest.mark.skipif(not jack_native.available(),
+@pytest.mark.skipif(not jack.available(),
                     reason="placing a note in the first tick's frame needs the native client")
 def test_a_phrase_on_the_downbeat_after_start_is_answered(start_melodyd, probe_for,
                                                          tiny_onnx_model):
@@ -239,7 +239,7 @@ def test_stop_during_answer_leaves_nothing_sounding(start_melodyd, probe_for,
     assert controls[-2:] == [(64, 0), (123, 0)], controls
 
 
-@pytest.mark.skipif(not jack_native.available(), reason="the guardian needs the native client")
+@pytest.mark.skipif(not jack.available(), reason="the guardian needs the native client")
 @pytest.mark.parametrize("jack_client", ["native", "rtmidi"])
 def test_sigkill_during_answer_the_guardian_releases_every_note(start_melodyd, probe_for,
                                                                 tiny_onnx_model, jack_client):
@@ -274,7 +274,7 @@ def test_clean_stop_sends_the_guardian_away_quietly(start_melodyd, probe_for,
     daemon = start_melodyd(["--model", str(tiny_onnx_model)])
     text = daemon.wait_for_log("engine at .* is up")
     match = re.search(r"note guardian (\d+) watches", text)
-    if not jack_native.available():
+    if not jack.available():
         assert match is None and "no note guardian" in text
         return
     probe = probe_for()

@@ -180,15 +180,13 @@ def test_stopped_clock_holds_notes_until_it_runs(rig):
 class TimedFakeOutput(FakeOutput):
     """A port that places messages at their time, like melodyd's JACK client."""
 
-    send_ahead_s = 0.05
-
-    def _open(self, **kwargs: object) -> None:
-        super()._open(**kwargs)
+    def __init__(self) -> None:
+        super().__init__(send_ahead_s=0.05)
         self.timed: list[tuple[float, float, mido.Message]] = []  # (handed over, when, msg)
 
-    def send_at(self, message: mido.Message, when: float) -> None:
+    def _send_at(self, message: mido.Message, when: float) -> None:
         self.timed.append((time.monotonic(), when, message))
-        self.send(message)
+        self._send(message)
 
 
 def test_timed_port_gets_notes_ahead_with_their_deadlines():

@@ -10,6 +10,7 @@ import pytest
 
 from bridge.clock import InternalClock
 from bridge.daemon import Daemon
+from bridge.drivers.base import OutputPort
 from bridge.listener import InputQueue
 from bridge.policy import Trigger
 from bridge.seed import SeedWindow
@@ -128,8 +129,14 @@ class _RecordingClient:
         return f"r{len(self.sent)}"
 
 
-class _NullOutput(mido.ports.BaseOutput):
+class _NullOutput(OutputPort):
+    def __init__(self) -> None:
+        super().__init__("null")
+
     def _send(self, message: mido.Message) -> None:
+        pass
+
+    def _close(self) -> None:
         pass
 
 

@@ -1,4 +1,5 @@
-"""melodyd's own JACK client (bridge/native/jackmidi.c) on a real JACK server.
+"""The native JACK driver: melodyd's own JACK client (bridge/native/jackmidi.c) and its
+ports on a real JACK server, and the choice between it and python-rtmidi on JACK.
 
 Two clients talk through real JACK connections; each received message carries the time
 of its frame, so timing is checked to the frame, not to the period.
@@ -14,13 +15,13 @@ import time
 import mido
 import pytest
 
-from bridge import jack_native, ports
-from bridge.jack_native import JackClient
+from bridge.drivers import jack, system
+from bridge.drivers.jack import JackClient
 from bridge.jack_rig import JackServer, Probe
 from models.core.exceptions import BridgeError
 
 pytestmark = pytest.mark.jack
-needs_native = pytest.mark.skipif(not jack_native.available(),
+needs_native = pytest.mark.skipif(not jack.available(),
                                   reason="the native JACK client is not built (no C compiler "
                                          "at install time)")
 
@@ -153,9 +154,9 @@ def test_open_ports_uses_one_client_and_connects_to_named_ports(jack_server):
     inbox = Inbox()
     daw = JackClient("fake-daw", "midi in", "midi out", callback=inbox)
     heard = Inbox()
-    opened = ports.open_ports("jack", in_name="melodyd in", out_name="melodyd out",
-                              connect_in="fake-daw:midi out", connect_out="fake-daw:midi in",
-                              callback=heard)
+    opened = system.open_ports("jack", in_name="melodyd in", out_name="melodyd out",
+                               connect_in="fake-daw:midi out", connect_out="fake-daw:midi in",
+                               callback=heard)
     try:
         assert opened.driver == "native"
         assert opened.input.name.endswith(":melodyd in")
@@ -179,15 +180,15 @@ def test_open_ports_uses_one_client_and_connects_to_named_ports(jack_server):
 @needs_native
 def test_open_ports_names_the_missing_port(jack_server):
     with pytest.raises(BridgeError, match="no input ports match 'nowhere'"):
-        ports.open_ports("jack", in_name="melodyd in", out_name="melodyd out",
-                         connect_in="nowhere", connect_out="", callback=Inbox())
+        system.open_ports("jack", in_name="melodyd in", out_name="melodyd out",
+                          connect_in="nowhere", connect_out="", callback=Inbox())
 
 
 def test_open_ports_falls_back_to_rtmidi_when_not_built(jack_server, monkeypatch, caplog):
-    monkeypatch.setattr(jack_native, "available", lambda: False)
-    with caplog.at_level(logging.INFO, logger="bridge.ports"):
-        opened = ports.open_ports("jack", in_name="fallback in", out_name="fallback out",
-                                  connect_in="", connect_out="", callback=Inbox())
+    monkeypatch.setattr(jack, "available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="bridge.drivers.system"):
+        opened = system.open_ports("jack", in_name="fallback in", out_name="fallback out",
+                                   connect_in="", connect_out="", callback=Inbox())
     try:
         assert opened.driver == "rtmidi"
         assert "not built" in caplog.text
@@ -196,9 +197,9 @@ def test_open_ports_falls_back_to_rtmidi_when_not_built(jack_server, monkeypatch
 
 
 def test_rtmidi_can_be_chosen(jack_server):
-    opened = ports.open_ports("jack", in_name="chosen in", out_name="chosen out",
-                              connect_in="", connect_out="", callback=Inbox(),
-                              jack_client="rtmidi")
+    opened = system.open_ports("jack", in_name="chosen in", out_name="chosen out",
+                               connect_in="", connect_out="", callback=Inbox(),
+                               jack_client="rtmidi")
     try:
         assert opened.driver == "rtmidi"
     finally:
@@ -258,7 +259,7 @@ def test_library_is_built_where_a_compiler_exists():
     (else every test above skips without anyone noticing)."""
     if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
         pytest.skip("no C compiler: melodyd uses python-rtmidi's JACK ports here")
-    assert jack_native.LIBRARY.exists(), "reinstall melodyd (pip install -e .) to build it"
+    assert jack.LIBRARY.exists(), "reinstall melodyd (pip install -e .) to build it"
 
 
 @needs_native

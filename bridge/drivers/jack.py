@@ -1,14 +1,18 @@
-"""melodyd's own JACK MIDI client (``bridge/native/jackmidi.c``), loaded with ctypes.
+"""The native JACK driver: melodyd's own JACK MIDI client (``bridge/native/jackmidi.c``),
+loaded with ctypes, and the two ports of the port interface on it.
 
 One JACK client owns both ports, its real-time callback never runs Python, and output
 events land on the frame of their deadline instead of at the start of the next cycle
 (see the C file for why python-rtmidi and JACK-Client do not do this). The library is
 built when melodyd is installed (``hatch_build.py``); where it could not be built or
-libjack is missing, ``available()`` is false and ``bridge.ports`` uses python-rtmidi.
+libjack is missing, ``available()`` is false and ``bridge.drivers.system`` uses
+python-rtmidi.
 
 Incoming events wait in the C ring until a reader thread, woken through a pipe, turns
 them into ``mido.Message`` objects and hands each to the callback with its arrival time
 on ``time.monotonic()`` (the time of its frame, not of the wake-up).
+
+The note guardian uses ``JackClient`` on its own; this module never loads python-rtmidi.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from typing import Any
 
 import mido
 
+from bridge.drivers.base import CLIENT_NAME, InputCallback, InputPort, OutputPort, Ports, find_port
 from models.core.exceptions import BridgeError
 
 logger = logging.getLogger(__name__)
 
-LIBRARY = Path(__file__).parent / "native" / "libmelodyd_jack.so"
+LIBRARY = Path(__file__).parent.parent / "native" / "libmelodyd_jack.so"
 LIBJACK_NAMES = ("libjack.so.0", "libjack.so")
 ERROR_BYTES = 256
 # Hand events to the client this much before their deadline, on top of one period: the
@@ -43,8 +48,6 @@ READER_JOIN_S = 2.0
 # melodyd's exit, but a clean stop must never drop its releases.
 DRAIN_MARGIN_S = 0.25
 DRAIN_PERIODS = 4
-
-InputCallback = Callable[[mido.Message, float], None]
 
 
 class _Api:
@@ -282,3 +285,94 @@ class JackClient:
             self._callback(message, when)
         except Exception:  # one bad message must not end input for good
             logger.exception("MIDI input callback failed on %s", message)
+
+
+# ---------------------------------------------------------------------- the port interface
+class JackInput(InputPort):
+    """The input side of a ``JackClient`` (closing it closes the client)."""
+
+    def __init__(self, client: JackClient) -> None:
+        super().__init__(client.input_name)
+        self.client = client
+
+    def check(self) -> None:
+        """Raise once the JACK server has shut the client down.
+
+        Raises:
+            BridgeError: the server stopped.
+        """
+        _check_server(self.client)
+
+    def _close(self) -> None:
+        # No Python runs in JACK's thread, so closing cannot deadlock against a callback.
+        self.client.close()
+
+
+class JackOutput(OutputPort):
+    """The output side of a ``JackClient``: ``send_at`` places a message on the frame of
+    its time when it is handed over one period (plus a margin) ahead."""
+
+    def __init__(self, client: JackClient) -> None:
+        super().__init__(client.output_name, send_ahead_s=client.send_ahead_s)
+        self.client = client
+
+    def check(self) -> None:
+        """Raise once the JACK server has shut the client down.
+
+        Raises:
+            BridgeError: the server stopped.
+        """
+        _check_server(self.client)
+
+    def jack_name(self) -> str:
+        """The full JACK name: the client knows it."""
+        return self.name
+
+    def _send(self, message: mido.Message) -> None:
+        self.client.send(message)  # in the next JACK cycle
+
+    def _send_at(self, message: mido.Message, when: float) -> None:
+        self.client.send(message, when)  # on the frame of ``when``
+
+    def _close(self) -> None:
+        self.client.close()  # waits (bounded) until JACK has taken what is queued
+
+
+def _check_server(client: JackClient) -> None:
+    if client.shut_down:
+        raise BridgeError("the JACK server stopped; start it again, then melodyd")
+
+
+def open_jack_ports(*, in_name: str, out_name: str, connect_in: str, connect_out: str,
+                    callback: InputCallback, clock_batch: int = 1) -> Ports:
+    """Both ports on one ``JackClient``; connected to existing ports if named.
+
+    The ports always exist under their own names; ``connect_in``/``connect_out`` add a
+    JACK connection from/to the named port (which is what rtmidi does on JACK, too).
+
+    Args:
+        clock_batch: MIDI clock ticks reach ``callback`` in batches of this many.
+
+    Raises:
+        BridgeError: the library is not available, no server runs, or a named port does
+            not exist.
+    """
+    client = JackClient(CLIENT_NAME, in_name, out_name, callback=callback,
+                        clock_batch=clock_batch)
+    try:
+        # Output first: when the DAW both feeds and records melodyd, JACK delays the
+        # connection that closes that loop by one period, and it should not be ours.
+        if connect_out:
+            own = {client.input_name}
+            names = [n for n in client.list_ports(readable=False) if n not in own]
+            client.connect(client.output_name, find_port(connect_out, names, "output"))
+        if connect_in:
+            own = {client.output_name}
+            names = [n for n in client.list_ports(readable=True) if n not in own]
+            client.connect(find_port(connect_in, names, "input"), client.input_name)
+    except BridgeError:
+        client.close()
+        raise
+    logger.info("listening on %r, playing on %r (jack, melodyd's own client, %.2f ms period)",
+                client.input_name, client.output_name, client.period_s * 1000)
+    return Ports("jack", JackInput(client), JackOutput(client), driver="native")

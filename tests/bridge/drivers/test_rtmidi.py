@@ -1,0 +1,86 @@
+"""The python-rtmidi driver on a real JACK server (its ports on ALSA, CoreMIDI and Windows
+behave the same through python-rtmidi, but this machine has only JACK)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import mido
+import pytest
+
+from bridge.drivers.rtmidi import RtmidiOutput, open_rtmidi_ports, port_names
+
+pytestmark = pytest.mark.jack
+
+
+class Inbox:
+    """A callback that keeps ``(arrival time, message)``."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, mido.Message]] = []
+
+    def __call__(self, message: mido.Message, t: float) -> None:
+        self.items.append((t, message))
+
+    def wait(self, count: int, timeout: float = 5.0) -> list[tuple[float, mido.Message]]:
+        end = time.monotonic() + timeout
+        while len(self.items) < count and time.monotonic() < end:
+            time.sleep(0.01)
+        return list(self.items)
+
+
+@pytest.fixture
+def ports(jack_server):
+    inbox = Inbox()
+    opened = open_rtmidi_ports("jack", in_name="rt in", out_name="rt out", connect_in="",
+                               connect_out="", callback=inbox)
+    yield opened, inbox
+    opened.close()
+
+
+def test_messages_arrive_with_their_time_and_the_output_knows_its_jack_name(ports):
+    opened, inbox = ports
+    assert opened.driver == "rtmidi" and opened.output.send_ahead_s == 0.0
+    writable = port_names("jack")[1]
+    (target,) = [n for n in writable if n.endswith(":rt in")]
+    player = RtmidiOutput("jack", target, virtual=False)
+    try:
+        before = time.monotonic()
+        player.send(mido.Message("note_on", note=60, velocity=90))
+        player.send(mido.Message("clock"))  # timing messages are kept
+        got = inbox.wait(2)
+        assert [m.type for _, m in got] == ["note_on", "clock"]
+        assert all(before <= t <= time.monotonic() for t, _ in got)
+    finally:
+        player.close()
+    name = opened.output.jack_name()
+    assert name is not None and name.endswith(":rt out") and name.startswith("melodyd-")
+
+
+def test_closing_while_messages_pour_in_does_not_deadlock(ports):
+    """rtmidi's callback needs the GIL on JACK's thread while closing waits for that
+    thread: the driver cancels the callback first."""
+    opened, inbox = ports
+    (target,) = [n for n in port_names("jack")[1] if n.endswith(":rt in")]
+    player = RtmidiOutput("jack", target, virtual=False)
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            player.send(mido.Message("clock"))
+            time.sleep(0.0005)
+
+    flooding = threading.Thread(target=flood, daemon=True)
+    flooding.start()
+    try:
+        assert inbox.wait(20)
+        closing = threading.Thread(target=opened.close, daemon=True)
+        closing.start()
+        closing.join(5.0)
+        assert not closing.is_alive(), "closing the input deadlocked"
+        assert opened.input.closed
+    finally:
+        stop.set()
+        flooding.join(2.0)
+        player.close()
