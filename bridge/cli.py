@@ -1,36 +1,31 @@
 """``melodyd``: the jam daemon, and ``melodyd COMMAND`` for registered subcommands.
 
 ``melodyd engine ...`` (and any other command in the ``melodyd.commands`` entry-point
-group) is dispatched without importing the engine here. Everything else starts the
-daemon: it opens MIDI ports, starts (or connects to) an engine, and plays until SIGINT or
-SIGTERM, releasing every note on the way out.
+group) is dispatched without importing the engine here. Everything else is the daemon:
+this module turns the flags into settings and a choice of models, and ``bridge.app.Melodyd``
+opens MIDI ports, starts (or connects to) an engine, and plays until SIGINT or SIGTERM,
+releasing every note on the way out.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import time
 from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from models.core.commands import command_entry_points, configure_logging, run_command
 from models.core.exceptions import BridgeError, MelodyError
 from models.core.paths import styles_directory as resolve_styles_directory
-from models.core.settings import Settings, load_settings, parse_time_signature
-
-if TYPE_CHECKING:  # annotations only: the daemon's modules load when it runs
-    from bridge.guardian import Guardian
+from models.core.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
 
 HOW_TO_MAKE = ("make one with `melody export CHECKPOINT -o models/pretrained/NAME.onnx "
                "--style NAME`, or pass --model PATH.onnx")
-GIL_SWITCH_INTERVAL_S = 0.001  # see run_daemon
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,92 +133,29 @@ def list_ports_command(settings: Settings) -> int:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    """Start the parts in order, serve, stop them in reverse.
+    """Settings from the flags, then the daemon (``bridge.app.Melodyd``) until it stops.
 
     Raises:
         MelodyError: bad settings, no MIDI system, missing model, unreachable engine.
     """
     # Imported here so `melodyd engine` and `melodyd --help` never load MIDI libraries.
-    from bridge.client import CurveClientKeys, EngineClient  # noqa: PLC0415
-    from bridge.clock import InternalClock, MidiClock  # noqa: PLC0415
-    from bridge.daemon import Daemon  # noqa: PLC0415
-    from bridge.drivers.system import choose_backend, open_ports  # noqa: PLC0415
-    from bridge.engine_child import EngineChild  # noqa: PLC0415
-    from bridge.guardian import start_guardian  # noqa: PLC0415 - native client
-    from bridge.listener import CLOCK_WAKE_EVERY, InputQueue  # noqa: PLC0415
+    from bridge.app import Melodyd  # noqa: PLC0415
+    from bridge.client import CurveClientKeys  # noqa: PLC0415
 
     settings = settings_from_args(args)
     if args.list_ports:
         return list_ports_command(settings)
-    # rtmidi's callback (on JACK's thread) and the scheduler both need the GIL to stamp a
-    # tick or send a note; with Python's default 5 ms switch interval a busy thread can
-    # hold them back that long. The daemon is I/O-bound, so a 1 ms interval costs little.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    signature = parse_time_signature(settings.clock.time_signature)
     curve = CurveClientKeys.from_dir(args.engine_keys) if args.engine_keys else None
-    child = None
     if settings.engine.connect:
         if args.model:
             raise BridgeError("--model runs a model in melodyd's own engine; with --engine the "
                               "remote engine serves its models: choose one with --style")
         # A remote engine serves its own set; ask for the configured default unless told.
-        address, style = settings.engine.connect, args.style or settings.styles.default
+        app = Melodyd(settings, style=args.style or settings.styles.default, curve=curve)
     else:
         models, style = choose_models(args, settings)
-        child = EngineChild(models, verbose=args.verbose)
-    midi = settings.midi
-    backend = choose_backend(midi.backend)
-    inputs = InputQueue()
-    ports = None
-    guardian: Guardian | None = None
-    try:
-        if child is not None:
-            child.start()  # loads while we open ports
-            address = child.address
-        ports = open_ports(backend, in_name=midi.in_port, out_name=midi.out_port,
-                           connect_in=midi.connect_in, connect_out=midi.connect_out,
-                           callback=inputs.callback, jack_client=midi.jack_client,
-                           clock_batch=CLOCK_WAKE_EVERY)
-        guardian = start_guardian(ports)
-        if settings.clock.source == "internal":
-            clock = InternalClock(settings.clock.bpm, signature)
-            origin = time.monotonic()
-            clock.start(origin)
-            logger.info("clock: internal, %.1f BPM, %d/%d, beat 0 at monotonic %.6f",
-                        settings.clock.bpm, *signature, origin)
-        else:
-            clock = MidiClock(signature, settings.clock.smoothing_ticks, settings.clock.bpm)
-            logger.info("clock: following MIDI clock on %r (%d/%d); start the DAW's transport",
-                        ports.input.name, *signature)
-        daemon = Daemon(settings, clock, output=ports.output,
-                        client=EngineClient(address, curve=curve), style=style, inputs=inputs)
-        opened = ports
-
-        def supervise() -> None:
-            opened.check()  # the MIDI system went away: stop with a clear error
-            if child is not None and child.check():  # it died (and is restarted)
-                daemon.client.lose("the engine child exited")
-
-        daemon.supervise = supervise
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            logger.info("received %s, stopping", signal.Signals(signum).name)
-            daemon.stop()
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            daemon.run()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    finally:
-        if ports is not None:
-            ports.close()  # the releases have left: the guardian has nothing to do
-        if guardian is not None:
-            guardian.stop()
-        if child is not None:
-            child.stop()
-        inputs.close()
+        app = Melodyd(settings, style=style, models=models, curve=curve, verbose=args.verbose)
+    app.run()
     return 0
 
 

@@ -71,9 +71,9 @@ class EngineClient:
 
     Attributes:
         address: the engine's zmq address, e.g. ``tcp://127.0.0.1:5757``.
-        state: ``"connecting"`` (never answered), ``"up"`` or ``"lost"``.
-        on_up: called when the engine answers for the first time or after a loss.
-        on_lost: called when the engine stops answering.
+        state: ``"connecting"`` (never answered), ``"up"`` or ``"lost"``; each call
+            changes it at most once, so its owner sees every change by looking after
+            each ``receive``, ``service`` and ``lose``.
 
     Args:
         curve: keys for an engine served with CURVE (any non-loopback address).
@@ -85,8 +85,6 @@ class EngineClient:
                  curve: CurveClientKeys | None = None) -> None:
         self.address = address
         self.state = "connecting"
-        self.on_up: Callable[[], None] = lambda: None
-        self.on_lost: Callable[[], None] = lambda: None
         self._context = context or zmq.Context.instance()
         self._ping_interval = ping_interval
         self._loss_timeout = loss_timeout
@@ -180,12 +178,11 @@ class EngineClient:
             if self.state != "up":
                 self.state = "up"
                 logger.info("engine at %s is up", self.address)
-                self.on_up()
         return replies
 
     def lose(self, reason: str) -> None:
         """Declare the engine lost now: report it, throw the socket away (nothing stale
-        reaches its successor) and reconnect; ``on_up`` fires when it answers again.
+        reaches its successor) and reconnect; ``state`` is ``"up"`` again once it answers.
 
         Called on silence by ``service``, and by whoever knows sooner (the engine child
         that died and was restarted faster than the silence timeout).
@@ -196,7 +193,6 @@ class EngineClient:
         logger.warning("engine at %s lost (%s); reconnecting", self.address, reason)
         self.close()
         self.open()
-        self.on_lost()
 
     def service(self) -> float:
         """Send a due ping, detect a lost engine; returns seconds until the next call."""

@@ -1,10 +1,11 @@
 """The melodyd daemon's brain: one thread that listens, decides, asks and schedules.
 
 It owns the engine socket and everything that is not thread-safe (seed window, policy,
-requests). It sleeps in one ``zmq.Poller`` on the engine socket and the input queue's
-wake-up pipe, with a timeout at the next thing due (a heartbeat, the end of a phrase's
-silence, a bar line in accompany mode, the status line), so an idle daemon wakes only a
-few times a second. The scheduler thread plays what it schedules.
+requests). Each ``turn`` sleeps in one ``zmq.Poller`` on the engine socket and the input
+queue's wake-up pipe, with a timeout at the next thing due (a heartbeat, the end of a
+phrase's silence, a bar line in accompany mode, the status line), so an idle daemon wakes
+only a few times a second. The scheduler thread plays what it schedules. The parts it
+uses are started and stopped by ``bridge.app.Melodyd``, which also runs the turns.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import mido
@@ -23,7 +22,6 @@ import zmq
 from bridge.client import EngineClient
 from bridge.clock import Clock, MidiClock
 from bridge.controls import ControlMap
-from bridge.drivers.base import OutputPort
 from bridge.listener import InputQueue
 from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
 from bridge.requests import generate_fields
@@ -52,13 +50,13 @@ class Daemon:
     Args:
         settings: every section of the config (flags already applied).
         clock: the beat timeline (an ``InternalClock`` already started, or a ``MidiClock``).
-        output: the port answers are played on.
-        client: the engine client (opened by ``run``).
+        scheduler: plays the answers (started before the first turn).
+        client: the engine client (opened before the first turn).
         style: the style to ask for; ``None`` takes the engine's first style.
         inputs: the queue the input port's callback feeds.
     """
 
-    def __init__(self, settings: Settings, clock: Clock, *, output: OutputPort,
+    def __init__(self, settings: Settings, clock: Clock, *, scheduler: Scheduler,
                  client: EngineClient, style: str | None, inputs: InputQueue) -> None:
         self.settings = settings
         self.clock = clock
@@ -77,60 +75,48 @@ class Daemon:
                                        clock.bar_length, inter.barge_in)
         self.accompany = AccompanyPolicy(clock.bar_length, inter.seed_bars)
         self.controls = ControlMap(settings.midi)
-        self.scheduler = Scheduler(output, clock, channel=settings.midi.output_channel - 1,
-                                   late_drop_s=settings.midi.late_drop_ms / 1000.0,
-                                   lead_s=settings.midi.output_latency_ms / 1000.0)
+        self.scheduler = scheduler
         self.status = StatusLine()
         self._responses: dict[str, Response] = {}
         self._answer: str | None = None  # the running call-and-response answer
-        self._stop = threading.Event()
         self._next_status = 0.0
-        # Called once per loop turn (at least every heartbeat), e.g. to restart a crashed
-        # engine child.
-        self.supervise: Callable[[], None] | None = None
-        client.on_up = self._engine_up
-        client.on_lost = self._engine_lost
+        self._engine_state = "connecting"  # the client's state when last looked at
+        self._poller = zmq.Poller()
+        self._poller.register(inputs.wake_fd, zmq.POLLIN)
+        self._polled: zmq.Socket | None = None  # the engine socket in the poller
 
-    # ----------------------------------------------------------------- lifecycle
-    def stop(self) -> None:
-        """Ask ``run`` to return (safe from signal handlers and other threads)."""
-        self._stop.set()
-        self.inputs.wake()
+    # ----------------------------------------------------------------- the loop
+    def turn(self) -> None:
+        """One turn: sleep until something is due or arrives (at most ``MAX_WAIT_S``),
+        then handle the MIDI input, the engine's replies, the policy and the status."""
+        until_ping = self.client.service()
+        self._follow_engine()
+        socket = self.client.socket
+        if socket is not self._polled:  # replaced after an engine loss
+            if self._polled is not None:
+                self._poller.unregister(self._polled)
+            self._poller.register(socket, zmq.POLLIN)
+            self._polled = socket
+        timeout = min(until_ping, self._policy_wait(), self._status_wait())
+        self._poller.poll(max(0, math.ceil(timeout * 1000)))
+        for t, message in self.inputs.drain():
+            self._on_midi(t, message)
+        replies = self.client.receive()
+        self._follow_engine()
+        for reply in replies:
+            self._on_reply(reply)
+        self._check_policy()
+        self._show_status()
 
-    def run(self) -> None:
-        """Serve until ``stop``; every way out releases all notes."""
-        self.scheduler.start()
-        self.client.open()
-        try:
-            self._loop()
-        finally:
-            self.scheduler.stop()  # note-offs, CC 123, CC 64 = 0
-            self.client.close()
-            self.status.clear()
-            stats = self.scheduler.stats
-            # The last word on what was played (bench/live.py reads it after stopping us).
-            logger.info("stopped: notes sent %d dropped %d", stats.sent, stats.dropped)
+    def engine_replaced(self, reason: str) -> None:
+        """The engine process died and another took its place: what it was generating is
+        lost, even if the new one answers before any silence shows."""
+        self.client.lose(reason)
+        self._follow_engine()
 
-    def _loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.inputs.wake_fd, zmq.POLLIN)
-        registered = None
-        while not self._stop.is_set():
-            if registered is not self.client.socket:  # replaced after an engine loss
-                if registered is not None:
-                    poller.unregister(registered)
-                registered = self.client.socket
-                poller.register(registered, zmq.POLLIN)
-            timeout = min(self.client.service(), self._policy_wait(), self._status_wait())
-            poller.poll(max(0, math.ceil(timeout * 1000)))
-            for t, message in self.inputs.drain():
-                self._on_midi(t, message)
-            for reply in self.client.receive():
-                self._on_reply(reply)
-            self._check_policy()
-            self._show_status()
-            if self.supervise is not None:
-                self.supervise()
+    def close(self) -> None:
+        """End the status line (the last turn has run)."""
+        self.status.clear()
 
     # ----------------------------------------------------------------- MIDI input
     def _on_midi(self, t: float, msg: mido.Message) -> None:
@@ -327,8 +313,16 @@ class Daemon:
         self.scheduler.panic(reason)
         logger.info("%s: all notes released", reason)
 
-    def _engine_up(self) -> None:
-        self.client.send("hello")
+    def _follow_engine(self) -> None:
+        """Act on the engine coming up (ask what it serves) or going away (release)."""
+        state = self.client.state
+        if state == self._engine_state:
+            return
+        self._engine_state = state
+        if state == "up":
+            self.client.send("hello")
+        elif state == "lost":
+            self._engine_lost()
 
     def _engine_lost(self) -> None:
         for response in self._responses.values():

@@ -2,7 +2,8 @@
 
 The ROUTER answers per docs/protocol.md (hello, pong, notes + done, cancel), so the
 daemon's decisions (when to ask, what to cancel, when to release) are tested without a
-MIDI system or a model. The real engine and JACK are in test_jack_e2e.py.
+MIDI system or a model. The application around it is in test_app.py; the real engine and
+JACK are in test_jack_e2e.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import mido
 import pytest
@@ -21,6 +23,7 @@ from bridge.client import EngineClient
 from bridge.clock import InternalClock
 from bridge.daemon import Daemon, follow_dynamics
 from bridge.listener import InputQueue
+from bridge.scheduler import Scheduler
 from models.core.settings import Settings
 
 BPM = 600.0  # 0.1 s per beat, 0.4 s per bar: the tests stay short
@@ -88,7 +91,14 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
 
 
 @pytest.fixture
-def rig():
+def between_turns() -> list[Callable[[], None]]:
+    """Jobs the rig runs on the daemon's thread after each turn (as bridge.app checks the
+    MIDI system and the engine child)."""
+    return []
+
+
+@pytest.fixture
+def rig(between_turns):
     engine = FakeEngine()
     settings = Settings()
     settings = dataclasses.replace(
@@ -102,13 +112,28 @@ def rig():
     port = FakeOutput()
     inputs = InputQueue()
     client = EngineClient(engine.address, ping_interval=0.1, loss_timeout=0.6)
-    daemon = Daemon(settings, clock, output=port, client=client, style=None, inputs=inputs)
-    thread = threading.Thread(target=daemon.run, daemon=True)
+    scheduler = Scheduler.for_settings(port, clock, settings.midi)
+    daemon = Daemon(settings, clock, scheduler=scheduler, client=client, style=None,
+                    inputs=inputs)
+    stop = threading.Event()
+
+    def serve() -> None:  # what bridge.app.Melodyd does, without the ports and the child
+        while not stop.is_set():
+            daemon.turn()
+            for job in list(between_turns):
+                job()
+
+    client.open()
+    scheduler.start()
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     assert wait_for(lambda: daemon.style == "fake")
     yield daemon, engine, port, inputs, clock
-    daemon.stop()
+    stop.set()
+    inputs.wake()
     thread.join(5)
+    scheduler.stop()
+    client.close()
     engine.close()
     inputs.close()
 
@@ -187,22 +212,22 @@ def test_engine_loss_releases_and_recovers(rig):
     assert wait_for(lambda: len(engine.of_type("generate")) > before)
 
 
-def test_engine_replaced_mid_answer_is_reported_at_once(rig, caplog):
+def test_engine_replaced_mid_answer_is_reported_at_once(rig, between_turns, caplog):
     """A private engine that dies and is restarted answers pings again before any silence
-    shows: the supervisor declares the loss, and the abandoned answer is logged."""
+    shows: the application declares the loss, and the abandoned answer is logged."""
     daemon, engine, port, inputs, clock = rig
     engine.hold_done = True
     play_phrase(inputs, clock)
     assert wait_for(lambda: 62 in daemon.scheduler.sounding())
     declared = []
 
-    def supervise() -> None:  # runs on the daemon's thread, like bridge.cli's supervisor
+    def replaced() -> None:  # on the daemon's thread, as bridge.app checks its child
         if not declared:
             declared.append(True)
-            daemon.client.lose("the engine child exited")
+            daemon.engine_replaced("the engine child exited")
 
     with caplog.at_level("WARNING"):
-        daemon.supervise = supervise
+        between_turns.append(replaced)
         assert wait_for(lambda: not daemon.scheduler.sounding())
     assert sounding_after(port.messages()) == set()
     lines = [r.getMessage() for r in caplog.records]
@@ -261,8 +286,8 @@ def test_song_position_elsewhere_starts_a_fresh_seed_window():
     clock = MidiClock()
     inputs = InputQueue()
     client = EngineClient("tcp://127.0.0.1:9", ping_interval=0.1, loss_timeout=0.6)
-    daemon = Daemon(Settings(), clock, output=FakeOutput(), client=client, style=None,
-                    inputs=inputs)
+    daemon = Daemon(Settings(), clock, scheduler=Scheduler(FakeOutput(), clock), client=client,
+                    style=None, inputs=inputs)
     t = time.monotonic()
     daemon._on_clock(t, mido.Message("start"))
     for k in range(4 * 24):  # one bar at 120 BPM

@@ -13,6 +13,7 @@ from bridge.daemon import Daemon
 from bridge.drivers.base import OutputPort
 from bridge.listener import InputQueue
 from bridge.policy import Trigger
+from bridge.scheduler import Scheduler
 from bridge.seed import SeedWindow
 from engine.decoder import StyleDecoder
 from engine.model import load_model
@@ -122,7 +123,6 @@ class _RecordingClient:
 
     def __init__(self) -> None:
         self.sent: list[dict] = []
-        self.on_up = self.on_lost = None
 
     def generate(self, **fields: object) -> str:
         self.sent.append(json.loads(json.dumps(fields)))
@@ -147,7 +147,8 @@ def test_the_harness_request_is_the_daemons(tiny_onnx_model):
     call = CALLS["c_major"]
     (made,) = simulate(call, settings)
     client = _RecordingClient()
-    daemon = Daemon(settings, InternalClock(120.0), output=_NullOutput(), client=client,
+    clock = InternalClock(120.0)
+    daemon = Daemon(settings, clock, scheduler=Scheduler(_NullOutput(), clock), client=client,
                     style="tiny", inputs=InputQueue())
     daemon._style_facts = {"tiny": {"pitch_min": 30, "pitch_max": 90}}
     daemon.seed = SeedWindow(settings.interaction.seed_bars, call.bar_length)
