@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import mido
 import pytest
 from bridge_fakes import FakeOutput
 
 from bridge.drivers.base import InputPort, Ports, find_port
 from models.core.exceptions import BridgeError
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class FakeInput(InputPort):
@@ -92,3 +98,13 @@ def test_find_port_errors_list_what_exists():
         find_port("loopMIDI", ["loopMIDI A", "loopMIDI B"], "output")
     with pytest.raises(BridgeError, match="available: 'x'"):
         find_port("melodyd", ["x"], "input")
+
+
+def test_the_guardian_loads_the_jack_driver_without_rtmidi():
+    """The guardian process (bridge.guardian) imports the JACK driver only: a package
+    ``__init__`` or a base module that pulled in python-rtmidi would start a MIDI system
+    probe in a process that must stay tiny."""
+    code = "import sys, bridge.guardian; print('rtmidi' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, check=True)
+    assert result.stdout.strip() == "False"
