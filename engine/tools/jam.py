@@ -31,11 +31,12 @@ from bridge.requests import generate_fields
 from bridge.seed import SeedWindow
 from engine.decoder import StyleDecoder
 from engine.streams import vocabulary_pitch_range
-from models.analysis.music_stats import estimate_key, mean_pitch, rhythmic_similarity
+from models.analysis.music_stats import mean_pitch, rhythmic_similarity
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest
 from models.core.protocol.wire import PROTOCOL_VERSION, parse_request
 from models.core.settings import Settings
+from models.core.tonality import estimate_key
 
 NEAR_SILENT_PER_BAR = 1.0  # an answer with fewer notes per bar is no answer
 DENSITY_BAND = (0.5, 2.0)  # answer/call notes per bar counted as "following the density"

@@ -24,7 +24,6 @@ from engine.cache import window_feeds
 from engine.decoder import StyleDecoder
 from engine.model import LoadedModel, ort_errors
 from models.analysis.music_stats import (
-    estimate_key,
     histogram_distance,
     key_relative_histogram,
     note_density,
@@ -35,6 +34,7 @@ from models.analysis.style_classifier import MIN_SEGMENT_NOTES, Segment, decode_
 from models.core.exceptions import EngineError
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest, SamplingParams
+from models.core.tonality import estimate_key
 
 logger = logging.getLogger(__name__)
 

@@ -87,7 +87,7 @@ def test_rhythmic_similarity_compares_onset_positions_in_the_bar():
 
 
 def test_synthetic_calls_are_in_their_keys_meters_and_densities():
-    from models.analysis.music_stats import estimate_key  # noqa: PLC0415
+    from models.core.tonality import estimate_key  # noqa: PLC0415
 
     assert estimate_key(CALLS["c_major"].notes).name == "C major"
     assert estimate_key(CALLS["key_A_minor"].notes).name == "A minor"
