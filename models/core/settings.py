@@ -270,6 +270,7 @@ class TrainSettings:
     finetune_steps: int = setting(2_000, low=1)
     finetune_lr: float = setting(3e-4, low=0.0, high=1.0)
     balance_styles: bool = setting(True)
+    balance_power: float = setting(0.5, low=0.0, high=1.0)
     style_dropout: float = setting(0.1, low=0.0, high=1.0)
 
 
