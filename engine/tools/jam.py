@@ -274,21 +274,24 @@ def decode(decoder: StyleDecoder, request: GenerateRequest, session: str,
     notes: list[Note] = []
     total_lp, count = 0.0, 0
     first_s = first_onset = None
-    while not gen.done:
+
+    def drawn_from() -> np.ndarray | None:
         # The logits the next token is drawn from; a step that runs a prompt chunk samples
         # nothing, and a sampled token lands at the end of the stream.
-        sampling = not gen.prefill_rest
-        logits = None if gen.logits is None else np.array(gen.logits, copy=True)
-        before = gen.tokens
-        decoder.step([gen])
-        if sampling and logits is not None and gen.tokens > before:
+        if gen.prefill_rest or gen.logits is None:
+            return None
+        return np.array(gen.logits, copy=True)
+
+    logits, before = drawn_from(), gen.tokens
+    for (fresh,) in decoder.iter_steps([gen]):
+        if logits is not None and gen.tokens > before:
             total_lp += _log_prob(logits, gen.stream[-1])
             count += 1
-        fresh = gen.drain_notes()
         if fresh and first_s is None:
             first_s = time.perf_counter() - started
             first_onset = min(n.onset for n in fresh)
         notes.extend(fresh)
+        logits, before = drawn_from(), gen.tokens
     return Decoded(notes, gen.reason or "", gen.tokens, total_lp / count if count else None,
                    first_s, first_onset, time.perf_counter() - started)
 
