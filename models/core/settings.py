@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from models.core.exceptions import ConfigError
+from models.core.meter import parse_time_signature
 from models.core.paths import default_config_path
 
 if sys.version_info >= (3, 11):
@@ -27,7 +28,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-TOKEN_MAX_DENOMINATOR = 16  # the largest time-signature denominator the vocabulary has
 # Style names travel in protocol messages, file names and token configurations.
 _STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -95,13 +95,9 @@ class TokensSettings:
                 raise ConfigError(f"[tokens] time_signatures holds strings like \"3/4\" "
                                   f"(received {text!r})")
             try:
-                denominator = parse_time_signature(text)[1]
-            except ConfigError as err:
+                parse_time_signature(text)
+            except ValueError as err:
                 raise ConfigError(f"[tokens] time_signatures: {err}") from err
-            # MidiTok's time-signature tokens stop at sixteenth-note denominators.
-            if denominator > TOKEN_MAX_DENOMINATOR:
-                raise ConfigError(f"[tokens] time_signatures: denominators go up to "
-                                  f"{TOKEN_MAX_DENOMINATOR} (received {text!r})")
         self._check_styles()
 
     def _check_styles(self) -> None:
@@ -175,8 +171,11 @@ class ClockSettings:
     smoothing_ticks: int = setting(24, low=2, high=96)
 
     def check(self) -> None:
-        """Reject a time signature that is not ``N/D`` with D a power of two."""
-        parse_time_signature(self.time_signature)
+        """Reject a time signature the engine would refuse (``models.core.meter``)."""
+        try:
+            parse_time_signature(self.time_signature)
+        except ValueError as err:
+            raise ConfigError(f"[clock] time_signature: {err}") from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,22 +223,6 @@ class StylesSettings:
 
     default: str = setting("romantic")
     directory: str = setting("")
-
-
-def parse_time_signature(text: str) -> tuple[int, int]:
-    """``"6/8"`` -> ``(6, 8)``.
-
-    Raises:
-        ConfigError: not ``N/D`` with N in 1-32 and D a power of two up to 32.
-    """
-    num, _, den = text.partition("/")
-    try:
-        pair = int(num), int(den)
-    except ValueError as err:
-        raise ConfigError(f"time signature must look like 4/4 (received {text!r})") from err
-    if not 1 <= pair[0] <= 32 or pair[1] not in (1, 2, 4, 8, 16, 32):
-        raise ConfigError(f"time signature must look like 4/4 (received {text!r})")
-    return pair
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.core.exceptions import ProtocolError
+from models.core.meter import DENOMINATORS, MAX_NUMERATOR, is_valid_time_signature
 from models.core.notes import ANY, ROLES, Note
 from models.core.protocol.messages import Constraints, GenerateRequest, SamplingParams
 
@@ -46,7 +47,6 @@ MAX_START_DISTANCE_BEATS = 1024.0
 # ``sys.get_int_max_str_digits()`` digits, which can be set as low as 640.
 MAX_INT_DIGITS = 600
 MAX_SAMPLING_SEED = 2**63 - 1
-VALID_DENOMINATORS = (1, 2, 4, 8, 16)
 
 REQUEST_TYPES = ("hello", "ping", "stats", "generate", "cancel")
 DONE_REASONS = ("complete", "eos", "cancelled", "superseded", "max_tokens")
@@ -351,16 +351,16 @@ def parse_constraints(value: Any) -> Constraints:
 
 
 def parse_time_signature(value: Any) -> tuple[int, int]:
-    """``[numerator, denominator]`` with a power-of-two denominator.
+    """``[numerator, denominator]``, by ``models.core.meter``'s rule.
 
     Raises:
         ProtocolError: ``invalid``.
     """
     if (not isinstance(value, list) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) for v in value)
-            or not 1 <= value[0] <= 32 or value[1] not in VALID_DENOMINATORS):
-        raise _invalid("time_signature must be [numerator 1-32, denominator 1/2/4/8/16] "
-                       f"(received {_short(value)})")
+            or not is_valid_time_signature(value[0], value[1])):
+        denominators = "/".join(str(d) for d in DENOMINATORS)
+        raise _invalid(f"time_signature must be [numerator 1-{MAX_NUMERATOR}, denominator "
+                       f"{denominators}] (received {_short(value)})")
     return value[0], value[1]
 
 
