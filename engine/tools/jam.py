@@ -33,8 +33,8 @@ from engine.decoder import StyleDecoder
 from engine.streams import vocabulary_pitch_range
 from models.analysis.music_stats import estimate_key, mean_pitch, rhythmic_similarity
 from models.core.notes import Note
+from models.core.protocol import PROTOCOL_VERSION, parse_request
 from models.core.protocol.messages import GenerateRequest
-from models.core.protocol.wire import PROTOCOL_VERSION, parse_request
 from models.core.settings import Settings
 
 NEAR_SILENT_PER_BAR = 1.0  # an answer with fewer notes per bar is no answer

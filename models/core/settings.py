@@ -21,6 +21,7 @@ from typing import Any, get_type_hints
 from models.core.exceptions import ConfigError
 from models.core.meter import parse_time_signature
 from models.core.paths import default_config_path
+from models.core.protocol import limits as protocol_limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -132,10 +133,11 @@ class EngineSettings:
     bind: str = setting("tcp://127.0.0.1:5757")
     curve_server_secret: str = setting("")
     curve_clients_dir: str = setting("")
-    max_message_bytes: int = setting(262_144, low=1024, high=16_777_216)
-    max_seed_notes: int = setting(2048, low=1, high=65_536)
-    max_active: int = setting(32, low=1, high=1024)
-    session_idle_s: float = setting(600.0, low=1.0, high=604_800.0)
+    max_message_bytes: int = setting(protocol_limits.MAX_MESSAGE_BYTES, low=1024,
+                                     high=16_777_216)
+    max_seed_notes: int = setting(protocol_limits.MAX_SEED_NOTES, low=1, high=65_536)
+    max_active: int = setting(protocol_limits.MAX_ACTIVE, low=1, high=1024)
+    session_idle_s: float = setting(protocol_limits.SESSION_IDLE_S, low=1.0, high=604_800.0)
     # Where `melodyd` finds an engine; empty = start a private engine child process.
     connect: str = setting("")
 

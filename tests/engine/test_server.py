@@ -30,12 +30,11 @@ from engine.decoder import StyleDecoder
 from engine.keys import CurveKeys, choose_security, is_local_endpoint, make_keys
 from engine.model import load_model
 from engine.server import EngineServer
+from models.core import protocol
 from models.core.commands import load_commands
 from models.core.exceptions import EngineError
 from models.core.notes import Note
-from models.core.protocol import wire as protocol
-from models.core.protocol.messages import GenerateRequest
-from models.core.protocol.wire import parse_generate
+from models.core.protocol import GenerateRequest, parse_generate
 from models.core.settings import EngineSettings
 
 RECV_TIMEOUT_MS = 20_000  # generous: the machine is shared; a hang still fails

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from models.core import protocol
 from models.core.exceptions import ConfigError, ProtocolError, TokenizerError
 from models.core.meter import (
     DENOMINATORS,
@@ -15,7 +16,6 @@ from models.core.meter import (
     is_valid_time_signature,
     parse_time_signature,
 )
-from models.core.protocol.wire import parse_time_signature as protocol_time_signature
 from models.core.settings import ClockSettings, TokensSettings, load_settings
 from models.core.tokenizer import _miditok_config
 
@@ -87,7 +87,7 @@ def test_settings_protocol_and_tokenizer_agree(numerator, denominator):
     except ConfigError:
         verdicts["tokens"] = False
     try:
-        protocol_time_signature([numerator, denominator])
+        protocol.fields.time_signature([numerator, denominator])
         verdicts["protocol"] = True
     except ProtocolError:
         verdicts["protocol"] = False
