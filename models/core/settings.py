@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from models.core.exceptions import ConfigError
+from models.core.exceptions import ConfigError, ProtocolError
 from models.core.meter import parse_time_signature
 from models.core.paths import default_config_path
+from models.core.protocol import fields as protocol_fields
 from models.core.protocol import limits as protocol_limits
+from models.core.protocol.messages import Constraints, SamplingParams
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -210,13 +212,46 @@ class SamplingSettings:
     max_polyphony: int = setting(0, low=0, high=16)
 
     def check(self) -> None:
-        """Cross-field rules: an ordered pitch range and pitch classes 0-11."""
+        """Cross-field rules: an ordered pitch range, pitch classes 0-11, and nothing the
+        engine would refuse in the ``sampling`` and ``constraints`` sent from this section
+        (checked by the protocol's own rules, e.g. ``top_p`` above 0, no repeated class)."""
         if self.pitch_min > self.pitch_max:
             raise ConfigError(f"[sampling] pitch_min must be <= pitch_max "
                               f"(received {self.pitch_min} > {self.pitch_max})")
         bad = [pc for pc in self.scale if not isinstance(pc, int) or not 0 <= pc <= 11]
         if bad:
             raise ConfigError(f"[sampling] scale holds pitch classes 0-11 (received {bad!r})")
+        try:
+            protocol_fields.sampling(self.sampling_params().to_json())
+            protocol_fields.constraints(self.constraints().to_json())
+        except ProtocolError as err:
+            # "sampling.top_p must be above 0.0 ..." -> "[sampling] top_p must be ..."
+            text = str(err).removeprefix("sampling.").removeprefix("constraints.")
+            raise ConfigError(f"[sampling] {text}; the engine would refuse it") from err
+
+    def sampling_params(self, temperature: float | None = None) -> SamplingParams:
+        """The protocol's ``sampling`` of this section (``seed`` -1 draws a fresh one).
+
+        Args:
+            temperature: the live temperature (a CC may have changed it); the section's
+                when ``None``.
+        """
+        return SamplingParams(
+            temperature=self.temperature if temperature is None else temperature,
+            top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+            seed=None if self.seed < 0 else self.seed)
+
+    def constraints(self, pitch_range: tuple[int, int] | None = None) -> Constraints:
+        """The protocol's ``constraints`` of this section (an empty scale and a
+        ``max_polyphony`` of 0 mean no limit).
+
+        Args:
+            pitch_range: the range to ask for (within the style's, see
+                ``bridge.requests.style_pitch_range``); the section's when ``None``.
+        """
+        low, high = pitch_range or (self.pitch_min, self.pitch_max)
+        return Constraints(pitch_min=low, pitch_max=high, scale=tuple(self.scale) or None,
+                           max_polyphony=self.max_polyphony or None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -590,3 +590,13 @@ def test_any_request_is_encoded_and_read_back_or_refused_by_the_same_rule(reques
             protocol.encode(message)
         return
     assert protocol.decode_request(protocol.encode(message)) == expected == message
+
+
+def test_the_protocol_version_is_defined_once():
+    """The engine and the bridge both take it from models.core.protocol.limits."""
+    root = Path(__file__).resolve().parents[3]
+    owners = [path.relative_to(root).as_posix()
+              for folder in ("models", "engine", "bridge")
+              for path in (root / folder).rglob("*.py")
+              if "PROTOCOL_VERSION =" in path.read_text("utf-8")]
+    assert owners == ["models/core/protocol/limits.py"]
