@@ -26,6 +26,7 @@ from engine.tools.jam import (
     synthetic_calls,
 )
 from models.analysis.music_stats import onset_histogram, rhythmic_similarity
+from models.core import protocol
 from models.core.notes import Note
 from models.core.settings import Settings
 
@@ -123,9 +124,11 @@ class _RecordingClient:
         self.sent: list[dict] = []
         self.on_up = self.on_lost = None
 
-    def generate(self, **fields: object) -> str:
-        self.sent.append(json.loads(json.dumps(fields)))
-        return f"r{len(self.sent)}"
+    def generate(self, session: str, request: protocol.GenerateRequest) -> str:
+        request_id = f"r{len(self.sent) + 1}"
+        message = protocol.GenerateMessage(request_id, session, request)
+        self.sent.append(json.loads(protocol.encode(message)))
+        return request_id
 
 
 class _NullOutput(mido.ports.BaseOutput):
