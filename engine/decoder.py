@@ -36,6 +36,7 @@ from engine.grammar import Grammar, VocabularyMasks
 from engine.model import LoadedModel
 from engine.prompt import build_prompt
 from engine.sampling import make_rng, sample
+from engine.steering import BarDensity, pitch_bias, steer
 from models.core.exceptions import EngineError
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest, SamplingParams
@@ -76,6 +77,10 @@ class Generation:
         self.end_bar = end_bar
         self.max_tokens = max_tokens
         self.rng = make_rng(request.sampling)
+        # Steering (engine.steering): the pitch bias is built once per request by the
+        # decoder; the density state follows the answer bar by bar.
+        self.pitch_bias: np.ndarray | None = None
+        self.density: BarDensity | None = None
         self._notes: list[Note] = []
         self._started = time.perf_counter()
         self._finished: float | None = None
@@ -276,6 +281,11 @@ class StyleDecoder:
         gen = Generation(request_id or f"g{next(self._ids)}", session_key, request,
                          grammar=prompt.grammar, end_bar=prompt.end_bar,
                          max_tokens=self.settings.max_tokens_per_bar * request.bars)
+        gen.pitch_bias = pitch_bias(self.vocab, request.steering)
+        steering = request.steering
+        if ((steering.notes_per_bar is not None and steering.density_strength > 0)
+                or steering.min_notes > 0):
+            gen.density = BarDensity.of(steering)
         tokens = prompt.tokens
         reuse, cache = self._reusable(session_key, tokens)
         new = tokens[reuse:]
@@ -438,7 +448,10 @@ class StyleDecoder:
         if gen.tokens >= gen.max_tokens:
             gen._finish("max_tokens")
             return
-        token = sample(gen.logits, gen.request.sampling, gen.rng, gen.grammar.allowed())
+        logits, allowed = steer(gen.logits, gen.grammar.allowed(), bias=gen.pitch_bias,
+                                density=gen.density, bar_id=self.tokenizer.bar_id,
+                                eos_id=self.tokenizer.eos_id)
+        token = sample(logits, gen.request.sampling, gen.rng, allowed)
         kind = self.vocab.infos[token].kind
         if kind == "EOS":
             gen._finish("eos")
@@ -450,6 +463,11 @@ class StyleDecoder:
         if note is not None:
             gen._notes.append(note)
             gen.notes_emitted += 1
+        if gen.density is not None:
+            if kind == "Bar":
+                gen.density.next_bar()
+            elif note is not None:
+                gen.density.add_note()
         gen.pending = token
         gen.tokens += 1
 

@@ -42,6 +42,7 @@ from models.core.protocol.messages import (
     SamplingParams,
     StatsReply,
     StatsRequest,
+    Steering,
 )
 from models.core.protocol.parse import parse_generate, parse_reply, parse_request
 from models.core.protocol.wire import decode_frame, decode_reply, decode_request, encode
@@ -52,6 +53,7 @@ __all__ = [
     "CancelRequest", "Constraints", "DoneReply", "ErrorReply", "GenerateMessage",
     "GenerateRequest", "HelloReply", "HelloRequest", "Limits", "NotesReply", "PingRequest",
     "PongReply", "ProtocolError", "Reply", "Request", "SamplingParams", "StatsReply",
-    "StatsRequest", "decode_frame", "decode_reply", "decode_request", "encode",
+    "StatsRequest",
+    "Steering", "decode_frame", "decode_reply", "decode_request", "encode",
     "parse_generate", "parse_reply", "parse_request",
 ]

@@ -26,10 +26,15 @@ from models.core.protocol.limits import (
     MAX_TOP_K,
     TEMPERATURE_RANGE,
 )
-from models.core.protocol.messages import Constraints, SamplingParams
+from models.core.protocol.messages import Constraints, SamplingParams, Steering
+from models.core.tonality import parse_key
 
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "seed", "greedy")
 CONSTRAINT_FIELDS = ("pitch_min", "pitch_max", "scale", "max_polyphony", "role")
+STEERING_FIELDS = ("key", "key_strength", "register_center", "register_width",
+                   "register_strength", "notes_per_bar", "density_strength", "min_notes")
+MAX_STEERING_STRENGTH = 20.0
+MAX_MIN_NOTES = 32
 NOTE_FIELDS = ("onset", "duration", "pitch", "velocity")
 # Optional in a note: its role (a style with role tokens encodes it; others ignore it).
 NOTE_OPTIONAL = ("role",)
@@ -245,6 +250,45 @@ def constraints(value: Any) -> Constraints:
         wanted = role(wanted, "constraints.role")
     return Constraints(pitch_min=pitch_min, pitch_max=pitch_max, scale=scale,
                        max_polyphony=polyphony, role=wanted)
+
+
+def steering(value: Any) -> Steering:
+    """The ``steering`` object into ``Steering`` (missing fields keep their defaults: off).
+
+    Raises:
+        ProtocolError: ``invalid``.
+    """
+    obj = json_object(value, "steering")
+    reject_unknown(obj, STEERING_FIELDS, "steering.")
+    defaults = Steering()
+    key = obj.get("key")
+    if key is not None:
+        if not isinstance(key, str):
+            raise invalid(f"steering.key must be a key such as 'A minor' or null "
+                          f"(received {short(key)})")
+        try:
+            key = parse_key(key)
+        except ValueError as err:
+            raise invalid(f"steering.key: {err}") from None
+
+    def strength(name: str) -> float:
+        return number(obj.get(name, getattr(defaults, name)), f"steering.{name}", 0.0,
+                      MAX_STEERING_STRENGTH)
+
+    center = obj.get("register_center")
+    if center is not None:
+        center = number(center, "steering.register_center", 0.0, 127.0)
+    per_bar = obj.get("notes_per_bar")
+    if per_bar is not None:
+        per_bar = number(per_bar, "steering.notes_per_bar", 0.0, 256.0)
+    return Steering(
+        key=key, key_strength=strength("key_strength"), register_center=center,
+        register_width=number(obj.get("register_width", defaults.register_width),
+                              "steering.register_width", 0.0, 127.0),
+        register_strength=strength("register_strength"), notes_per_bar=per_bar,
+        density_strength=strength("density_strength"),
+        min_notes=integer(obj.get("min_notes", defaults.min_notes), "steering.min_notes", 0,
+                          MAX_MIN_NOTES))
 
 
 def time_signature(value: Any) -> TimeSignature:

@@ -29,6 +29,7 @@ from models.core.protocol.limits import (
     PROTOCOL_VERSION,
     SESSION_IDLE_S,
 )
+from models.core.tonality import Key
 
 
 def _envelope(kind: str, message_id: str | None, **fields: Any) -> dict[str, Any]:
@@ -100,6 +101,41 @@ class Constraints:
 
 
 @dataclass(frozen=True)
+class Steering:
+    """Soft biases that make an answer follow the call (``engine.steering``); all off by
+    default, so a request without them samples the model as it is.
+
+    Attributes:
+        key: lean pitches towards this key (``None``: no key bias).
+        key_strength: logit weight of the key profile (0 = off).
+        register_center: the call's mean pitch (``None``: no register bias).
+        register_width: semitones around the centre without any penalty.
+        register_strength: logit penalty per octave beyond the width (0 = off).
+        notes_per_bar: the call's notes per bar (``None``: no density bias).
+        density_strength: logit bias of moving on to the next bar, at full gap (0 = off).
+        min_notes: a bar may not end before it holds this many notes (0 = no floor).
+    """
+
+    key: Key | None = None
+    key_strength: float = 0.0
+    register_center: float | None = None
+    register_width: float = 12.0
+    register_strength: float = 0.0
+    notes_per_bar: float | None = None
+    density_strength: float = 0.0
+    min_notes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``steering`` object."""
+        return {"key": None if self.key is None else self.key.name,
+                "key_strength": self.key_strength, "register_center": self.register_center,
+                "register_width": self.register_width,
+                "register_strength": self.register_strength,
+                "notes_per_bar": self.notes_per_bar,
+                "density_strength": self.density_strength, "min_notes": self.min_notes}
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """One response to generate.
 
@@ -111,6 +147,7 @@ class GenerateRequest:
         style: which loaded model answers.
         sampling: how tokens are drawn.
         constraints: musical limits.
+        steering: soft biases towards the call's key, register and density.
     """
 
     seed: tuple[Note, ...]
@@ -120,6 +157,7 @@ class GenerateRequest:
     style: str = ""
     sampling: SamplingParams = field(default_factory=SamplingParams)
     constraints: Constraints = field(default_factory=Constraints)
+    steering: Steering = field(default_factory=Steering)
 
     @property
     def bar_length(self) -> float:
@@ -184,7 +222,9 @@ class GenerateMessage:
             seed=[note.to_json() for note in request.seed],
             time_signature=list(request.time_signature), start_beat=request.start_beat,
             bars=request.bars, sampling=request.sampling.to_json(),
-            constraints=request.constraints.to_json())
+            constraints=request.constraints.to_json(),
+            **({} if request.steering == Steering() else
+               {"steering": request.steering.to_json()}))
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from models.core.protocol.messages import (
 
 _ENVELOPE = ("v", "type", "id")
 _GENERATE_FIELDS = ("session", "style", "seed", "time_signature", "start_beat", "bars",
-                    "sampling", "constraints")
+                    "sampling", "constraints", "steering")
 # No counter is anywhere near this; it only keeps a reply's ints within reason.
 _MAX_COUNT = 2**63 - 1
 
@@ -99,9 +99,10 @@ def parse_generate(obj: Mapping[str, Any], max_seed_notes: int = MAX_SEED_NOTES
     time_signature = fields.time_signature(obj.get("time_signature", [4, 4]))
     sampling = fields.sampling(obj.get("sampling", {}))
     constraints = fields.constraints(obj.get("constraints", {}))
+    steering = fields.steering(obj.get("steering", {}))
     request = GenerateRequest(seed=notes, start_beat=start_beat, bars=bars,
                               time_signature=time_signature, style=style or "",
-                              sampling=sampling, constraints=constraints)
+                              sampling=sampling, constraints=constraints, steering=steering)
     return GenerateMessage(id=request_id or "", session=session or "", request=request)
 
 
