@@ -1,7 +1,10 @@
 """The zmq client of the engine (docs/protocol.md): a DEALER owned by one thread.
 
-The daemon's thread polls ``socket`` together with its own wake-up pipe, then calls
-``receive`` and ``service``. Heartbeats: a ping every second; three seconds without any
+Messages are the typed ones of ``models.core.protocol``, shared with the engine: what the
+client sends is encoded and checked by the engine's own rules (with the limits its
+``hello`` reported), and what it receives is parsed into typed replies. The daemon's
+thread polls ``socket`` together with its own wake-up pipe, then calls ``receive`` and
+``service``. Heartbeats: a ping every second; three seconds without any
 reply means the engine is lost, and the client reports it, throws the socket away (so no
 stale request is delivered to a restarted engine) and keeps pinging on a fresh one until
 the engine answers again.
@@ -10,25 +13,22 @@ the engine answers again.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.auth
 
-from models.core.exceptions import BridgeError
+from models.core import protocol
+from models.core.exceptions import BridgeError, ProtocolError
 
 logger = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 1
 PING_INTERVAL_S = 1.0  # the protocol's heartbeat period
 LOSS_TIMEOUT_S = 3.0  # the protocol's "engine lost" silence
-MAX_REPLY_BYTES = 4 * 1024 * 1024  # a notes reply is small; anything huge is not our engine
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,15 @@ class CurveClientKeys:
 
 
 class EngineClient:
-    """Requests to one engine, replies as dicts, and the engine's up/lost state.
+    """Typed requests to one engine, typed replies, and the engine's up/lost state.
 
     Attributes:
         address: the engine's zmq address, e.g. ``tcp://127.0.0.1:5757``.
         state: ``"connecting"`` (never answered), ``"up"`` or ``"lost"``; each call
             changes it at most once, so its owner sees every change by looking after
             each ``receive``, ``service`` and ``lose``.
+        limits: the engine's limits from its last ``hello`` (the protocol's defaults
+            before one); requests are checked against them before they are sent.
 
     Args:
         curve: keys for an engine served with CURVE (any non-loopback address).
@@ -85,6 +87,7 @@ class EngineClient:
                  curve: CurveClientKeys | None = None) -> None:
         self.address = address
         self.state = "connecting"
+        self.limits = protocol.Limits()
         self._context = context or zmq.Context.instance()
         self._ping_interval = ping_interval
         self._loss_timeout = loss_timeout
@@ -137,42 +140,60 @@ class EngineClient:
             self._socket.close(linger=0)
             self._socket = None
 
-    def send(self, kind: str, **fields: Any) -> str:
-        """Send one request; returns its ``id``. Dropped silently while the engine is away."""
-        request_id = fields.pop("id", None) or f"{kind[0]}{next(self._ids)}"
-        message = {"v": PROTOCOL_VERSION, "type": kind, "id": request_id, **fields}
+    def next_id(self, kind: str) -> str:
+        """A fresh request id: the type's initial and a counter (``g12``, ``p13``)."""
+        return f"{kind[0]}{next(self._ids)}"
+
+    def send(self, message: protocol.Request) -> None:
+        """Send one request; dropped silently while the engine is away.
+
+        Raises:
+            ProtocolError: the engine would refuse it (the code and message its ``error``
+                reply would carry); nothing is sent.
+        """
+        frame = protocol.encode(message, self.limits)
         try:
-            self.socket.send(json.dumps(message).encode(), zmq.NOBLOCK)
+            self.socket.send(frame, zmq.NOBLOCK)
         except zmq.Again:
-            logger.debug("engine not connected; %s %s not sent", kind, request_id)
+            logger.debug("engine not connected; %s %s not sent", message.TYPE, message.id)
+
+    def hello(self) -> str:
+        """Ask for the engine's styles and limits; returns the request's id."""
+        request_id = self.next_id("hello")
+        self.send(protocol.HelloRequest(id=request_id))
         return request_id
 
-    def generate(self, **fields: Any) -> str:
-        """Send a ``generate`` request (fields as in docs/protocol.md); returns its id."""
-        return self.send("generate", **fields)
+    def generate(self, session: str, request: protocol.GenerateRequest) -> str:
+        """Ask for a response in ``session``; returns the id its replies carry.
+
+        Raises:
+            ProtocolError: the engine would refuse the request; nothing is sent.
+        """
+        message = protocol.GenerateMessage(self.next_id("generate"), session, request)
+        self.send(message)
+        return message.id
 
     def cancel(self, target: str) -> None:
         """Ask the engine to stop the generate ``target``."""
-        self.send("cancel", target=target)
+        self.send(protocol.CancelRequest(target=target, id=self.next_id("cancel")))
 
-    def receive(self) -> list[dict[str, Any]]:
-        """Every reply waiting on the socket (without blocking), as dicts."""
-        replies = []
+    def receive(self) -> list[protocol.Reply]:
+        """Every reply waiting on the socket (without blocking), parsed; a reply that is
+        not of this protocol is logged and skipped."""
+        replies: list[protocol.Reply] = []
         while True:
             try:
                 frame = self.socket.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
             try:
-                if len(frame) > MAX_REPLY_BYTES:
-                    raise ValueError(f"reply of {len(frame)} bytes")
-                message = json.loads(frame)
-                if not isinstance(message, dict) or message.get("v") != PROTOCOL_VERSION:
-                    raise ValueError(f"not a protocol {PROTOCOL_VERSION} object")
-            except ValueError as err:
-                logger.warning("ignoring a malformed engine reply: %s", err)
+                reply = protocol.decode_reply(frame)
+            except ProtocolError as err:
+                logger.warning("ignoring a malformed engine reply (%s): %s", err.code, err)
                 continue
-            replies.append(message)
+            if isinstance(reply, protocol.HelloReply):
+                self.limits = reply.limits
+            replies.append(reply)
         if replies:
             self._last_reply = self._now()
             if self.state != "up":
@@ -202,6 +223,6 @@ class EngineClient:
             self.lose(f"no reply for {since:.1f} s")
             now = self._now()
         if now >= self._next_ping:
-            self.send("ping", t=now)
+            self.send(protocol.PingRequest(id=self.next_id("ping"), t=now))
             self._next_ping = now + self._ping_interval
         return max(0.0, self._next_ping - now)

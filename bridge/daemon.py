@@ -24,10 +24,12 @@ from bridge.clock import Clock, MidiClock
 from bridge.controls import ControlMap
 from bridge.listener import InputQueue
 from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
-from bridge.requests import generate_fields
+from bridge.requests import generate_request
 from bridge.scheduler import Scheduler
 from bridge.seed import SeedWindow
 from bridge.status import Response, StatusLine, format_status
+from models.core import protocol
+from models.core.exceptions import ProtocolError
 from models.core.notes import Note
 from models.core.settings import Settings
 
@@ -216,10 +218,21 @@ class Daemon:
 
     def _request(self, trigger: Trigger, now: float, beat: float) -> None:
         seed = self.seed.notes(beat, own_until=trigger.own_until)
-        request_id = self.client.generate(session=self.session, **generate_fields(
+        request = generate_request(
             self.settings, style=self.style, facts=self._style_facts.get(self.style or "", {}),
             temperature=self.temperature, seed=seed, time_signature=self.clock.time_signature,
-            start_beat=trigger.start_beat, bars=trigger.bars))
+            start_beat=trigger.start_beat, bars=trigger.bars)
+        try:
+            request_id = self.client.generate(self.session, request)
+        except ProtocolError as err:
+            # Checked by the engine's own rules before sending: asking would only earn an
+            # error reply. As after one, no answer runs: call mode waits for the next
+            # phrase, accompany mode asks for the next bar.
+            logger.warning("not asking the engine for an answer at beat %g: %s",
+                           trigger.start_beat, err)
+            if self.mode == "call":
+                self.call.cancel()
+            return
         self._responses[request_id] = Response(request_id, now, beat, trigger.start_beat,
                                                trigger.bars)
         if self.mode == "call":
@@ -228,29 +241,26 @@ class Daemon:
                      request_id, beat, trigger.start_beat, trigger.bars, len(seed))
 
     # ----------------------------------------------------------------- engine replies
-    def _on_reply(self, reply: dict[str, Any]) -> None:
-        kind, request_id = reply.get("type"), reply.get("id")
-        if kind == "hello":
+    def _on_reply(self, reply: protocol.Reply) -> None:
+        if isinstance(reply, protocol.HelloReply):
             self._on_hello(reply)
-        elif kind == "notes":
-            self._on_notes(request_id, reply.get("notes"))
-        elif kind == "done":
-            response = self._responses.get(request_id)
+        elif isinstance(reply, protocol.NotesReply):
+            self._on_notes(reply)
+        elif isinstance(reply, protocol.DoneReply):
+            response = self._responses.get(reply.id)
             if response is not None:
                 response.done = True
-                logger.debug("%s", response.describe(str(reply.get("reason"))))
+                logger.debug("%s", response.describe(reply.reason))
                 if self.mode == "accompany":
-                    self._responses.pop(request_id, None)
-        elif kind == "error":
-            logger.warning("engine error %s: %s", reply.get("code"), reply.get("message"))
-            if request_id in self._responses:
-                self._end_request(request_id, tell_engine=False)
+                    self._responses.pop(reply.id, None)
+        elif isinstance(reply, protocol.ErrorReply):
+            logger.warning("engine error %s: %s", reply.code, reply.message)
+            if reply.id in self._responses:
+                self._end_request(reply.id, tell_engine=False)
 
-    def _on_hello(self, reply: dict[str, Any]) -> None:
-        styles = reply.get("styles")
-        self.styles = sorted(styles) if isinstance(styles, dict) else []
-        self._style_facts = {name: facts for name, facts in styles.items()
-                             if isinstance(facts, dict)} if isinstance(styles, dict) else {}
+    def _on_hello(self, reply: protocol.HelloReply) -> None:
+        self.styles = sorted(reply.styles)
+        self._style_facts = {name: dict(facts) for name, facts in reply.styles.items()}
         if self.style not in self.styles:
             if self.style is not None:
                 logger.warning("the engine does not serve style %r (it serves %s)",
@@ -259,23 +269,15 @@ class Daemon:
         logger.info("engine serves %s; playing %s", ", ".join(self.styles) or "nothing",
                     self.style)
 
-    def _on_notes(self, request_id: str | None, raw: Any) -> None:
-        response = self._responses.get(request_id or "")
-        if response is None or not isinstance(raw, list):
+    def _on_notes(self, reply: protocol.NotesReply) -> None:
+        response = self._responses.get(reply.id)
+        if response is None:
             return  # a cancelled or finished request's stragglers
-        notes = []
-        for item in raw:
-            try:
-                note = Note(float(item["onset"]), float(item["duration"]), int(item["pitch"]),
-                            int(item["velocity"]))
-            except (KeyError, TypeError, ValueError):
-                logger.warning("ignoring a malformed note from the engine: %r", item)
-                continue
-            if note.duration <= 0 or not 0 <= note.pitch <= 127:
-                continue
-            velocity = follow_dynamics(note.velocity, self.seed.recent_velocity(),
-                                       self.settings.interaction.follow_dynamics)
-            notes.append(Note(note.onset, note.duration, note.pitch, velocity))
+        player = self.seed.recent_velocity()
+        amount = self.settings.interaction.follow_dynamics
+        # The notes were checked by the protocol's parser (pitch, velocity, duration > 0).
+        notes = [Note(n.onset, n.duration, n.pitch, follow_dynamics(n.velocity, player, amount))
+                 for n in reply.notes]
         if not notes:
             return
         now = time.monotonic()
@@ -320,7 +322,7 @@ class Daemon:
             return
         self._engine_state = state
         if state == "up":
-            self.client.send("hello")
+            self.client.hello()
         elif state == "lost":
             self._engine_lost()
 

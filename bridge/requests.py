@@ -1,9 +1,10 @@
-"""The fields of a ``generate`` request, as the daemon sends them.
+"""The ``generate`` request the daemon sends, as a typed ``GenerateRequest``.
 
 Pure functions of the settings, the engine's facts about the style and the seed, shared by
-the daemon (which sends them over zmq) and the jam harness (``engine.tools.jam``, which plays
-scripted calls through the same decisions without ports or sockets), so what the harness
-measures is what a musician gets.
+the daemon (which sends the request over zmq) and the jam harness (``engine.tools.jam``,
+which plays scripted calls through the same decisions without ports or sockets), so what
+the harness measures is what a musician gets. The request is a protocol type: encoding it
+runs the engine's own validation (``models.core.protocol.wire.encode``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from models.core.meter import TimeSignature
 from models.core.notes import Note
+from models.core.protocol.messages import GenerateRequest
 from models.core.settings import Settings
 
 
@@ -34,11 +37,11 @@ def style_pitch_range(settings: Settings, facts: Mapping[str, Any]) -> tuple[int
     return low, high
 
 
-def generate_fields(settings: Settings, *, style: str, facts: Mapping[str, Any],
-                    temperature: float, seed: Sequence[Note],
-                    time_signature: tuple[int, int], start_beat: float,
-                    bars: int) -> dict[str, Any]:
-    """The fields of one ``generate`` (everything but ``session`` and the envelope).
+def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any],
+                     temperature: float, seed: Sequence[Note],
+                     time_signature: TimeSignature, start_beat: float,
+                     bars: int) -> GenerateRequest:
+    """What one ``generate`` asks for (its session and id are the client's).
 
     Args:
         settings: the daemon's settings (``[sampling]`` gives sampling and constraints).
@@ -51,13 +54,8 @@ def generate_fields(settings: Settings, *, style: str, facts: Mapping[str, Any],
         bars: its length in bars.
     """
     s = settings.sampling
-    sampling: dict[str, Any] = {
-        "temperature": temperature, "top_k": s.top_k, "top_p": s.top_p, "min_p": s.min_p,
-        "seed": None if s.seed < 0 else s.seed}
-    pitch_min, pitch_max = style_pitch_range(settings, facts)
-    constraints = {"pitch_min": pitch_min, "pitch_max": pitch_max,
-                   "scale": list(s.scale) or None,
-                   "max_polyphony": s.max_polyphony or None}
-    return {"style": style, "seed": [n.to_json() for n in seed],
-            "time_signature": list(time_signature), "start_beat": start_beat, "bars": bars,
-            "sampling": sampling, "constraints": constraints}
+    return GenerateRequest(
+        seed=tuple(seed), start_beat=start_beat, bars=bars,
+        time_signature=(time_signature[0], time_signature[1]), style=style,
+        sampling=s.sampling_params(temperature),
+        constraints=s.constraints(style_pitch_range(settings, facts)))

@@ -183,24 +183,37 @@ class KVPool:
         self.lengths[slot] = length - drop
 
 
+def row_inputs(tokens: Sequence[int] | np.ndarray, past: int) -> dict[str, np.ndarray]:
+    """The inputs besides the cache that run ``tokens`` [S] into one row after ``past``
+    cached entries (the in-place key/value graph): ids and positions ``[1, S]``, the row's
+    lengths ``[1]`` and the call's total length.
+
+    Every call that runs a prompt (the decoder's prefill, a one-window evaluation) builds its
+    inputs here; the decoder's batched step writes the same numbers for many rows at once.
+    """
+    ids = np.asarray(tokens, dtype=np.int64).reshape(1, -1)
+    seq = ids.shape[1]
+    return {"input_ids": ids,
+            "position_ids": np.arange(past, past + seq, dtype=np.int64)[None, :],
+            "seqlens_k": np.array([past + seq - 1], dtype=np.int32),
+            "query_seqlens": np.array([seq], dtype=np.int32),
+            "total_sequence_length": np.array(past + seq, dtype=np.int32)}
+
+
 def window_feeds(spec: CacheSpec, ids: np.ndarray) -> dict[str, np.ndarray]:
     """Inputs of one call that runs a whole window ``ids`` [S] from an empty cache.
 
     For a key/value graph the buffer is exactly as long as the window; ONNX Runtime
     returns a new present buffer (no binding), which a one-off evaluation can afford.
     """
-    ids = np.asarray(ids, dtype=np.int64)[None, :]
-    seq = ids.shape[1]
+    ids = np.asarray(ids, dtype=np.int64)
     ops = CacheOps(spec)
-    feeds: dict[str, np.ndarray] = {"input_ids": ids}
     if ops.is_kv:
-        feeds["position_ids"] = np.arange(seq, dtype=np.int64)[None, :]
-        feeds["seqlens_k"] = np.array([seq - 1], dtype=np.int32)
-        feeds["query_seqlens"] = np.array([seq], dtype=np.int32)
-        feeds["total_sequence_length"] = np.array(seq, dtype=np.int32)
-        cache = [np.zeros((1, spec.num_heads, seq, spec.head_dim), dtype=np.float32)
+        feeds = row_inputs(ids, 0)
+        cache = [np.zeros((1, spec.num_heads, len(ids), spec.head_dim), dtype=np.float32)
                  for _ in spec.inputs]
     else:
+        feeds = {"input_ids": ids[None, :]}
         cache = ops.empty(1)
     feeds.update(zip(spec.inputs, cache, strict=True))
     return feeds

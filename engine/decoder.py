@@ -26,16 +26,17 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from engine.cache import Cache, CacheOps, KVPool
+from engine.cache import Cache, CacheOps, KVPool, row_inputs
 from engine.grammar import Grammar, VocabularyMasks
-from engine.model import LoadedModel, ort_errors
+from engine.model import LoadedModel
 from engine.prompt import build_prompt
 from engine.sampling import make_rng, sample
+from engine.steering import BarDensity, pitch_bias, steer
 from models.core.exceptions import EngineError
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest, SamplingParams
@@ -76,6 +77,10 @@ class Generation:
         self.end_bar = end_bar
         self.max_tokens = max_tokens
         self.rng = make_rng(request.sampling)
+        # Steering (engine.steering): the pitch bias is built once per request by the
+        # decoder; the density state follows the answer bar by bar.
+        self.pitch_bias: np.ndarray | None = None
+        self.density: BarDensity | None = None
         self._notes: list[Note] = []
         self._started = time.perf_counter()
         self._finished: float | None = None
@@ -129,40 +134,73 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if diff.size else n
 
 
-class _Binding:
-    """An I/O binding of rows ``[start, stop)`` of a pool, with its input arrays.
+class BoundCall:
+    """One model call bound to rows ``[start, stop)`` of a pool, with its input arrays.
 
-    The small inputs and the logits live in arrays bound by pointer once, so a decode step
-    only writes numbers into them; the cache inputs and outputs point at the same pool
-    memory.
+    The small inputs and the logits live in arrays bound by pointer once, so a call only
+    writes numbers into them; the cache inputs and outputs point at the same pool memory.
+    The decoder binds its batched step once and each prefill chunk on its own; the
+    benchmark binds one row to time the bare model call (:meth:`StyleDecoder.bind_row`).
+
+    Attributes:
+        inputs: the bound input arrays by ONNX name (``input_ids``, ``position_ids``
+            ``[rows, seq]``; ``seqlens_k``, ``query_seqlens`` ``[rows]``; the scalar
+            ``total_sequence_length``).
+        logits: where each call writes its logits ``[rows, seq, vocab]``.
+        key: what the binding depends on (pool buffers, rows, tokens per row).
     """
 
-    def __init__(self, session: object, pool: KVPool, names: tuple[list[str], list[str]], *,
-                 start: int, stop: int, seq: int, vocab: int) -> None:
+    def __init__(self, model: LoadedModel, pool: KVPool, *, start: int, stop: int,
+                 seq: int) -> None:
         rows = stop - start
-        self.binding = session.io_binding()
-        self.input_ids = np.zeros((rows, seq), dtype=np.int64)
-        self.position_ids = np.zeros((rows, seq), dtype=np.int64)
-        self.seqlens_k = np.zeros(rows, dtype=np.int32)
-        self.query_seqlens = np.zeros(rows, dtype=np.int32)
-        self.total = np.zeros((), dtype=np.int32)
+        self.model = model
+        self.binding = model.session.io_binding()
+        self.inputs = {"input_ids": np.zeros((rows, seq), dtype=np.int64),
+                       "position_ids": np.zeros((rows, seq), dtype=np.int64),
+                       "seqlens_k": np.zeros(rows, dtype=np.int32),
+                       "query_seqlens": np.zeros(rows, dtype=np.int32),
+                       "total_sequence_length": np.zeros((), dtype=np.int32)}
+        self.input_ids = self.inputs["input_ids"]
+        self.position_ids = self.inputs["position_ids"]
+        self.seqlens_k = self.inputs["seqlens_k"]
+        self.query_seqlens = self.inputs["query_seqlens"]
+        self.total = self.inputs["total_sequence_length"]
         # ONNX Runtime writes the logits here on every call: no output is allocated per
         # step, and a step binding lives as long as the pool's rows do.
-        self.logits = np.empty((rows, seq, vocab), dtype=np.float32)
+        self.logits = np.empty((rows, seq, model.tokenizer.vocab_size), dtype=np.float32)
         self.key = (pool.generation, start, stop, seq)
-        for name, array in (("input_ids", self.input_ids), ("position_ids", self.position_ids),
-                            ("seqlens_k", self.seqlens_k), ("query_seqlens", self.query_seqlens),
-                            ("total_sequence_length", self.total)):
+        for name, array in self.inputs.items():
             self._bind(name, array, output=False)
-        for past, present, buffer in zip(*names, pool.buffers, strict=True):
+        cache = model.card.cache
+        for past, present, buffer in zip(cache.inputs, cache.outputs, pool.buffers,
+                                         strict=True):
             rows_view = buffer[start:stop]
             self._bind(past, rows_view, output=False)
             self._bind(present, rows_view, output=True)
-        self._bind("logits", self.logits, output=True)
+        self._bind(model.card.output_names[0], self.logits, output=True)
 
     def _bind(self, name: str, array: np.ndarray, *, output: bool) -> None:
         bind = self.binding.bind_output if output else self.binding.bind_input
         bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
+
+    def set_row(self, row: int, tokens: Sequence[int], past: int) -> None:
+        """Inputs that run ``tokens`` (all ``seq`` of them) into ``row`` after ``past``
+        cached entries; the total is this row's (a one-row call)."""
+        for name, value in row_inputs(tokens, past).items():
+            target = self.inputs[name]
+            if target.ndim:
+                target[row] = value[0]
+            else:
+                target[()] = value
+
+    def run(self) -> np.ndarray:
+        """Run the call; the logits ``[rows, seq, vocab]`` land in ``logits``.
+
+        Raises:
+            EngineError: ONNX Runtime rejects the inputs or fails.
+        """
+        self.model.run_bound(self.binding)
+        return self.logits
 
 
 class StyleDecoder:
@@ -185,8 +223,6 @@ class StyleDecoder:
         self.tokenizer = model.tokenizer
         self.vocab = VocabularyMasks.build(model.tokenizer)
         self.ops = CacheOps(model.card.cache)
-        self._session = model.session
-        self._outputs = list(model.card.output_names)
         self._cache_inputs = list(model.card.cache.inputs)
         self._sessions: OrderedDict[Hashable, _SessionCache] = OrderedDict()
         self._ids = itertools.count(1)
@@ -197,9 +233,7 @@ class StyleDecoder:
         # Transformer models: one row per running generation, and the step's binding.
         self.pool = (KVPool(model.card.cache, model.context_length) if self.ops.is_kv
                      else None)
-        self._names = (self._cache_inputs, list(model.card.cache.outputs))
-        self._step_binding: _Binding | None = None
-        self._vocab = self.tokenizer.vocab_size
+        self._step_binding: BoundCall | None = None
 
     # ----------------------------------------------------------------- public API
     @property
@@ -247,6 +281,11 @@ class StyleDecoder:
         gen = Generation(request_id or f"g{next(self._ids)}", session_key, request,
                          grammar=prompt.grammar, end_bar=prompt.end_bar,
                          max_tokens=self.settings.max_tokens_per_bar * request.bars)
+        gen.pitch_bias = pitch_bias(self.vocab, request.steering)
+        steering = request.steering
+        if ((steering.notes_per_bar is not None and steering.density_strength > 0)
+                or steering.min_notes > 0):
+            gen.density = BarDensity.of(steering)
         tokens = prompt.tokens
         reuse, cache = self._reusable(session_key, tokens)
         new = tokens[reuse:]
@@ -255,7 +294,7 @@ class StyleDecoder:
             if reuse:
                 self.pool.load(gen.slot, cache, reuse)
             chunk = self.settings.prefill_chunk or len(new)
-            gen.logits = self._prefill(gen.slot, new[:chunk], reuse)
+            gen.logits = self.prefill(gen, new[:chunk], reuse)
             gen.prefill_rest = list(new[chunk:])
         else:
             logits, cache = self._run(np.asarray([new], dtype=np.int64), cache)
@@ -300,6 +339,95 @@ class StyleDecoder:
             generation._finish("cancelled")
             self._retire(generation)
 
+    def iter_steps(self, generations: Sequence[Generation]) -> Iterator[list[list[Note]]]:
+        """Step the generations together until every one is done.
+
+        Yields:
+            after each step, the notes each generation completed in it (in the order of
+            ``generations``); between two yields the caller may read each generation's
+            state (its logits are those the next token will be drawn from).
+
+        Raises:
+            EngineError: the model call fails.
+        """
+        while not all(g.done for g in generations):
+            self.step(generations)
+            yield [g.drain_notes() for g in generations]
+
+    def decode_until_done(self, generations: Sequence[Generation],
+                          on_step: Callable[[], None] | None = None) -> list[list[Note]]:
+        """Step the generations together until every one is done; each one's notes.
+
+        What offline tools do with a request (generate, evaluation, the jam harness):
+        ``on_step`` runs after each step (a progress bar).
+
+        Raises:
+            EngineError: the model call fails.
+        """
+        notes: list[list[Note]] = [[] for _ in generations]
+        for fresh in self.iter_steps(generations):
+            for out, new in zip(notes, fresh, strict=True):
+                out.extend(new)
+            if on_step is not None:
+                on_step()
+        return notes
+
+    # ------------------------------------------------- rows of a key/value model
+    # The parts of a step on their own, for the decoder itself and for the benchmark,
+    # which times the bare model call and a full recompute at chosen cache lengths.
+    def prefill(self, gen: Generation, tokens: Sequence[int], past: int) -> np.ndarray:
+        """Run ``tokens`` into the generation's row after its first ``past`` cached
+        entries; the logits of the last token.
+
+        The row then holds ``past + len(tokens)`` entries; the generation's own record
+        (stream, positions) is the caller's to update.
+
+        Raises:
+            EngineError: the model is not a key/value model, or its call fails.
+        """
+        slot = self._slot(gen)
+        binding = BoundCall(self.model, self.pool, start=slot, stop=slot + 1, seq=len(tokens))
+        binding.set_row(0, tokens, past)
+        binding.run()
+        self.pool.lengths[slot] = past + len(tokens)
+        return binding.logits[0, -1].copy()  # not a view that keeps [seq, vocab] alive
+
+    def bind_row(self, gen: Generation, tokens: Sequence[int], past: int) -> BoundCall:
+        """The call that runs ``tokens`` into the generation's row after ``past`` entries,
+        bound once so it can run again and again (``.run()``) without touching the row's
+        length: the bare model call, without grammar or sampling.
+
+        Raises:
+            EngineError: the model is not a key/value model.
+        """
+        slot = self._slot(gen)
+        binding = BoundCall(self.model, self.pool, start=slot, stop=slot + 1, seq=len(tokens))
+        binding.set_row(0, tokens, past)
+        return binding
+
+    def seek(self, gen: Generation, length: int) -> None:
+        """Make the generation's row count ``length`` cached entries, whatever they hold.
+
+        The next step then attends to that many entries and writes position ``length``:
+        the benchmark times steps at a chosen cache length over random keys and values.
+
+        Raises:
+            EngineError: the model is not a key/value model, or ``length`` does not fit.
+        """
+        slot = self._slot(gen)
+        # A full row is fine: the next step slides it, as it does a generation's.
+        if not 0 <= length <= self.pool.capacity:
+            raise EngineError(f"a cache length must be within 0 and the context length "
+                              f"{self.pool.capacity} (received {length})")
+        self.pool.lengths[slot] = length
+        gen.cache_len = length
+        gen.next_position = length
+
+    def _slot(self, gen: Generation) -> int:
+        if gen.slot is None:
+            raise EngineError(f"{gen.id} has no cache row (a recurrent model, or it ended)")
+        return gen.slot
+
     # ----------------------------------------------------------------- decoding
     def _reusable(self, session_key: Hashable, tokens: list[int]) -> tuple[int, Cache]:
         """How many leading tokens the session's cache already holds, and that cache."""
@@ -320,7 +448,10 @@ class StyleDecoder:
         if gen.tokens >= gen.max_tokens:
             gen._finish("max_tokens")
             return
-        token = sample(gen.logits, gen.request.sampling, gen.rng, gen.grammar.allowed())
+        logits, allowed = steer(gen.logits, gen.grammar.allowed(), bias=gen.pitch_bias,
+                                density=gen.density, bar_id=self.tokenizer.bar_id,
+                                eos_id=self.tokenizer.eos_id)
+        token = sample(logits, gen.request.sampling, gen.rng, allowed)
         kind = self.vocab.infos[token].kind
         if kind == "EOS":
             gen._finish("eos")
@@ -332,6 +463,11 @@ class StyleDecoder:
         if note is not None:
             gen._notes.append(note)
             gen.notes_emitted += 1
+        if gen.density is not None:
+            if kind == "Bar":
+                gen.density.next_bar()
+            elif note is not None:
+                gen.density.add_note()
         gen.pending = token
         gen.tokens += 1
 
@@ -390,11 +526,12 @@ class StyleDecoder:
         stop = int(slots.max()) + 1
         binding = self._step_binding
         if binding is None or binding.key != (pool.generation, 0, stop, 1):
-            binding = self._step_binding = _Binding(self._session, pool, self._names, start=0,
-                                                    stop=stop, seq=1, vocab=self._vocab)
-        # Rows not stepped now (free, or a generation the caller left out) ride along
-        # idle: query_seqlens 0, so their cache is untouched whatever token and position
-        # they still hold from an earlier step, and their logits are ignored.
+            binding = self._step_binding = BoundCall(self.model, pool, start=0, stop=stop,
+                                                     seq=1)
+        # The inputs of ``row_inputs``, written for many rows of one token each. Rows not
+        # stepped now (free, or a generation the caller left out) ride along idle:
+        # query_seqlens 0, so their cache is untouched whatever token and position they
+        # still hold from an earlier step, and their logits are ignored.
         queries = binding.query_seqlens
         queries.fill(0)
         queries[slots] = 1
@@ -405,7 +542,7 @@ class StyleDecoder:
         total = pool.lengths[:stop] + queries
         np.maximum(total - 1, 0, out=binding.seqlens_k, casting="unsafe")
         binding.total[()] = max(int(total.max()), 1)
-        self._call(binding)
+        binding.run()
         pool.lengths[slots] += 1
         # One copy of the stepped rows: a generation's logits must survive later calls
         # that it sits out (its row then gets an idle row's logits in the bound buffer).
@@ -422,36 +559,10 @@ class StyleDecoder:
         assert gen.slot is not None  # only pool models prefill in chunks
         chunk = self.settings.prefill_chunk or len(gen.prefill_rest)
         tokens, gen.prefill_rest = gen.prefill_rest[:chunk], gen.prefill_rest[chunk:]
-        gen.logits = self._prefill(gen.slot, tokens, gen.cache_len)
+        gen.logits = self.prefill(gen, tokens, gen.cache_len)
         gen.stream.extend(tokens)
         gen.cache_len += len(tokens)
         gen.next_position += len(tokens)
-
-    def _prefill(self, slot: int, tokens: Sequence[int], reuse: int) -> np.ndarray:
-        """Run a prompt's new tokens into its row after ``reuse`` cached ones; last logits."""
-        pool = self.pool
-        binding = _Binding(self._session, pool, self._names, start=slot, stop=slot + 1,
-                           seq=len(tokens), vocab=self._vocab)
-        binding.input_ids[0] = tokens
-        binding.position_ids[0] = np.arange(reuse, reuse + len(tokens))
-        binding.query_seqlens[0] = len(tokens)
-        binding.seqlens_k[0] = reuse + len(tokens) - 1
-        binding.total[()] = reuse + len(tokens)
-        self._call(binding)
-        pool.lengths[slot] = reuse + len(tokens)
-        return binding.logits[0, -1].copy()  # not a view that keeps [seq, vocab] alive
-
-    def _call(self, binding: _Binding) -> np.ndarray:
-        """Run a bound call; the logits [rows, seq, vocab] land in ``binding.logits``.
-
-        Raises:
-            EngineError: ONNX Runtime rejects the inputs or fails.
-        """
-        try:
-            self._session.run_with_iobinding(binding.binding)
-        except ort_errors() as err:
-            raise EngineError(f"model {self.model.path.name} failed: {err}") from err
-        return binding.logits
 
     def _forward_recurrent(self, running: list[Generation]) -> None:
         """One call of a recurrent model: states stacked while the batch stays the same."""
@@ -480,8 +591,5 @@ class StyleDecoder:
         """
         feeds = {"input_ids": input_ids}
         feeds.update(zip(self._cache_inputs, cache, strict=True))
-        try:
-            outputs = self._session.run(self._outputs, feeds)
-        except ort_errors() as err:
-            raise EngineError(f"model {self.model.path.name} failed: {err}") from err
+        outputs = self.model.run(feeds)
         return outputs[0], outputs[1:]

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
+from engine.cache import window_feeds
 from models.core.exceptions import EngineError, MelodyError
 from models.core.model_card import ModelCard, card_from_metadata
 from models.core.paths import PRETRAINED_DIR
@@ -127,6 +129,42 @@ class LoadedModel:
     def cache_kind(self) -> str:
         """``"kv"`` or ``"rnn"``."""
         return self.card.cache.kind
+
+    def run(self, feeds: dict[str, np.ndarray],
+            outputs: list[str] | None = None) -> list[np.ndarray]:
+        """One ONNX Runtime call on ``feeds``: the named outputs (default: all of the card's).
+
+        Raises:
+            EngineError: ONNX Runtime rejects the inputs or fails.
+        """
+        try:
+            return self.session.run(outputs or list(self.card.output_names), feeds)
+        except ort_errors() as err:
+            raise EngineError(f"model {self.path.name} failed: {err}") from err
+
+    def run_bound(self, binding: Any) -> None:
+        """One ONNX Runtime call on an I/O binding: the outputs land in its bound arrays.
+
+        Raises:
+            EngineError: ONNX Runtime rejects the inputs or fails.
+        """
+        try:
+            self.session.run_with_iobinding(binding)
+        except ort_errors() as err:
+            raise EngineError(f"model {self.path.name} failed: {err}") from err
+
+    def forward(self, ids: Any) -> np.ndarray:
+        """Logits ``[S, V]`` of one window of tokens ``ids`` [S] run from an empty cache.
+
+        What evaluation and reference decoding need: no pool, no binding, no sampling (a
+        key/value graph gets a buffer exactly as long as the window).
+
+        Raises:
+            EngineError: ONNX Runtime rejects the inputs or fails.
+        """
+        feeds = window_feeds(self.card.cache, np.asarray(ids, dtype=np.int64))
+        (logits,) = self.run(feeds, [self.card.output_names[0]])
+        return logits[0]
 
     def facts(self) -> dict[str, Any]:
         """What the protocol's ``hello`` says about this model."""

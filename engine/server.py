@@ -9,8 +9,10 @@ One thread owns the socket (zmq sockets are not thread-safe) and runs a loop:
    per style, so N sessions of one style cost one ONNX call;
 4. send each completed note at once (``notes``), and ``done`` at the end.
 
-A bad message gets an ``error`` reply and never stops the loop; an exception while
-handling one request becomes an ``internal`` error for that request only.
+Messages are typed and validated by ``models.core.protocol`` (shared with the bridge):
+this module owns the socket and dispatches. A bad message gets an ``error`` reply and
+never stops the loop; an exception while handling one request becomes an ``internal``
+error for that request only.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from engine.keys import CurveKeys
 from engine.streams import Streams, vocabulary_pitch_range
+from models.core import protocol
 from models.core.exceptions import EngineError, MelodyError, ProtocolError
-from models.core.protocol import wire as protocol
 from models.core.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
@@ -245,53 +247,50 @@ class EngineServer:
         Returns:
             whether it was a valid ``generate`` (started or refused by the decoder).
         """
-        request_id = None
-        request = None
+        request: protocol.Request | None = None
         try:
-            obj = protocol.decode_frame(frame, self.settings.max_message_bytes)
-            request_id = protocol.request_id_of(obj)
-            request = protocol.parse_request(obj, self.settings.max_seed_notes)
+            request = protocol.decode_request(frame,
+                                              max_bytes=self.settings.max_message_bytes,
+                                              max_seed_notes=self.settings.max_seed_notes)
             self._dispatch(identity, request)
         except ProtocolError as err:
-            self.streams.error(identity, request_id, err.code, str(err))
+            # Refused while decoding: the id the frame held, if readable; else the request's.
+            reply_id = err.request_id if request is None else request.id
+            self.streams.error(identity, reply_id, err.code, str(err))
         except MelodyError as err:
             # The decoder refused what was asked (e.g. a time signature outside the
             # model's vocabulary): the client's request, not the engine, is at fault.
-            self.streams.error(identity, request_id, "unsupported", str(err))
+            self.streams.error(identity, _id_of(request), "unsupported", str(err))
         except Exception:  # a bug must cost one request, never the service
             logger.exception("internal error handling a request from %s", identity.hex())
-            self.streams.error(identity, request_id, "internal",
+            self.streams.error(identity, _id_of(request), "internal",
                                "internal engine error; the request was dropped")
         return isinstance(request, protocol.GenerateMessage)
 
     def _dispatch(self, identity: bytes, request: protocol.Request) -> None:
         if isinstance(request, protocol.PingRequest):
-            self._send(identity, protocol.pong_reply(request.id, request.t))
+            self._send(identity, protocol.PongReply(request.id, request.t))
         elif isinstance(request, protocol.HelloRequest):
-            self._send(identity, protocol.hello_reply(
+            self._send(identity, protocol.HelloReply(
                 request.id, engine_version(), self._styles_facts, self._limits()))
         elif isinstance(request, protocol.StatsRequest):
-            self._send(identity, protocol.stats_reply(request.id, self.stats()))
+            self._send(identity, protocol.StatsReply(request.id, **self.stats()))
         elif isinstance(request, protocol.CancelRequest):
             self.streams.cancel(identity, request.target)
         else:
             self.streams.start(identity, request)
 
-    def _limits(self) -> dict[str, Any]:
-        return {"max_message_bytes": self.settings.max_message_bytes,
-                "max_seed_notes": self.settings.max_seed_notes,
-                "max_active": self.settings.max_active,
-                "max_bars": protocol.MAX_BARS,
-                "max_seed_span_beats": protocol.MAX_SEED_SPAN_BEATS,
-                "max_start_distance_beats": protocol.MAX_START_DISTANCE_BEATS,
-                "session_idle_s": self.settings.session_idle_s}
+    def _limits(self) -> protocol.Limits:
+        return protocol.Limits(max_message_bytes=self.settings.max_message_bytes,
+                               max_seed_notes=self.settings.max_seed_notes,
+                               max_active=self.settings.max_active,
+                               session_idle_s=self.settings.session_idle_s)
 
     # --- output --------------------------------------------------------------------------
 
-    def _send(self, identity: bytes, message: Mapping[str, Any]) -> None:
+    def _send(self, identity: bytes, message: protocol.Reply) -> None:
         try:
-            self._socket.send_multipart([identity, protocol.encode_reply(message)],
-                                        zmq.NOBLOCK)
+            self._socket.send_multipart([identity, protocol.encode(message)], zmq.NOBLOCK)
         except zmq.ZMQError as err:
             # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading and its queue
             # is full. Either way nobody reads this stream, so stop generating it.
@@ -304,6 +303,10 @@ class EngineServer:
         stats = self.streams.stats()
         stats["uptime_s"] = round(time.monotonic() - self._started, 3)
         return stats
+
+
+def _id_of(request: protocol.Request | None) -> str | None:
+    return None if request is None else request.id
 
 
 def _facts(decoder: Any) -> dict[str, Any]:

@@ -17,15 +17,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.core.exceptions import ProtocolError
-from models.core.protocol import wire as protocol
-from models.core.protocol.messages import Constraints
+from models.core.protocol.messages import (
+    Constraints,
+    DoneReply,
+    ErrorReply,
+    GenerateMessage,
+    NotesReply,
+    Reply,
+)
 from models.core.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
 
 SessionKey = tuple[bytes, str]   # (client identity, the client's session name)
 StreamKey = tuple[bytes, str]    # (client identity, the generate's id)
-Send = Callable[[bytes, Mapping[str, Any]], None]
+Send = Callable[[bytes, Reply], None]
 
 
 @dataclass
@@ -122,7 +128,7 @@ class Streams:
 
     # --- requests ------------------------------------------------------------------------
 
-    def start(self, identity: bytes, message: protocol.GenerateMessage) -> None:
+    def start(self, identity: bytes, message: GenerateMessage) -> None:
         """Start a generate and send what is already complete.
 
         Raises:
@@ -218,7 +224,7 @@ class Streams:
         notes = generation.drain_notes()
         if notes:
             stream.notes_sent += len(notes)
-            self._send(stream.identity, protocol.notes_reply(stream.request_id, notes))
+            self._send(stream.identity, NotesReply(stream.request_id, tuple(notes)))
         if generation.done and self._is_running(stream):
             self._finish(stream, generation.reason)
 
@@ -244,7 +250,7 @@ class Streams:
         self._forget(stream)
         generation = stream.generation
         self.tokens += int(generation.tokens)
-        self._send(stream.identity, protocol.done_reply(
+        self._send(stream.identity, DoneReply(
             stream.request_id, reason, notes=stream.notes_sent,
             tokens=int(generation.tokens), prefill_tokens=int(generation.prefill_tokens),
             reused_tokens=int(generation.reused_tokens),
@@ -275,7 +281,7 @@ class Streams:
         """Send an ``error`` reply and count it."""
         self.errors += 1
         logger.debug("error %s to %s: %s", code, identity.hex(), message)
-        self._send(identity, protocol.error_reply(request_id, code, message))
+        self._send(identity, ErrorReply(request_id, code, message))
 
     # --- sessions ------------------------------------------------------------------------
 

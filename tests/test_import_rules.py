@@ -74,10 +74,8 @@ def _part_of(path: Path) -> str | None:
     return None
 
 
-# Being moved into the package (issue 13, item 3): `melody bench` still reaches bench/.
-PENDING = {"engine/tools/bench_cli.py"}
 CHECKED = [p for folder in ("bridge", "engine", "models") for p in _files(folder)
-           if _part_of(p) is not None and p.relative_to(ROOT).as_posix() not in PENDING]
+           if _part_of(p) is not None]
 
 
 @pytest.mark.parametrize("path", CHECKED, ids=lambda p: str(p.relative_to(ROOT)))
@@ -99,8 +97,7 @@ def test_the_models_package_top_level_is_only_the_dispatcher() -> None:
 @pytest.mark.parametrize("package", ["engine", "bridge", "models"])
 def test_nothing_live_imports_export_or_bench(package: str) -> None:
     offenders = [str(p.relative_to(ROOT)) for p in _files(package)
-                 if p.relative_to(ROOT).as_posix() not in PENDING
-                 and any(_under(n, ("export", "bench")) for n in _imports(p))]
+                 if any(_under(n, ("export", "bench")) for n in _imports(p))]
     assert offenders == []
 
 

@@ -166,16 +166,15 @@ def run(args: argparse.Namespace) -> int:
                                                           top_k=args.top_k, top_p=args.top_p,
                                                           seed=seed))
         gens.append(decoder.start(f"file{index}", request))
-    outputs: list[list[Note]] = [[] for _ in gens]
     total = args.bars * len(gens)
     with tqdm(total=total, unit="bar", desc=f"generating ({model.style})") as bar:
-        while not all(g.done for g in gens):
-            decoder.step(gens)
-            for notes, gen in zip(outputs, gens, strict=True):
-                notes.extend(gen.drain_notes())
+
+        def show_bars() -> None:
             done_bars = sum(args.bars if g.done else max(0, g.grammar.bar - g.end_bar + args.bars)
                             for g in gens)
             bar.update(done_bars - bar.n)
+
+        outputs = decoder.decode_until_done(gens, on_step=show_bars)
     out_dir = Path(args.output)
     tempo = args.tempo or tempo
     for index, (gen, notes) in enumerate(zip(gens, outputs, strict=True)):

@@ -5,9 +5,10 @@ sparse and dense, held-out openings of real music). It is fed note by note into 
 bridge's own ``SeedWindow`` and policy on a simulated beat clock, exactly as the daemon's
 loop would (inputs first, then the policy at each time it asks to be woken), so the answer
 is requested at the same beat, with the same seed and start beat, and with the same
-``generate`` fields (``bridge.requests``) that melodyd would send. The fields go through
-the engine's protocol validation and the live decoder (``allow_eos`` as the server has it),
-in process, one answer at a time as in a jam, timed on the wall clock.
+``generate`` request (``bridge.requests``) that melodyd would send. The request is encoded
+and decoded as on the wire (``models.core.protocol``, the engine's own validation) and
+goes to the live decoder (``allow_eos`` as the server has it), in process, one answer at a
+time as in a jam, timed on the wall clock.
 
 Every answer is scored against its call (``score_answer``) and the scores are summarised
 per style and per call family (``summarise``). Call-and-response is the mode measured now;
@@ -22,20 +23,21 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
-from bridge.requests import generate_fields
+from bridge.requests import generate_request
 from bridge.seed import SeedWindow
 from engine.decoder import StyleDecoder
 from engine.streams import vocabulary_pitch_range
-from models.analysis.music_stats import estimate_key, mean_pitch, rhythmic_similarity
+from models.analysis.music_stats import mean_pitch, rhythmic_similarity
+from models.core import protocol
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest
-from models.core.protocol.wire import PROTOCOL_VERSION, parse_request
 from models.core.settings import Settings
+from models.core.tonality import estimate_key
 
 NEAR_SILENT_PER_BAR = 1.0  # an answer with fewer notes per bar is no answer
 DENSITY_BAND = (0.5, 2.0)  # answer/call notes per bar counted as "following the density"
@@ -220,14 +222,13 @@ def request_for(requested: Requested, call: Call, settings: Settings, *, style: 
     Raises:
         ProtocolError: the engine would refuse it.
     """
-    fields = generate_fields(settings, style=style, facts=facts,
-                             temperature=settings.sampling.temperature, seed=requested.seed,
-                             time_signature=call.time_signature,
-                             start_beat=requested.trigger.start_beat,
-                             bars=requested.trigger.bars)
-    message = {"v": PROTOCOL_VERSION, "type": "generate", "id": request_id,
-               "session": SESSION, **fields}
-    return parse_request(message).request
+    request = generate_request(settings, style=style, facts=facts,
+                               temperature=settings.sampling.temperature, seed=requested.seed,
+                               time_signature=call.time_signature,
+                               start_beat=requested.trigger.start_beat,
+                               bars=requested.trigger.bars)
+    frame = protocol.encode(protocol.GenerateMessage(request_id, SESSION, request))
+    return cast(protocol.GenerateMessage, protocol.decode_request(frame)).request
 
 
 # ----------------------------------------------------------------- the engine
@@ -273,21 +274,24 @@ def decode(decoder: StyleDecoder, request: GenerateRequest, session: str,
     notes: list[Note] = []
     total_lp, count = 0.0, 0
     first_s = first_onset = None
-    while not gen.done:
+
+    def drawn_from() -> np.ndarray | None:
         # The logits the next token is drawn from; a step that runs a prompt chunk samples
         # nothing, and a sampled token lands at the end of the stream.
-        sampling = not gen.prefill_rest
-        logits = None if gen.logits is None else np.array(gen.logits, copy=True)
-        before = gen.tokens
-        decoder.step([gen])
-        if sampling and logits is not None and gen.tokens > before:
+        if gen.prefill_rest or gen.logits is None:
+            return None
+        return np.array(gen.logits, copy=True)
+
+    logits, before = drawn_from(), gen.tokens
+    for (fresh,) in decoder.iter_steps([gen]):
+        if logits is not None and gen.tokens > before:
             total_lp += _log_prob(logits, gen.stream[-1])
             count += 1
-        fresh = gen.drain_notes()
         if fresh and first_s is None:
             first_s = time.perf_counter() - started
             first_onset = min(n.onset for n in fresh)
         notes.extend(fresh)
+        logits, before = drawn_from(), gen.tokens
     return Decoded(notes, gen.reason or "", gen.tokens, total_lp / count if count else None,
                    first_s, first_onset, time.perf_counter() - started)
 

@@ -20,11 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.cache import window_feeds
 from engine.decoder import StyleDecoder
-from engine.model import LoadedModel, ort_errors
+from engine.model import LoadedModel
 from models.analysis.music_stats import (
-    estimate_key,
     histogram_distance,
     key_relative_histogram,
     note_density,
@@ -32,9 +30,9 @@ from models.analysis.music_stats import (
 )
 from models.analysis.primes import Prime
 from models.analysis.style_classifier import MIN_SEGMENT_NOTES, Segment, decode_with_bars
-from models.core.exceptions import EngineError
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest, SamplingParams
+from models.core.tonality import estimate_key
 
 logger = logging.getLogger(__name__)
 
@@ -100,20 +98,6 @@ class Continuation:
 
 
 # ----------------------------------------------------------------- held-out metrics
-def _window_logits(model: LoadedModel, ids: np.ndarray) -> np.ndarray:
-    """Logits ``[S, V]`` of one window run from an empty cache.
-
-    Raises:
-        EngineError: ONNX Runtime fails.
-    """
-    feeds = window_feeds(model.card.cache, ids)
-    try:
-        (logits,) = model.session.run(["logits"], feeds)
-    except ort_errors() as err:
-        raise EngineError(f"model {model.path.name} failed: {err}") from err
-    return logits[0]
-
-
 def heldout_metrics(model: LoadedModel, sequences: Sequence[np.ndarray], max_tokens: int,
                     progress: Progress | None = None) -> dict[str, Any]:
     """Perplexity and next-token accuracy over token sequences (each ``BOS ... EOS``).
@@ -135,7 +119,7 @@ def heldout_metrics(model: LoadedModel, sequences: Sequence[np.ndarray], max_tok
             inputs, targets = window[:-1], window[1:]
             if len(targets) == 0:
                 continue
-            logits = _window_logits(model, inputs).astype(np.float64)
+            logits = model.forward(inputs).astype(np.float64)
             top = logits.max(axis=1, keepdims=True)
             log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
             nll += float((log_z - logits[np.arange(len(targets)), targets]).sum())
@@ -211,16 +195,12 @@ def generate_continuations(model: LoadedModel, primes: Sequence[Prime], config: 
                                       bars=config.bars, time_signature=prime.time_signature,
                                       style=model.style, sampling=sampling)
             gen = decoder.start(f"{prime.name}/{sample}", request)
-            jobs.append((prime, sample, gen, []))
-    gens = [job[2] for job in jobs]
-    while not all(g.done for g in gens):
-        decoder.step(gens)
-        for _, _, gen, notes in jobs:
-            notes.extend(gen.drain_notes())
-        if progress is not None:
-            progress(1)
+            jobs.append((prime, sample, gen))
+    gens = [gen for _, _, gen in jobs]
+    outputs = decoder.decode_until_done(
+        gens, on_step=None if progress is None else lambda: progress(1))
     return [Continuation(model.style, prime, sample, notes, gen.reason or "")
-            for prime, sample, gen, notes in jobs]
+            for (prime, sample, gen), notes in zip(jobs, outputs, strict=True)]
 
 
 # ----------------------------------------------------------------- statistics

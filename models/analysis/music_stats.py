@@ -1,5 +1,5 @@
-"""Musical statistics of a passage: key, pitch-class histogram, density, polyphony, and the
-feature vector the style classifier reads.
+"""Musical statistics of a passage: key-relative histograms, density, polyphony, and the
+feature vector the style classifier reads (key finding itself is ``models.core.tonality``).
 
 Every function takes beat-timed ``Note``s, so real music (decoded from a dataset's tokens)
 and generated continuations are measured the same way.
@@ -12,85 +12,16 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from models.core.notes import Note
-from models.core.pitch_names import PITCH_CLASS_NAMES
-
-# Krumhansl & Kessler's key profiles (probe-tone ratings, 1982), tonic first.
-MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
-MINOR_PROFILE = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-# Scale degrees (semitones above the tonic) of the major and harmonic+natural minor scales.
-_MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
-_MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10, 11)
+from models.core.tonality import Key, estimate_key, pitch_class_histogram
 
 # Durations and inter-onset intervals are binned on a log2 scale in half-octave steps,
 # from a 64th-ish (1/16 beat) to 8 beats: sixteenths, triplets and dotted values separate.
 _LOG_BINS = np.arange(-4.0, 3.01, 0.5)
 MAX_MELODIC_INTERVAL = 12  # larger leaps fall into the outermost bins
-
-
-@dataclass(frozen=True)
-class Key:
-    """A key estimate.
-
-    Attributes:
-        tonic: pitch class of the tonic (0 = C).
-        mode: ``"major"`` or ``"minor"``.
-        correlation: Pearson correlation of the passage with the key's profile.
-    """
-
-    tonic: int
-    mode: str
-    correlation: float
-
-    @property
-    def name(self) -> str:
-        """``"A minor"``."""
-        return f"{PITCH_CLASS_NAMES[self.tonic]} {self.mode}"
-
-    @property
-    def scale(self) -> tuple[int, ...]:
-        """Pitch classes of the key's scale."""
-        degrees = _MAJOR_SCALE if self.mode == "major" else _MINOR_SCALE
-        return tuple((self.tonic + d) % 12 for d in degrees)
-
-
-def pitch_class_histogram(notes: Sequence[Note], weighted: bool = True) -> np.ndarray:
-    """Share of each pitch class (12 values summing to 1; zeros when there are no notes).
-
-    Args:
-        notes: the passage.
-        weighted: weight each note by its duration (how long a pitch class sounds), as
-            key finding does; else count notes.
-    """
-    hist = np.zeros(12)
-    for note in notes:
-        hist[note.pitch % 12] += note.duration if weighted else 1.0
-    total = hist.sum()
-    return hist / total if total > 0 else hist
-
-
-def estimate_key(notes: Sequence[Note]) -> Key | None:
-    """The Krumhansl-Schmuckler key estimate: the best-correlated of the 24 key profiles.
-
-    Returns:
-        The key, or ``None`` when the passage has fewer than two distinct pitch classes
-        (no key can be told).
-    """
-    hist = pitch_class_histogram(notes)
-    if np.count_nonzero(hist) < 2:
-        return None
-    best: Key | None = None
-    for mode, profile in (("major", MAJOR_PROFILE), ("minor", MINOR_PROFILE)):
-        for tonic in range(12):
-            # Rotating the profile puts its tonic weight on pitch class `tonic`.
-            corr = float(np.corrcoef(hist, np.roll(profile, tonic))[0, 1])
-            if best is None or corr > best.correlation:
-                best = Key(tonic, mode, corr)
-    return best
 
 
 def key_relative_histogram(notes: Sequence[Note], key: Key | None = None) -> np.ndarray:

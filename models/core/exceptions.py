@@ -4,6 +4,8 @@ Commands catch ``MelodyError`` at the top and print its message on one line; any
 else is a bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
 
 class MelodyError(Exception):
     """Base class of every error a user can meet and act on."""
@@ -34,11 +36,18 @@ class EngineError(MelodyError):
 
 
 class ProtocolError(EngineError):
-    """A protocol message is malformed; carries the error code sent back to the client."""
+    """A protocol message is malformed; carries the error code sent back to the client.
 
-    def __init__(self, code: str, message: str) -> None:
+    Attributes:
+        code: the ``error`` reply's code (``invalid``, ``bad_json``, ...).
+        request_id: the refused message's ``id`` when it had a readable one (the reply
+            echoes it); set by ``models.core.protocol.wire.decode_request``.
+    """
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.request_id = request_id
 
 
 class BridgeError(MelodyError):

@@ -18,8 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from models.core.exceptions import ConfigError
+from models.core.exceptions import ConfigError, ProtocolError
+from models.core.meter import parse_time_signature
 from models.core.paths import default_config_path
+from models.core.protocol import fields as protocol_fields
+from models.core.protocol import limits as protocol_limits
+from models.core.protocol.messages import Constraints, SamplingParams
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +31,6 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 
-TOKEN_MAX_DENOMINATOR = 16  # the largest time-signature denominator the vocabulary has
 # Style names travel in protocol messages, file names and token configurations.
 _STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -95,13 +98,9 @@ class TokensSettings:
                 raise ConfigError(f"[tokens] time_signatures holds strings like \"3/4\" "
                                   f"(received {text!r})")
             try:
-                denominator = parse_time_signature(text)[1]
-            except ConfigError as err:
+                parse_time_signature(text)
+            except ValueError as err:
                 raise ConfigError(f"[tokens] time_signatures: {err}") from err
-            # MidiTok's time-signature tokens stop at sixteenth-note denominators.
-            if denominator > TOKEN_MAX_DENOMINATOR:
-                raise ConfigError(f"[tokens] time_signatures: denominators go up to "
-                                  f"{TOKEN_MAX_DENOMINATOR} (received {text!r})")
         self._check_styles()
 
     def _check_styles(self) -> None:
@@ -136,10 +135,11 @@ class EngineSettings:
     bind: str = setting("tcp://127.0.0.1:5757")
     curve_server_secret: str = setting("")
     curve_clients_dir: str = setting("")
-    max_message_bytes: int = setting(262_144, low=1024, high=16_777_216)
-    max_seed_notes: int = setting(2048, low=1, high=65_536)
-    max_active: int = setting(32, low=1, high=1024)
-    session_idle_s: float = setting(600.0, low=1.0, high=604_800.0)
+    max_message_bytes: int = setting(protocol_limits.MAX_MESSAGE_BYTES, low=1024,
+                                     high=16_777_216)
+    max_seed_notes: int = setting(protocol_limits.MAX_SEED_NOTES, low=1, high=65_536)
+    max_active: int = setting(protocol_limits.MAX_ACTIVE, low=1, high=1024)
+    session_idle_s: float = setting(protocol_limits.SESSION_IDLE_S, low=1.0, high=604_800.0)
     # Where `melodyd` finds an engine; empty = start a private engine child process.
     connect: str = setting("")
 
@@ -175,8 +175,11 @@ class ClockSettings:
     smoothing_ticks: int = setting(24, low=2, high=96)
 
     def check(self) -> None:
-        """Reject a time signature that is not ``N/D`` with D a power of two."""
-        parse_time_signature(self.time_signature)
+        """Reject a time signature the engine would refuse (``models.core.meter``)."""
+        try:
+            parse_time_signature(self.time_signature)
+        except ValueError as err:
+            raise ConfigError(f"[clock] time_signature: {err}") from err
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,13 +212,46 @@ class SamplingSettings:
     max_polyphony: int = setting(0, low=0, high=16)
 
     def check(self) -> None:
-        """Cross-field rules: an ordered pitch range and pitch classes 0-11."""
+        """Cross-field rules: an ordered pitch range, pitch classes 0-11, and nothing the
+        engine would refuse in the ``sampling`` and ``constraints`` sent from this section
+        (checked by the protocol's own rules, e.g. ``top_p`` above 0, no repeated class)."""
         if self.pitch_min > self.pitch_max:
             raise ConfigError(f"[sampling] pitch_min must be <= pitch_max "
                               f"(received {self.pitch_min} > {self.pitch_max})")
         bad = [pc for pc in self.scale if not isinstance(pc, int) or not 0 <= pc <= 11]
         if bad:
             raise ConfigError(f"[sampling] scale holds pitch classes 0-11 (received {bad!r})")
+        try:
+            protocol_fields.sampling(self.sampling_params().to_json())
+            protocol_fields.constraints(self.constraints().to_json())
+        except ProtocolError as err:
+            # "sampling.top_p must be above 0.0 ..." -> "[sampling] top_p must be ..."
+            text = str(err).removeprefix("sampling.").removeprefix("constraints.")
+            raise ConfigError(f"[sampling] {text}; the engine would refuse it") from err
+
+    def sampling_params(self, temperature: float | None = None) -> SamplingParams:
+        """The protocol's ``sampling`` of this section (``seed`` -1 draws a fresh one).
+
+        Args:
+            temperature: the live temperature (a CC may have changed it); the section's
+                when ``None``.
+        """
+        return SamplingParams(
+            temperature=self.temperature if temperature is None else temperature,
+            top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
+            seed=None if self.seed < 0 else self.seed)
+
+    def constraints(self, pitch_range: tuple[int, int] | None = None) -> Constraints:
+        """The protocol's ``constraints`` of this section (an empty scale and a
+        ``max_polyphony`` of 0 mean no limit).
+
+        Args:
+            pitch_range: the range to ask for (within the style's, see
+                ``bridge.requests.style_pitch_range``); the section's when ``None``.
+        """
+        low, high = pitch_range or (self.pitch_min, self.pitch_max)
+        return Constraints(pitch_min=low, pitch_max=high, scale=tuple(self.scale) or None,
+                           max_polyphony=self.max_polyphony or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,22 +260,6 @@ class StylesSettings:
 
     default: str = setting("romantic")
     directory: str = setting("")
-
-
-def parse_time_signature(text: str) -> tuple[int, int]:
-    """``"6/8"`` -> ``(6, 8)``.
-
-    Raises:
-        ConfigError: not ``N/D`` with N in 1-32 and D a power of two up to 32.
-    """
-    num, _, den = text.partition("/")
-    try:
-        pair = int(num), int(den)
-    except ValueError as err:
-        raise ConfigError(f"time signature must look like 4/4 (received {text!r})") from err
-    if not 1 <= pair[0] <= 32 or pair[1] not in (1, 2, 4, 8, 16, 32):
-        raise ConfigError(f"time signature must look like 4/4 (received {text!r})")
-    return pair
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +290,7 @@ class TrainSettings:
     finetune_steps: int = setting(2_000, low=1)
     finetune_lr: float = setting(3e-4, low=0.0, high=1.0)
     balance_styles: bool = setting(True)
+    balance_power: float = setting(0.5, low=0.0, high=1.0)
     style_dropout: float = setting(0.1, low=0.0, high=1.0)
 
 

@@ -51,8 +51,9 @@ import numpy as np
 import symusic
 
 from models.core.exceptions import ConfigError, TokenizerError
+from models.core.meter import parse_time_signature
 from models.core.notes import ANY, ROLES, Note
-from models.core.settings import TOKEN_MAX_DENOMINATOR, TokensSettings, _build_section
+from models.core.settings import TokensSettings, _build_section
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,6 @@ _NOTES_TPQ = 480
 # symusic stores ticks as int32: a note ending past this tick (~4.47 million beats at
 # _NOTES_TPQ) would overflow inside the library instead of failing clearly.
 _MAX_TICK = 2**31 - 1
-# Powers of two up to the vocabulary's largest denominator (1, 2, 4, 8, 16).
-_DENOMINATORS = tuple(2**k for k in range(TOKEN_MAX_DENOMINATOR.bit_length()))
 # The MidiTok program standing for each role. "any" is 0 because MidiTok decodes notes
 # before any Program token as program 0; the order is the order of roles at one position.
 ROLE_PROGRAMS = {role: program for program, role in enumerate(ROLES)}
@@ -73,16 +72,6 @@ STYLE_ANY = "any"  # the name of slot 0
 # The conditioning settings, left out of ``to_dict`` at their defaults so that the saved
 # configuration of an unconditioned vocabulary is exactly what it was before them.
 _CONDITIONING_DEFAULTS = {"style_slots": 0, "styles": (), "roles": False}
-
-
-def _parse_time_signature(text: str) -> tuple[int, int]:
-    try:
-        num, den = (int(part) for part in str(text).split("/"))
-    except ValueError as err:
-        raise TokenizerError(f"time signature must look like '3/4' (received {text!r})") from err
-    if num < 1 or den not in _DENOMINATORS:
-        raise TokenizerError(f"time signature {text!r} is not a valid n/2^k signature")
-    return num, den
 
 
 def _miditok_config(settings: TokensSettings) -> miditok.TokenizerConfig:
@@ -97,7 +86,10 @@ def _miditok_config(settings: TokensSettings) -> miditok.TokenizerConfig:
         beat_res[(4, settings.max_duration_beats)] = min(ppb, 4)
     signatures: dict[int, list[int]] = {}
     for text in settings.time_signatures:
-        num, den = _parse_time_signature(text)
+        try:
+            num, den = parse_time_signature(text)
+        except ValueError as err:
+            raise TokenizerError(str(err)) from err
         signatures.setdefault(den, []).append(num)
     return miditok.TokenizerConfig(
         pitch_range=(settings.pitch_min, settings.pitch_max + 1),

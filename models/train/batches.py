@@ -72,12 +72,15 @@ def tokenizer_dict(manifest: dict[str, Any], data_dir: str | Path) -> dict[str, 
 
 
 def style_weights(tokens: np.ndarray, offsets: np.ndarray,
-                  style_ids: Sequence[int]) -> np.ndarray:
-    """Per sequence, the chance of drawing it so that every style gets the same share.
+                  style_ids: Sequence[int], power: float = 0.0) -> np.ndarray:
+    """Per sequence, the chance of drawing it so that styles share the steps fairly.
 
     A sequence's style is the ``Style`` token after its ``BOS`` (none: a style of its own).
     Within a style, sequences are drawn in proportion to their length (every token as
-    likely as any other); across styles, in inverse proportion to the style's tokens.
+    likely as any other). Across styles, a style's share of the draws is proportional to
+    its tokens to the ``power``: 0 gives every style the same share, 1 the natural one, and
+    in between a small style is lifted without being repeated until it is memorised (a
+    style of a few pieces would otherwise take a full 1/n of all steps).
 
     Raises:
         DataError: ``offsets`` does not describe ``tokens``.
@@ -91,7 +94,8 @@ def style_weights(tokens: np.ndarray, offsets: np.ndarray,
     second = np.asarray(tokens[heads], dtype=np.int64)
     styles = np.where(np.isin(second, np.asarray(style_ids, dtype=np.int64)), second, -1)
     share = {int(s): lengths[styles == s].sum() for s in np.unique(styles)}
-    weights = lengths / np.array([share[int(s)] for s in styles])
+    per_style = np.array([share[int(s)] for s in styles])
+    weights = lengths / per_style * per_style ** power
     return weights / weights.sum()
 
 
@@ -112,7 +116,7 @@ class WindowBatches:
     def __init__(self, tokens: np.ndarray, context_length: int, *,
                  offsets: np.ndarray | None = None, style_ids: Sequence[int] = (),
                  style_dropout: float = 0.0, balance: bool = False,
-                 keep_heads: bool = False) -> None:
+                 balance_power: float = 0.0, keep_heads: bool = False) -> None:
         """Windows over ``tokens``; the keyword arguments are for conditioned vocabularies.
 
         Raises:
@@ -133,7 +137,8 @@ class WindowBatches:
         self.offsets = None if offsets is None else np.asarray(offsets, dtype=np.int64)
         self.style_ids = np.asarray(style_ids, dtype=np.int64)
         self.style_dropout = float(style_dropout)
-        self.weights = (torch.from_numpy(style_weights(tokens, self.offsets, style_ids))
+        self.weights = (torch.from_numpy(style_weights(tokens, self.offsets, style_ids,
+                                                       balance_power))
                         if balance and self.offsets is not None else None)
         # Why: the engine always starts a prompt with BOS Style and keeps those first
         # tokens when its cache slides, so mid-piece text always follows a style token

@@ -141,7 +141,8 @@ def load_run_data(data_dir: str | Path, context_length: int,
         settings = settings or TrainSettings()
         train = WindowBatches(train_tokens, context_length, offsets=train_set.offsets,
                               style_ids=style_ids, style_dropout=settings.style_dropout,
-                              balance=settings.balance_styles, keep_heads=True)
+                              balance=settings.balance_styles,
+                              balance_power=settings.balance_power, keep_heads=True)
     else:
         train = WindowBatches(train_tokens, context_length)
     return RunData(train, WindowBatches(val_tokens, context_length), tokenizer,

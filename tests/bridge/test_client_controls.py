@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -10,6 +11,9 @@ import zmq
 
 from bridge.client import EngineClient
 from bridge.controls import ControlMap
+from models.core import protocol
+from models.core.exceptions import ProtocolError
+from models.core.notes import Note
 from models.core.settings import MidiSettings
 
 
@@ -37,7 +41,7 @@ def recv(sock: zmq.Socket, timeout_ms: int = 3000) -> tuple[bytes, dict]:
     return identity, json.loads(frame)
 
 
-def pump(client: EngineClient, timeout: float = 3.0) -> list[dict]:
+def pump(client: EngineClient, timeout: float = 3.0) -> list[protocol.Reply]:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if client.socket.poll(50):
@@ -60,23 +64,30 @@ def test_ping_generate_cancel_and_replies(router):
         assert ping["v"] == 1 and ping["type"] == "ping" and ping["t"] >= 1000.0
         pong = {"v": 1, "type": "pong", "t": ping["t"]}
         sock.send_multipart([identity, json.dumps(pong).encode()])
-        assert pump(client)[0]["type"] == "pong"
+        assert pump(client) == [protocol.PongReply(t=ping["t"])]
         assert client.state == "up"
-        request_id = client.generate(session="s", style="x", seed=[], start_beat=4, bars=1)
+        request = protocol.GenerateRequest(seed=(Note(0.0, 1.0, 60, 80),), start_beat=4,
+                                           bars=1, style="x")
+        request_id = client.generate("s", request)
         _, generate = recv(sock)
         assert generate["type"] == "generate" and generate["id"] == request_id
-        assert generate["start_beat"] == 4
+        assert generate["start_beat"] == 4 and generate["session"] == "s"
+        assert protocol.parse_request(generate) == protocol.GenerateMessage(
+            request_id, "s", request)
         client.cancel(request_id)
         _, cancel = recv(sock)
         assert cancel == {"v": 1, "type": "cancel", "id": cancel["id"], "target": request_id}
         # Malformed replies are skipped, not fatal.
+        done = protocol.DoneReply(request_id, "cancelled", notes=0, tokens=3)
         sock.send_multipart([identity, b"not json"])
         sock.send_multipart([identity, json.dumps({"v": 2, "type": "pong"}).encode()])
         sock.send_multipart([identity, json.dumps({"v": 1, "type": "done", "id": request_id,
-                                                   "reason": "cancelled"}).encode()])
+                                                   "reason": "tired"}).encode()])
+        sock.send_multipart([identity, json.dumps({"v": 1, "type": "notes", "id": request_id,
+                                                   "notes": [{"pitch": 300}]}).encode()])
+        sock.send_multipart([identity, protocol.encode(done)])
         time.sleep(0.1)
-        replies = pump(client)
-        assert [r["type"] for r in replies] == ["done"]
+        assert pump(client) == [done]
     finally:
         client.close()
 
@@ -123,8 +134,40 @@ def test_requests_while_engine_absent_are_dropped():
     client = EngineClient("tcp://127.0.0.1:1")  # nothing listens there
     client.open()
     try:
-        client.generate(session="s", style="x", seed=[], start_beat=0)  # must not block
+        request = protocol.GenerateRequest(seed=(), start_beat=0, style="x")
+        client.generate("s", request)  # must not block
         assert client.state == "connecting"
+    finally:
+        client.close()
+
+
+def test_a_request_the_engine_would_refuse_is_never_sent(router):
+    """The client encodes with the engine's own rules and the limits of its ``hello``."""
+    sock, address = router
+    client = EngineClient(address)
+    client.open()
+    try:
+        client.service()  # the first ping: the connection is up once it arrives
+        identity, _ = recv(sock)
+        hello = protocol.HelloReply(None, "test", {"x": {}}, protocol.Limits(max_seed_notes=2))
+        sock.send_multipart([identity, protocol.encode(hello)])
+        assert pump(client) == [hello] and client.limits.max_seed_notes == 2
+        seed = tuple(Note(i, 0.5, 60, 80) for i in range(3))
+        for request, needle in [
+                (protocol.GenerateRequest(seed=seed, start_beat=4.0, style="x"),
+                 "3 notes, the limit is 2"),
+                (protocol.GenerateRequest(seed=(), start_beat=4.0, style="x",
+                                          time_signature=(4, 32)), "time_signature"),
+                (protocol.GenerateRequest(seed=(Note(0, 0.0, 60, 80),), start_beat=4.0,
+                                          style="x"), "seed[0].duration")]:
+            with pytest.raises(ProtocolError, match=re.escape(needle)) as info:
+                client.generate("s", request)
+            assert info.value.code == "invalid"
+        client.generate("s", protocol.GenerateRequest(seed=seed[:2], start_beat=4.0,
+                                                      style="x"))
+        _, sent = recv(sock)
+        assert sent["type"] == "generate" and len(sent["seed"]) == 2  # the only one sent
+        assert not sock.poll(100)
     finally:
         client.close()
 

@@ -1,9 +1,11 @@
 """The daemon's wiring with a fake output port and a small real zmq ROUTER as the engine.
 
-The ROUTER answers per docs/protocol.md (hello, pong, notes + done, cancel), so the
-daemon's decisions (when to ask, what to cancel, when to release) are tested without a
-MIDI system or a model. The application around it is in test_app.py; the real engine and
-JACK are in test_jack_e2e.py.
+The ROUTER answers per docs/protocol.md (hello, pong, notes + done, cancel) with the
+protocol's own typed replies, and reads every request with the engine's own parser, so
+the daemon's decisions (when to ask, what to cancel, when to release) are tested without
+a MIDI system or a model, and a request the engine would refuse fails the test. The
+application around it is in test_app.py; the real engine and JACK are in
+test_jack_e2e.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from bridge.clock import InternalClock
 from bridge.daemon import Daemon, follow_dynamics
 from bridge.listener import InputQueue
 from bridge.scheduler import Scheduler
+from models.core import protocol
+from models.core.notes import Note
 from models.core.settings import Settings
 
 BPM = 600.0  # 0.1 s per beat, 0.4 s per bar: the tests stay short
@@ -38,6 +42,7 @@ class FakeEngine:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.address = f"tcp://127.0.0.1:{self.sock.bind_to_random_port('tcp://127.0.0.1')}"
         self.requests: list[dict] = []
+        self.refused: list[str] = []  # what the engine's parser said of a bad request
         self.mute = False  # stop answering anything (engine lost)
         self.hold_done = False  # stream the notes but never finish (still generating)
         self.answer_notes = [(0.0, 0.5, 60, 64), (1.0, 30.0, 62, 64), (20.0, 0.5, 64, 64)]
@@ -45,32 +50,34 @@ class FakeEngine:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _send(self, identity: bytes, message: dict) -> None:
-        self.sock.send_multipart([identity, json.dumps({"v": 1, **message}).encode()])
+    def _send(self, identity: bytes, message: protocol.Reply) -> None:
+        self.sock.send_multipart([identity, protocol.encode(message)])
 
     def _run(self) -> None:
         while not self._stop.is_set():
             if not self.sock.poll(20):
                 continue
             identity, frame = self.sock.recv_multipart()
-            request = json.loads(frame)
-            self.requests.append(request)
+            self.requests.append(json.loads(frame))
+            try:
+                request = protocol.decode_request(frame)
+            except protocol.ProtocolError as err:
+                self.refused.append(f"{err.code}: {err}")
+                continue
             if self.mute:
                 continue
-            kind, rid = request["type"], request.get("id")
-            if kind == "ping":
-                self._send(identity, {"type": "pong", "id": rid, "t": request.get("t")})
-            elif kind == "hello":
-                self._send(identity, {"type": "hello", "id": rid, "protocol": 1,
-                                      "engine": "fake", "styles": {"fake": {
-                                          "pitch_min": 21, "pitch_max": 108}}})
-            elif kind == "generate":
-                start = request["start_beat"]
-                notes = [{"onset": start + o, "duration": d, "pitch": p, "velocity": v}
-                         for o, d, p, v in self.answer_notes]
-                self._send(identity, {"type": "notes", "id": rid, "notes": notes})
+            if isinstance(request, protocol.PingRequest):
+                self._send(identity, protocol.PongReply(request.id, request.t))
+            elif isinstance(request, protocol.HelloRequest):
+                self._send(identity, protocol.HelloReply(
+                    request.id, "fake", {"fake": {"pitch_min": 21, "pitch_max": 108}}))
+            elif isinstance(request, protocol.GenerateMessage):
+                start = request.request.start_beat
+                notes = tuple(Note(start + o, d, p, v) for o, d, p, v in self.answer_notes)
+                self._send(identity, protocol.NotesReply(request.id, notes))
                 if not self.hold_done:
-                    self._send(identity, {"type": "done", "id": rid, "reason": "complete"})
+                    self._send(identity, protocol.DoneReply(request.id, "complete",
+                                                            notes=len(notes)))
 
     def of_type(self, kind: str) -> list[dict]:
         return [r for r in list(self.requests) if r["type"] == kind]
@@ -136,6 +143,7 @@ def rig(between_turns):
     client.close()
     engine.close()
     inputs.close()
+    assert engine.refused == []  # every request the daemon sent, the engine would take
 
 
 def play_phrase(inputs: InputQueue, clock, pitches=(60, 64)) -> float:
@@ -173,6 +181,22 @@ def test_pitch_range_is_kept_within_the_styles(rig):
     assert wait_for(lambda: engine.of_type("generate"))
     constraints = engine.of_type("generate")[0]["constraints"]
     assert (constraints["pitch_min"], constraints["pitch_max"]) == (21, 100)
+
+
+def test_a_request_the_engine_would_refuse_is_not_sent(rig, caplog):
+    """The client checks a request by the engine's own rules and the limits of its hello:
+    the daemon logs why it does not ask instead of earning an error reply."""
+    daemon, engine, _port, inputs, clock = rig
+    daemon.client.limits = protocol.Limits(max_seed_notes=1)  # as if the hello said so
+    with caplog.at_level("WARNING"):
+        play_phrase(inputs, clock)  # two notes
+        assert wait_for(lambda: any("not asking the engine" in r.getMessage()
+                                    for r in caplog.records))
+    assert any("2 notes, the limit is 1" in r.getMessage() for r in caplog.records)
+    assert engine.of_type("generate") == [] and daemon.scheduler.pending() == 0
+    daemon.client.limits = protocol.Limits()
+    play_phrase(inputs, clock, (65, 67))
+    assert wait_for(lambda: engine.of_type("generate"))
 
 
 @pytest.mark.parametrize("engine_running", [False, True], ids=["finished", "running"])

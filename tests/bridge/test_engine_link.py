@@ -10,12 +10,15 @@ import pytest
 
 from bridge.client import CurveClientKeys, EngineClient
 from bridge.engine_child import free_loopback_port, stop_process
+from models.core import protocol
 from models.core.exceptions import BridgeError
+from models.core.notes import Note
 
 
-def pump_until(client: EngineClient, predicate, timeout: float = 60.0) -> list[dict]:
+def pump_until(client: EngineClient, predicate, timeout: float = 60.0
+               ) -> list[protocol.Reply]:
     """Heartbeats and receives until ``predicate(replies)``; every wait is bounded."""
-    replies: list[dict] = []
+    replies: list[protocol.Reply] = []
     end = time.monotonic() + timeout
     while time.monotonic() < end and not predicate(replies):
         wait = client.service()
@@ -44,22 +47,23 @@ def test_curve_client_talks_and_generates(curve_engine):
     try:
         replies = pump_until(client, lambda r: client.state == "up")
         assert client.state == "up", replies
-        client.send("hello")
-        replies = pump_until(client, lambda r: any(m["type"] == "hello" for m in r))
-        hello = next(m for m in replies if m["type"] == "hello")
-        assert "tiny" in hello["styles"]
+        client.hello()
+        replies = pump_until(client, lambda r: any(m.TYPE == "hello" for m in r))
+        hello = next(m for m in replies if isinstance(m, protocol.HelloReply))
+        assert "tiny" in hello.styles
+        assert client.limits == hello.limits == protocol.Limits()  # the engine's defaults
         # The bridge's generate passes the engine's validation and comes back on our grid.
-        seed = [{"onset": 0.0, "duration": 0.5, "pitch": 60, "velocity": 90},
-                {"onset": 1.0, "duration": 0.5, "pitch": 64, "velocity": 90}]
-        request_id = client.generate(session="t", style="tiny", seed=seed, start_beat=8.0,
-                                     bars=1, time_signature=[4, 4],
-                                     sampling={"temperature": 1.0, "seed": 7},
-                                     constraints={"max_polyphony": 2})
-        replies = pump_until(client, lambda r: any(m["type"] in ("done", "error") for m in r))
-        assert [m["type"] for m in replies if m.get("id") == request_id][-1] == "done", replies
-        notes = [n for m in replies if m["type"] == "notes" for n in m["notes"]]
-        assert all(8.0 <= n["onset"] < 12.0 for n in notes)
-        assert all(abs(n["onset"] * 12 - round(n["onset"] * 12)) < 1e-6 for n in notes)
+        seed = (Note(0.0, 0.5, 60, 90), Note(1.0, 0.5, 64, 90))
+        request = protocol.GenerateRequest(
+            seed=seed, start_beat=8.0, bars=1, time_signature=(4, 4), style="tiny",
+            sampling=protocol.SamplingParams(temperature=1.0, seed=7),
+            constraints=protocol.Constraints(max_polyphony=2))
+        request_id = client.generate("t", request)
+        replies = pump_until(client, lambda r: any(m.TYPE in ("done", "error") for m in r))
+        assert [m.TYPE for m in replies if m.id == request_id][-1] == "done", replies
+        notes = [n for m in replies if isinstance(m, protocol.NotesReply) for n in m.notes]
+        assert all(8.0 <= n.onset < 12.0 for n in notes)
+        assert all(abs(n.onset * 12 - round(n.onset * 12)) < 1e-6 for n in notes)
     finally:
         client.close()
 

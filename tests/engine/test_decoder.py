@@ -9,6 +9,7 @@ import pytest
 
 from engine.decoder import Generation, StyleDecoder
 from engine.model import load_model
+from models.core.exceptions import EngineError
 from models.core.notes import Note
 from models.core.protocol.messages import Constraints, GenerateRequest, SamplingParams
 from models.core.settings import EngineSettings
@@ -30,14 +31,7 @@ def _seed(count: int = 10, start: float = 4.0) -> tuple[Note, ...]:
 
 
 def _run(decoder: StyleDecoder, gens: list[Generation]) -> list[list[Note]]:
-    notes: list[list[Note]] = [[] for _ in gens]
-    for _ in range(100_000):
-        if all(g.done for g in gens):
-            break
-        decoder.step(gens)
-        for out, gen in zip(notes, gens, strict=True):
-            out.extend(gen.drain_notes())
-    return notes
+    return decoder.decode_until_done(gens)
 
 
 def _request(notes=None, start=8.0, bars=2, **sampling) -> GenerateRequest:
@@ -288,3 +282,52 @@ def test_warm_up_leaves_nothing_behind(model):
     request = _request(seed=11)
     fresh = _decoder(model)
     assert _run(warm, [warm.start("jam", request)]) == _run(fresh, [fresh.start("jam", request)])
+
+
+def test_decode_until_done_collects_what_a_step_loop_collects(model):
+    request = _request(seed=12)
+    by_hand = _decoder(model)
+    gen = by_hand.start("a", request)
+    notes: list[Note] = []
+    steps = 0
+    while not gen.done:
+        by_hand.step([gen])
+        notes.extend(gen.drain_notes())
+        steps += 1
+    helper = _decoder(model)
+    calls: list[int] = []
+    again = helper.start("a", request)
+    assert helper.decode_until_done([again], on_step=lambda: calls.append(1)) == [notes]
+    assert len(calls) == steps
+    assert again.stream == gen.stream
+
+
+def test_a_row_call_gives_the_logits_of_a_whole_window(model):
+    decoder = _decoder(model)
+    gen = decoder.start("a", _request(seed=13))
+    ids = [int(t) for t in gen.stream[:40]]
+    full = model.forward(ids)
+    assert full.shape == (len(ids), model.tokenizer.vocab_size)
+    # The whole window into the row from position 0, as a full recompute.
+    np.testing.assert_allclose(decoder.prefill(gen, ids, 0), full[-1], atol=1e-4)
+    assert decoder.pool.lengths[gen.slot] == len(ids)
+    # The last token alone after the others: a bound call that runs again and again.
+    decoder.prefill(gen, ids[:-1], 0)
+    call = decoder.bind_row(gen, ids[-1:], len(ids) - 1)
+    for _ in range(2):
+        np.testing.assert_allclose(call.run()[0, -1], full[-1], atol=1e-4)
+    assert decoder.pool.lengths[gen.slot] == len(ids) - 1  # a bound call leaves it alone
+
+
+def test_seek_sets_the_cache_length_the_next_step_attends_to(model):
+    decoder = _decoder(model)
+    gen = decoder.start("a", _request(seed=14))
+    decoder.seek(gen, 100)
+    decoder.step([gen])
+    assert decoder.pool.lengths[gen.slot] == 101
+    assert gen.next_position == gen.cache_len == 101
+    decoder.seek(gen, model.context_length)  # a full row: the next step slides it
+    decoder.step([gen])
+    assert gen.slid
+    with pytest.raises(EngineError, match=f"received {model.context_length + 1}"):
+        decoder.seek(gen, model.context_length + 1)

@@ -8,7 +8,7 @@ from engine.grammar import VocabularyMasks
 from engine.prompt import build_prompt
 from models.core.notes import Note
 from models.core.protocol.messages import Constraints, GenerateRequest, SamplingParams
-from models.core.protocol.wire import parse_generate
+from models.core.protocol.parse import parse_generate
 from models.core.settings import TokensSettings
 from models.core.streaming import StreamingDetokenizer
 from models.core.tokenizer import MelodyTokenizer

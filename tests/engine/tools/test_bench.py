@@ -1,42 +1,55 @@
-"""The engine benchmark runs end to end on a tiny model and reports every number."""
+"""The engine benchmark (engine.tools.bench) measures a tiny model on the engine alone."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-from models.cli import main
+import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from engine.tools.bench import (
+    BenchConfig,
+    BenchContext,
+    format_table,
+    run_benchmark,
+    write_json,
+)
+
+SMALL = BenchConfig(pasts=(16, 64), prefills=(32,), batches=(1, 3), batch_past=16, steps=20)
 
 
-def test_bench_engine_prints_a_table_and_writes_json(tiny_onnx_model, tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    code = main(["bench", "engine", "--model", str(tiny_onnx_model), "--steps", "20",
-                 "--pasts", "16,64", "--prefills", "32", "--batches", "1,3",
-                 "--batch-past", "16", "--no-torch", "--json", str(out)])
-    assert code == 0
-    table = capsys.readouterr().out
-    assert "targets:" in table and "sessions real-time" in table
-    results = json.loads(out.read_text())
-    assert set(results["decode"]) == {"16", "64"}
-    assert results["decode"]["64"]["n"] == 20
-    assert results["prefill"]["32"]["p50"] > 0
-    assert set(results["batched"]) == {"1", "3"}
+@pytest.fixture(scope="module")
+def results(tiny_onnx_model):
+    seen: list[BenchContext] = []
+
+    def compare(context: BenchContext) -> None:
+        seen.append(context)
+        context.results["compared"] = sorted(context.results["decode"])
+
+    out = run_benchmark(tiny_onnx_model, config=SMALL, comparisons=[compare])
+    assert len(seen) == 1 and seen[0].decoder.model.style == out["style"]
+    return out
+
+
+def test_the_benchmark_reports_every_engine_figure(results):
+    assert set(results["decode"]) == {16, 64}
+    assert results["decode"][64]["n"] == 20
+    assert set(results["model_call"]) == set(results["recompute"]) == {16, 64}
+    assert results["prefill"][32]["p50"] > 0
+    assert set(results["batched"]) == {1, 3}
     assert results["memory_mib"]["after_load"] >= results["memory_mib"]["before_load"]
     assert {"decode_p99_le_1ms", "recompute_ratio_ge_60", "sessions_ge_20"} <= set(
         results["targets"])
+    # Without a PyTorch comparison its column stays empty and has no target.
+    assert results["torch_eager"] == {}
+    assert not any(name.startswith("torch_") for name in results["targets"])
 
 
-def test_bench_engine_runs_as_a_script(tiny_onnx_model, tmp_path):
-    out = tmp_path / "script.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.engine", "--model", str(tiny_onnx_model), "--steps", "5",
-         "--pasts", "16", "--prefills", "16", "--batches", "1", "--batch-past", "8",
-         "--no-torch", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "targets:" in result.stdout
-    assert json.loads(out.read_text())["decode"]["16"]["n"] == 5
+def test_a_comparison_runs_after_the_engine_figures(results):
+    assert results["compared"] == [16, 64]
+
+
+def test_the_table_and_the_json(results, tmp_path):
+    table = format_table(results)
+    assert "targets:" in table and "sessions real-time" in table
+    written = json.loads(write_json(results, tmp_path / "b.json").read_text())
+    assert set(written["decode"]) == {"16", "64"}

@@ -28,6 +28,7 @@ from engine.tools.jam import (
     synthetic_calls,
 )
 from models.analysis.music_stats import onset_histogram, rhythmic_similarity
+from models.core import protocol
 from models.core.notes import Note
 from models.core.settings import Settings
 
@@ -89,7 +90,7 @@ def test_rhythmic_similarity_compares_onset_positions_in_the_bar():
 
 
 def test_synthetic_calls_are_in_their_keys_meters_and_densities():
-    from models.analysis.music_stats import estimate_key  # noqa: PLC0415
+    from models.core.tonality import estimate_key  # noqa: PLC0415
 
     assert estimate_key(CALLS["c_major"].notes).name == "C major"
     assert estimate_key(CALLS["key_A_minor"].notes).name == "A minor"
@@ -124,9 +125,11 @@ class _RecordingClient:
     def __init__(self) -> None:
         self.sent: list[dict] = []
 
-    def generate(self, **fields: object) -> str:
-        self.sent.append(json.loads(json.dumps(fields)))
-        return f"r{len(self.sent)}"
+    def generate(self, session: str, request: protocol.GenerateRequest) -> str:
+        request_id = f"r{len(self.sent) + 1}"
+        message = protocol.GenerateMessage(request_id, session, request)
+        self.sent.append(json.loads(protocol.encode(message)))
+        return request_id
 
 
 class _NullOutput(OutputPort):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.analysis.fur_elise import fur_elise_notes, write_fur_elise
-from models.analysis.music_stats import estimate_key
 from models.core.pitch_names import parse_pitch, pitch_name
+from models.core.tonality import estimate_key
 from models.data.midifile import read_midi
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "fur_elise_opening.mid"

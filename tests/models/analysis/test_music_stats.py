@@ -7,15 +7,14 @@ import pytest
 
 from models.analysis.music_stats import (
     NUM_FEATURES,
-    estimate_key,
     histogram_distance,
     key_relative_histogram,
     note_density,
-    pitch_class_histogram,
     polyphony,
     style_features,
 )
 from models.core.notes import Note
+from models.core.tonality import estimate_key, pitch_class_histogram
 
 C_MAJOR = [60, 62, 64, 65, 67, 69, 71, 72, 71, 69, 67, 65, 64, 62, 60]
 A_MINOR = [57, 59, 60, 62, 64, 65, 67, 69, 67, 65, 64, 62, 60, 59, 57]

@@ -1,8 +1,10 @@
-"""models.core.protocol.wire: every frame is size-checked, parsed and validated, or
-refused with a code."""
+"""models.core.protocol: every request frame is size-checked, parsed and validated, or
+refused with a code; every message has one JSON form that its parser reads back; a
+request the engine would refuse cannot be encoded; replies are parsed for the bridge."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,10 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.core import protocol
 from models.core.exceptions import ProtocolError
 from models.core.notes import Note
-from models.core.protocol import wire as protocol
-from models.core.protocol.messages import Constraints, SamplingParams
+from models.core.protocol import Constraints, GenerateRequest, SamplingParams
+from models.core.protocol.fields import message_id
 
 
 def frame(obj: object) -> bytes:
@@ -29,7 +32,7 @@ def generate(**fields: object) -> dict:
 
 def code_of(data: bytes, **limits: int) -> tuple[str, str]:
     with pytest.raises(ProtocolError) as info:
-        protocol.parse_message(data, **limits)
+        protocol.decode_request(data, **limits)
     return info.value.code, str(info.value)
 
 
@@ -43,7 +46,7 @@ def test_full_generate_parses_into_typed_request():
         sampling={"temperature": 0.8, "top_k": 20, "top_p": 0.9, "min_p": 0.05, "seed": 7},
         constraints={"pitch_min": 48, "pitch_max": 84, "scale": [11, 0, 2, 4, 5, 7, 9],
                      "max_polyphony": 3})
-    parsed = protocol.parse_message(frame(message))
+    parsed = protocol.decode_request(frame(message))
     assert isinstance(parsed, protocol.GenerateMessage)
     assert parsed.id == "g1" and parsed.session == "jam"
     request = parsed.request
@@ -55,7 +58,7 @@ def test_full_generate_parses_into_typed_request():
 
 
 def test_generate_defaults():
-    request = protocol.parse_message(frame(generate())).request
+    request = protocol.decode_request(frame(generate())).request
     assert request.seed == () and request.bars == 2 and request.time_signature == (4, 4)
     assert request.sampling == SamplingParams() and request.constraints == Constraints()
 
@@ -100,7 +103,7 @@ def test_size_is_checked_before_parsing():
     code, message = code_of(b"x" * 2000, max_bytes=1024)
     assert code == "too_large" and "2000" in message and "1024" in message
     ok = frame(generate())
-    assert protocol.parse_message(ok, max_bytes=len(ok)).id == "g1"
+    assert protocol.decode_request(ok, max_bytes=len(ok)).id == "g1"
     assert code_of(ok, max_bytes=len(ok) - 1)[0] == "too_large"
 
 
@@ -169,41 +172,47 @@ def test_seed_length_limit():
     seed = [{**NOTE, "onset": i * 0.5} for i in range(11)]
     code, message = code_of(frame(generate(seed=seed)), max_seed_notes=10)
     assert code == "invalid" and "11 notes" in message and "10" in message
-    assert len(protocol.parse_message(frame(generate(seed=seed[:10])),
+    assert len(protocol.decode_request(frame(generate(seed=seed[:10])),
                                       max_seed_notes=10).request.seed) == 10
 
 
 def test_small_requests_and_id_echo():
-    assert protocol.parse_message(b'{"v":1,"type":"hello"}') == protocol.HelloRequest()
-    assert protocol.parse_message(b'{"v":1,"type":"ping","t":1.5,"id":"p"}') == \
+    assert protocol.decode_request(b'{"v":1,"type":"hello"}') == protocol.HelloRequest()
+    assert protocol.decode_request(b'{"v":1,"type":"ping","t":1.5,"id":"p"}') == \
         protocol.PingRequest(id="p", t=1.5)
-    assert protocol.parse_message(b'{"v":1,"type":"stats"}') == protocol.StatsRequest()
-    assert protocol.parse_message(b'{"v":1,"type":"cancel","id":"c","target":"g1"}') == \
+    assert protocol.decode_request(b'{"v":1,"type":"stats"}') == protocol.StatsRequest()
+    assert protocol.decode_request(b'{"v":1,"type":"cancel","id":"c","target":"g1"}') == \
         protocol.CancelRequest(target="g1", id="c")
-    assert protocol.request_id_of({"id": "abc"}) == "abc"
-    assert protocol.request_id_of({"id": 3}) is None
-    assert protocol.request_id_of({"id": "x" * 65}) is None
+    assert message_id({"id": "abc"}) == "abc"
+    assert message_id({"id": 3}) is None
+    assert message_id({"id": "x" * 65}) is None
 
 
 def test_replies_are_versioned_json():
     note = Note(4.0, 0.5, 62, 80)
-    notes = protocol.notes_reply("g1", [note])
+    notes = protocol.NotesReply("g1", (note,)).to_json()
     assert notes == {"v": 1, "type": "notes", "id": "g1",
                      "notes": [{"onset": 4.0, "duration": 0.5, "pitch": 62, "velocity": 80}]}
-    done = protocol.done_reply("g1", "complete", notes=3, tokens=40, prefill_tokens=20,
-                               reused_tokens=10, elapsed_ms=12.34567)
+    done = protocol.DoneReply("g1", "complete", notes=3, tokens=40, prefill_tokens=20,
+                              reused_tokens=10, elapsed_ms=12.34567).to_json()
     assert done["reason"] == "complete" and done["elapsed_ms"] == 12.346
-    error = protocol.error_reply(None, "busy", "full")
+    error = protocol.ErrorReply(None, "busy", "full").to_json()
     assert error == {"v": 1, "type": "error", "code": "busy", "message": "full"}
-    assert protocol.pong_reply("p", None) == {"v": 1, "type": "pong", "id": "p", "t": None}
-    hello = protocol.hello_reply(None, "0.1.0", {"baroque": {"arch": "gpt"}}, {"max_active": 2})
+    assert protocol.PongReply("p", None).to_json() == {"v": 1, "type": "pong", "id": "p",
+                                                       "t": None}
+    hello = protocol.HelloReply(None, "0.1.0", {"baroque": {"arch": "gpt"}},
+                                protocol.Limits(max_active=2)).to_json()
     assert hello["protocol"] == 1 and hello["styles"] == {"baroque": {"arch": "gpt"}}
-    assert json.loads(protocol.encode_reply(done)) == done
+    assert hello["limits"] == {"max_message_bytes": 262144, "max_seed_notes": 2048,
+                               "max_active": 2, "max_bars": 64, "max_seed_span_beats": 1024.0,
+                               "max_start_distance_beats": 1024.0, "session_idle_s": 600.0}
+    assert json.loads(protocol.encode(protocol.DoneReply(
+        "g1", "complete", notes=3, tokens=40, prefill_tokens=20, reused_tokens=10,
+        elapsed_ms=12.34567))) == done
     with pytest.raises(ValueError):
-        protocol.error_reply(None, "nope", "x")
+        protocol.ErrorReply(None, "nope", "x")
     with pytest.raises(ValueError):
-        protocol.done_reply("g", "whatever", notes=0, tokens=0, prefill_tokens=0,
-                            reused_tokens=0, elapsed_ms=0)
+        protocol.DoneReply("g", "whatever")
 
 
 def test_error_codes_are_documented():
@@ -270,7 +279,10 @@ def test_huge_version_number_is_a_bad_version():
 def test_huge_digits_still_echo_the_id():
     data = raw_generate(start_beat="1" * 5000)
     obj = protocol.decode_frame(data)
-    assert protocol.request_id_of(obj) == "g1"
+    assert message_id(obj) == "g1"
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_request(data)
+    assert info.value.request_id == "g1"
 
 
 def note_at(onset: float, duration: float = 1.0) -> dict:
@@ -303,7 +315,7 @@ def test_window_limits_are_generous_and_inclusive():
     # Far more than the few bars a seed window holds (64 bars of 12/8 is 384 beats).
     assert span >= 384 and gap >= 384
     seed = [note_at(100), note_at(100 + span - 1, 1.0)]
-    request = protocol.parse_message(frame(generate(seed=seed, start_beat=100 + span + gap)))
+    request = protocol.decode_request(frame(generate(seed=seed, start_beat=100 + span + gap)))
     assert len(request.request.seed) == 2
     code, _ = code_of(frame(generate(seed=seed, start_beat=100 + span + gap + 0.5)))
     assert code == "invalid"
@@ -316,13 +328,13 @@ def test_window_limits_are_generous_and_inclusive():
 def test_large_song_positions_are_accepted(seed_beat, start_beat):
     # A DAW at bar 2000 (or much later) is a real song position: only the distances count.
     seed = [note_at(seed_beat), note_at(seed_beat + 1.5, 0.5)]
-    request = protocol.parse_message(frame(generate(seed=seed, start_beat=start_beat))).request
+    request = protocol.decode_request(frame(generate(seed=seed, start_beat=start_beat))).request
     assert request.start_beat == start_beat and request.seed[0].onset == seed_beat
 
 
 def test_start_before_the_seed_is_accepted():
     # Seed notes at or after the start are ignored by the engine, not refused.
-    request = protocol.parse_message(frame(generate(seed=[note_at(50)], start_beat=8))).request
+    request = protocol.decode_request(frame(generate(seed=[note_at(50)], start_beat=8))).request
     assert request.start_beat == 8
 
 
@@ -344,7 +356,7 @@ def test_any_json_is_parsed_or_refused_with_a_code(base, changes):
                                                      "target": "g"}
     message.update(changes)
     try:
-        protocol.parse_message(frame(message))
+        protocol.decode_request(frame(message))
     except ProtocolError as err:
         assert err.code in protocol.ERROR_CODES and str(err)
 
@@ -353,7 +365,7 @@ def test_any_json_is_parsed_or_refused_with_a_code(base, changes):
 @given(data=st.binary(max_size=200))
 def test_any_bytes_are_parsed_or_refused_with_a_code(data):
     try:
-        protocol.parse_message(data)
+        protocol.decode_request(data)
     except ProtocolError as err:
         assert err.code in protocol.ERROR_CODES
 
@@ -363,10 +375,10 @@ def test_roles_are_optional_in_seed_notes_and_constraints():
     message = generate(seed=[NOTE, {**NOTE, "pitch": 48, "role": "accompaniment"},
                              {**NOTE, "pitch": 72, "role": "lead"}],
                        constraints={"role": "accompaniment"})
-    request = protocol.parse_message(frame(message)).request
+    request = protocol.decode_request(frame(message)).request
     assert [n.role for n in request.seed] == ["any", "accompaniment", "lead"]
     assert request.constraints.role == "accompaniment"
-    assert protocol.parse_message(frame(generate())).request.constraints.role is None
+    assert protocol.decode_request(frame(generate())).request.constraints.role is None
 
 
 @pytest.mark.parametrize(("fields", "needle"), [
@@ -382,7 +394,209 @@ def test_bad_roles_are_invalid(fields, needle):
 
 
 def test_notes_reply_names_a_role_only_when_there_is_one():
-    reply = protocol.notes_reply("g1", [Note(0.0, 1.0, 60, 80),
-                                        Note(0.0, 1.0, 48, 80, "accompaniment")])
+    reply = protocol.NotesReply("g1", (Note(0.0, 1.0, 60, 80),
+                                       Note(0.0, 1.0, 48, 80, "accompaniment"))).to_json()
     assert "role" not in reply["notes"][0]
     assert reply["notes"][1]["role"] == "accompaniment"
+
+
+# ----------------------------------------------------------------- one JSON form per message
+JAM_REQUEST = GenerateRequest(
+    seed=(Note(0.5, 1.0, 60, 90), Note(1.0, 0.25, 64, 1, "lead")), start_beat=8.0, bars=4,
+    time_signature=(6, 8), style="baroque",
+    sampling=SamplingParams(0.8, 20, 0.9, 0.05, 7, False),
+    constraints=Constraints(48, 84, (0, 2, 4, 5, 7, 9, 11), 3, "accompaniment"))
+
+REQUESTS = [
+    protocol.HelloRequest(), protocol.HelloRequest(id="h1"), protocol.PingRequest(),
+    protocol.PingRequest(id="p2", t=12.5), protocol.StatsRequest(id="s"),
+    protocol.CancelRequest(target="g1", id="c3"),
+    protocol.GenerateMessage("g1", "jam", JAM_REQUEST),
+    protocol.GenerateMessage("g2", "jam", GenerateRequest(seed=(), start_beat=0.0, style="x")),
+]
+
+
+@pytest.mark.parametrize("message", REQUESTS, ids=lambda m: f"{m.TYPE}-{m.id}")
+def test_every_request_reads_back_as_itself(message):
+    """``to_json`` and the engine's parser agree: what a client encodes is what the engine
+    decodes, field for field."""
+    frame = protocol.encode(message)
+    assert protocol.decode_request(frame) == message
+    assert json.loads(frame) == message.to_json()
+
+
+REPLIES = [
+    protocol.HelloReply("h1", "0.1.0", {"baroque": {"arch": "gpt", "pitch_min": 21}},
+                        protocol.Limits(max_active=3)),
+    protocol.HelloReply(None, "0.1.0"),
+    protocol.PongReply(), protocol.PongReply("p", 3.25),
+    protocol.StatsReply("s", sessions=1, clients=1, active=0, requests=4, errors=2,
+                        tokens_generated=90, uptime_s=1.5,
+                        styles={"baroque": {"steps": 3, "rows": 5, "max_batch": 2,
+                                            "active": 0}}),
+    protocol.NotesReply("g1", (Note(4.0, 0.5, 62, 80), Note(4.5, 1.0, 48, 70, "lead"))),
+    protocol.NotesReply("g1", ()),
+    protocol.DoneReply("g1", "superseded", notes=3, tokens=40, prefill_tokens=20,
+                       reused_tokens=10, elapsed_ms=12.345),
+    protocol.ErrorReply("g1", "invalid", "bars must be within 1 and 64 (received 0)"),
+    protocol.ErrorReply(None, "bad_json", "message is not JSON"),
+]
+
+
+@pytest.mark.parametrize("message", REPLIES, ids=lambda m: f"{m.TYPE}-{m.id}")
+def test_every_reply_reads_back_as_itself(message):
+    assert protocol.decode_reply(protocol.encode(message)) == message
+
+
+def test_request_and_reply_types_are_documented():
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "protocol.md").read_text("utf-8")
+    for kind in (*protocol.REQUEST_TYPES, *protocol.REPLY_TYPES):
+        assert f"### `{kind}`" in doc, kind
+    assert {m.TYPE for m in REQUESTS} == set(protocol.REQUEST_TYPES)
+    assert {m.TYPE for m in REPLIES} == set(protocol.REPLY_TYPES)
+
+
+@pytest.mark.parametrize(("request_", "code", "needle"), [
+    (dataclasses.replace(JAM_REQUEST, time_signature=(4, 32)), "invalid", "received [4, 32]"),
+    (dataclasses.replace(JAM_REQUEST, seed=(Note(0.0, 1.0, 128, 80),)), "invalid",
+     "seed[0].pitch must be within 0 and 127 (received 128)"),
+    (dataclasses.replace(JAM_REQUEST, seed=(Note(0.0, 0.0, 60, 80),)), "invalid",
+     "seed[0].duration must be above 0"),
+    (dataclasses.replace(JAM_REQUEST, seed=(Note(-1.0, 1.0, 60, 80),)), "invalid",
+     "seed[0].onset"),
+    (dataclasses.replace(JAM_REQUEST, start_beat=float("nan")), "invalid", "finite"),
+    (dataclasses.replace(JAM_REQUEST, start_beat=5000.0), "invalid", "start_beat 5000"),
+    (dataclasses.replace(JAM_REQUEST, bars=0), "invalid", "bars"),
+    (dataclasses.replace(JAM_REQUEST, style=""), "invalid", "'style'"),
+    (dataclasses.replace(JAM_REQUEST, sampling=SamplingParams(top_p=0.0)), "invalid",
+     "sampling.top_p must be above 0"),
+    (dataclasses.replace(JAM_REQUEST, sampling=SamplingParams(temperature=9.0)), "invalid",
+     "sampling.temperature"),
+    (dataclasses.replace(JAM_REQUEST, constraints=Constraints(scale=(0, 0))), "invalid",
+     "repeats"),
+    (dataclasses.replace(JAM_REQUEST, constraints=Constraints(role="melody")), "invalid",
+     "constraints.role"),
+], ids=["time-signature-32", "pitch", "duration", "onset", "nan-start", "far-start", "bars",
+        "no-style", "top-p", "temperature", "scale", "role"])
+def test_a_request_the_engine_would_refuse_cannot_be_encoded(request_, code, needle):
+    """The bridge's encode runs the engine's own checks: the same code, the same message."""
+    message = protocol.GenerateMessage("g1", "jam", request_)
+    with pytest.raises(ProtocolError) as info:
+        protocol.encode(message)
+    assert info.value.code == code and needle in str(info.value), str(info.value)
+    # The engine, handed the same JSON, says exactly the same.
+    with pytest.raises(ProtocolError) as engine_side:
+        protocol.parse_request(message.to_json())
+    assert (engine_side.value.code, str(engine_side.value)) == (code, str(info.value))
+
+
+def test_encoding_uses_the_limits_the_engine_reported():
+    seed = tuple(Note(i * 0.25, 0.25, 60, 80) for i in range(20))
+    message = protocol.GenerateMessage("g1", "jam", GenerateRequest(seed=seed, start_beat=8.0,
+                                                                  style="x"))
+    assert protocol.decode_request(protocol.encode(message)) == message
+    with pytest.raises(ProtocolError, match="20 notes, the limit is 10") as info:
+        protocol.encode(message, protocol.Limits(max_seed_notes=10))
+    assert info.value.code == "invalid"
+    with pytest.raises(ProtocolError) as info:
+        protocol.encode(message, protocol.Limits(max_message_bytes=300))
+    assert info.value.code == "too_large"
+    assert protocol.encode(protocol.PingRequest(t=1.0), protocol.Limits(max_message_bytes=300))
+
+
+@pytest.mark.parametrize(("reply", "needle"), [
+    ({"type": "notes", "id": "g1", "notes": [{**NOTE, "pitch": 128}]}, "notes[0].pitch"),
+    ({"type": "notes", "id": "g1", "notes": [{**NOTE, "duration": 0}]}, "notes[0].duration"),
+    ({"type": "notes", "id": "g1", "notes": [{"onset": 1}]}, "notes[0].duration is required"),
+    ({"type": "notes", "notes": []}, "'id' is required"),
+    ({"type": "notes", "id": "g1", "notes": {}}, "notes must be a list"),
+    ({"type": "done", "id": "g1", "reason": "tired", "notes": 0, "tokens": 0,
+      "prefill_tokens": 0, "reused_tokens": 0, "elapsed_ms": 1}, "reason must be one of"),
+    ({"type": "done", "id": "g1", "reason": "eos"}, "'notes' is required"),
+    ({"type": "error", "code": "oops", "message": "x"}, "code must be one of"),
+    ({"type": "error", "code": "busy"}, "'message' is required"),
+    ({"type": "pong", "t": "now"}, "t must be a number"),
+    ({"type": "hello", "protocol": 1, "engine": "x", "styles": {"a": 3},
+      "limits": protocol.Limits().to_json()}, "styles.a must be an object"),
+    ({"type": "hello", "protocol": 2, "engine": "x", "styles": {},
+      "limits": protocol.Limits().to_json()}, "protocol must be within 1 and 1"),
+], ids=["pitch", "duration", "missing-field", "notes-no-id", "notes-not-list", "done-reason",
+        "done-counters", "error-code", "error-message", "pong-t", "hello-styles",
+        "hello-protocol"])
+def test_malformed_replies_are_refused_naming_the_field(reply, needle):
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_reply(frame({"v": 1, **reply}))
+    assert info.value.code == "invalid" and needle in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (b'{"v": 2, "type": "pong"}', "bad_version"),
+    (b'{"type": "pong"}', "bad_version"),
+    (b'{"v": 1, "type": "generate"}', "unknown_type"),
+    (b"not json", "bad_json"),
+    (b"[]", "bad_json"),
+], ids=["version-2", "no-version", "a-request", "not-json", "not-an-object"])
+def test_replies_of_another_protocol_are_refused(data, code):
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_reply(data)
+    assert info.value.code == code
+
+
+def test_replies_may_carry_fields_this_client_does_not_know():
+    """docs/protocol.md: clients ignore fields they do not know (a newer engine may add
+    some); the fields they use are still checked."""
+    reply = protocol.decode_reply(frame({
+        "v": 1, "type": "notes", "id": "g1", "extra": True,
+        "notes": [{**NOTE, "channel": 3}, {**NOTE, "role": "lead"}]}))
+    assert reply == protocol.NotesReply("g1", (Note(0.5, 1.0, 60, 90),
+                                               Note(0.5, 1.0, 60, 90, "lead")))
+    hello = protocol.decode_reply(frame({
+        "v": 1, "type": "hello", "protocol": 1, "engine": "9.9", "styles": {},
+        "limits": {**protocol.Limits().to_json(), "max_tempo": 3}, "motd": "hi"}))
+    assert hello.limits == protocol.Limits()
+
+
+_note = st.builds(
+    Note, onset=st.floats(0, 1000, allow_nan=False), duration=st.floats(0.01, 16),
+    pitch=st.integers(0, 127), velocity=st.integers(1, 127),
+    role=st.sampled_from(["any", "lead", "accompaniment"]))
+_request = st.builds(
+    GenerateRequest, seed=st.lists(_note, max_size=6).map(tuple),
+    start_beat=st.floats(0, 2000, allow_nan=False), bars=st.integers(1, 64),
+    time_signature=st.tuples(st.integers(1, 32), st.sampled_from([1, 2, 4, 8, 16])),
+    style=st.text(min_size=1, max_size=64),
+    sampling=st.builds(SamplingParams, temperature=st.floats(0.05, 5.0),
+                       top_k=st.integers(0, 1000), top_p=st.floats(0.01, 1.0),
+                       min_p=st.floats(0.0, 1.0),
+                       seed=st.none() | st.integers(0, 2**63 - 1), greedy=st.booleans()),
+    constraints=st.builds(
+        Constraints, pitch_min=st.integers(0, 60), pitch_max=st.integers(60, 127),
+        scale=st.none() | st.sets(st.integers(0, 11), min_size=1).map(
+            lambda s: tuple(sorted(s))),
+        max_polyphony=st.none() | st.integers(1, 16),
+        role=st.none() | st.sampled_from(["any", "lead", "accompaniment"])))
+
+
+@settings(max_examples=200, deadline=None)
+@given(request=_request)
+def test_any_request_is_encoded_and_read_back_or_refused_by_the_same_rule(request):
+    """Encoding never lets through what the engine refuses, and what it lets through
+    arrives unchanged."""
+    message = protocol.GenerateMessage("g1", "jam", request)
+    try:
+        expected = protocol.parse_request(message.to_json())
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            protocol.encode(message)
+        return
+    assert protocol.decode_request(protocol.encode(message)) == expected == message
+
+
+def test_the_protocol_version_is_defined_once():
+    """The engine and the bridge both take it from models.core.protocol.limits."""
+    root = Path(__file__).resolve().parents[3]
+    owners = [path.relative_to(root).as_posix()
+              for folder in ("models", "engine", "bridge")
+              for path in (root / folder).rglob("*.py")
+              if "PROTOCOL_VERSION =" in path.read_text("utf-8")]
+    assert owners == ["models/core/protocol/limits.py"]

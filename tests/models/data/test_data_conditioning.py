@@ -34,6 +34,15 @@ def test_weights_give_each_style_the_same_share() -> None:
     assert weights[9] == pytest.approx(0.5)
 
 
+def test_a_power_between_0_and_1_tempers_the_balance() -> None:
+    tokens, offsets = _stream(PIECES)
+    natural = style_weights(tokens, offsets, STYLES, power=1.0)
+    assert natural[9] == pytest.approx(0.1)  # its share of the tokens
+    tempered = style_weights(tokens, offsets, STYLES, power=0.5)
+    assert tempered[9] == pytest.approx(1 / (1 + 3))  # sqrt(1) / (sqrt(9) + sqrt(1))
+    assert tempered.sum() == pytest.approx(1.0)
+
+
 def test_balanced_windows_draw_a_rare_style_as_often_as_a_common_one() -> None:
     tokens, offsets = _stream(PIECES)
     balanced = WindowBatches(tokens, 16, offsets=offsets, style_ids=STYLES, balance=True)

@@ -1,7 +1,14 @@
-"""``melody bench engine``: the engine benchmark (``bench/engine.py``) from the command line.
+"""``melody bench engine``: the engine benchmark from the command line.
 
-The benchmark lives in the source checkout's ``bench/`` folder; this command imports it
-inside ``run`` so ``melody --help`` stays fast and never needs torch.
+The engine's own figures are ``engine/tools/bench.py`` (torch-free); the comparisons that
+need torch, onnx or another environment (PyTorch eager, onnxruntime-genai, ``--size``) are
+``export/compare.py``, which imports those only when asked. The command lives here, in
+``export``, because only ``export`` may reach both; on an install without torch it still
+gives the engine's figures (``--no-torch`` is then implied: the PyTorch column is empty).
+Both are imported inside ``run`` so ``melody --help`` stays fast.
+
+``python -m export.bench_cli [flags]`` (and the checkout's ``python -m bench.engine``)
+runs it without the ``melody`` dispatcher.
 """
 
 from __future__ import annotations
@@ -9,14 +16,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.core.commands import configure_logging, run_command
 from models.core.exceptions import EngineError
 from models.core.settings import EngineSettings
 
 if TYPE_CHECKING:  # the benchmark is imported only when it runs
-    from bench.engine import BenchConfig
+    from engine.tools.bench import BenchConfig, Comparison
 
 logger = logging.getLogger(__name__)
 
@@ -70,31 +79,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write the results (default engine_bench.json)")
 
 
+def _comparisons(args: argparse.Namespace) -> list[Comparison]:
+    """What runs beside the engine's own figures: PyTorch eager, onnxruntime-genai."""
+    from export import compare  # noqa: PLC0415 - imports neither torch nor onnx itself
+
+    comparisons = [compare.torch_eager(enabled=not args.no_torch)]
+    if args.genai_python:
+        comparisons.append(compare.genai(args.genai_python))
+    return comparisons
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print its table and write its JSON.
 
     Raises:
-        EngineError: the benchmark is not in this install, or the model cannot be loaded.
+        EngineError: the model cannot be loaded, or ``--size`` cannot build its models.
     """
-    try:
-        from bench.engine import BenchConfig, format_table, run_benchmark, write_json  # noqa: PLC0415
-    except ImportError as err:
-        raise EngineError("the benchmark lives in the source checkout's bench/ folder; run "
-                          "this command from a checkout of melodyd") from err
-    from engine.model import resolve_model_path  # noqa: PLC0415
+    from engine.model import resolve_model_path  # noqa: PLC0415 - onnxruntime loads here
+    from engine.tools.bench import (  # noqa: PLC0415
+        BenchConfig,
+        format_table,
+        run_benchmark,
+        write_json,
+    )
     from models.core.settings import load_settings  # noqa: PLC0415
 
     overrides = {"engine": {"intra_op_threads": args.threads}}
     settings = load_settings(args.config, overrides).engine
     path = resolve_model_path(args.model, args.style)
     config = BenchConfig(pasts=args.pasts, prefills=args.prefills, batches=args.batches,
-                         batch_past=args.batch_past, steps=args.steps,
-                         torch=not args.no_torch)
+                         batch_past=args.batch_past, steps=args.steps)
     if args.size:
         return _run_sizes(args, path, settings, config)
     results = run_benchmark(path, settings, config,
                             progress=lambda what: logger.info("measuring %s", what),
-                            genai_python=args.genai_python)
+                            comparisons=_comparisons(args))
     print(format_table(results))
     written = write_json(results, args.json)
     print(f"\nwrote {written}", file=sys.stderr)
@@ -110,13 +129,13 @@ def _run_sizes(args: argparse.Namespace, like: Path, settings: EngineSettings,
     """
     import tempfile  # noqa: PLC0415
 
-    from bench.engine import (  # noqa: PLC0415
+    from engine.tools.bench import (  # noqa: PLC0415
         format_sizes,
         format_table,
         run_benchmark,
         write_json,
-        write_random_model,
     )
+    from export.compare import write_random_model  # noqa: PLC0415
 
     runs = {}
     with tempfile.TemporaryDirectory(prefix="melodyd-bench-") as tmp:
@@ -131,9 +150,22 @@ def _run_sizes(args: argparse.Namespace, like: Path, settings: EngineSettings,
             logger.info("measuring a random %s model (%s)", size, path.name)
             runs[size] = run_benchmark(path, settings, config,
                                        progress=lambda what: logger.info("measuring %s", what),
-                                       genai_python=args.genai_python)
+                                       comparisons=_comparisons(args))
             print(format_table(runs[size]) + "\n")
     print(format_sizes(runs))
     written = write_json({"sizes": runs}, args.json)
     print(f"\nwrote {written}", file=sys.stderr)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m export.bench_cli [flags]``: the same as ``melody bench engine [flags]``."""
+    parser = argparse.ArgumentParser(prog="melody bench", description=HELP)
+    add_arguments(parser)
+    args = parser.parse_args(["engine", *(sys.argv[1:] if argv is None else argv)])
+    configure_logging(verbose=False)
+    return run_command(sys.modules[__name__], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
