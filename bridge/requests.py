@@ -14,7 +14,7 @@ from typing import Any
 
 from models.core.meter import TimeSignature
 from models.core.notes import Note
-from models.core.protocol.messages import GenerateRequest
+from models.core.protocol.messages import GenerateRequest, Steering
 from models.core.settings import Settings
 
 
@@ -40,7 +40,7 @@ def style_pitch_range(settings: Settings, facts: Mapping[str, Any]) -> tuple[int
 def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any],
                      temperature: float, seed: Sequence[Note],
                      time_signature: TimeSignature, start_beat: float,
-                     bars: int) -> GenerateRequest:
+                     bars: int, steering: Steering | None = None) -> GenerateRequest:
     """What one ``generate`` asks for (its session and id are the client's).
 
     Args:
@@ -52,10 +52,12 @@ def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any]
         time_signature: the clock's time signature.
         start_beat: where the answer starts (the policy's trigger).
         bars: its length in bars.
+        steering: what the ear heard in the call (``bridge.ear``); ``None``: none.
     """
     s = settings.sampling
     return GenerateRequest(
         seed=tuple(seed), start_beat=start_beat, bars=bars,
         time_signature=(time_signature[0], time_signature[1]), style=style,
         sampling=s.sampling_params(temperature),
-        constraints=s.constraints(style_pitch_range(settings, facts)))
+        constraints=s.constraints(style_pitch_range(settings, facts)),
+        steering=steering or Steering())

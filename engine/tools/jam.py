@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from bridge.ear import Ear
 from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
 from bridge.requests import generate_request
 from bridge.seed import SeedWindow
@@ -219,6 +220,8 @@ def request_for(requested: Requested, call: Call, settings: Settings, *, style: 
                 facts: dict[str, Any], request_id: str) -> GenerateRequest:
     """The daemon's ``generate`` for a request, through the engine's own validation.
 
+    A fresh ``Ear`` hears the call as the daemon's would on a jam's first phrase.
+
     Raises:
         ProtocolError: the engine would refuse it.
     """
@@ -226,7 +229,9 @@ def request_for(requested: Requested, call: Call, settings: Settings, *, style: 
                                temperature=settings.sampling.temperature, seed=requested.seed,
                                time_signature=call.time_signature,
                                start_beat=requested.trigger.start_beat,
-                               bars=requested.trigger.bars)
+                               bars=requested.trigger.bars,
+                               steering=Ear(settings.interaction).steering(
+                                   requested.seed, call.bar_length))
     frame = protocol.encode(protocol.GenerateMessage(request_id, SESSION, request))
     return cast(protocol.GenerateMessage, protocol.decode_request(frame)).request
 

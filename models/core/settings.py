@@ -163,6 +163,8 @@ class MidiSettings:
     cc_mode: int = setting(23, low=-1, high=127)
     cc_style: int = setting(24, low=-1, high=127)
     cc_panic: int = setting(120, low=-1, high=127)
+    cc_key_lock: int = setting(25, low=-1, high=127)
+    cc_follow: int = setting(26, low=-1, high=127)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +197,15 @@ class InteractionSettings:
     barge_in: bool = setting(True)
     follow_dynamics: float = setting(0.7, low=0.0, high=1.0)
     status_interval_s: float = setting(1.0, low=0.0, high=60.0)
+    key_follow: bool = setting(True)
+    key_strength: float = setting(2.0, low=0.0, high=20.0)
+    key_margin: float = setting(0.1, low=0.0, high=1.0)
+    register_follow: bool = setting(True)
+    register_width: float = setting(12.0, low=0.0, high=127.0)
+    register_strength: float = setting(1.0, low=0.0, high=20.0)
+    density_follow: bool = setting(True)
+    density_strength: float = setting(2.0, low=0.0, high=20.0)
+    min_notes_per_bar: int = setting(1, low=0, high=32)
 
 
 @dataclasses.dataclass(frozen=True)
