@@ -15,9 +15,11 @@ class Control:
     """What a control change asks for.
 
     Attributes:
-        kind: ``"temperature"``, ``"length"``, ``"mode"``, ``"style"`` or ``"panic"``.
+        kind: ``"temperature"``, ``"length"``, ``"mode"``, ``"style"``, ``"key_lock"``,
+            ``"follow"`` or ``"panic"``.
         value: the new temperature (float), length in bars (int), mode name (str),
-            style index (int), or ``None`` for panic.
+            style index (int), key lock on or off (bool), follow knob value 0-127 (int),
+            or ``None`` for panic.
     """
 
     kind: str
@@ -31,7 +33,8 @@ class ControlMap:
         # -1 disables a control; later keys win if two share a number.
         self._by_cc = {cc: kind for kind, cc in (
             ("temperature", midi.cc_temperature), ("length", midi.cc_length),
-            ("mode", midi.cc_mode), ("style", midi.cc_style), ("panic", midi.cc_panic))
+            ("mode", midi.cc_mode), ("style", midi.cc_style), ("key_lock", midi.cc_key_lock),
+            ("follow", midi.cc_follow), ("panic", midi.cc_panic))
             if cc >= 0}
 
     def interpret(self, control: int, value: int, n_styles: int = 1) -> Control | None:
@@ -46,6 +49,10 @@ class ControlMap:
             return Control(kind, 1 + value * MAX_KNOB_BARS // 128)
         if kind == "mode":
             return Control(kind, "accompany" if value >= 64 else "call")
+        if kind == "key_lock":
+            return Control(kind, value >= 64)
+        if kind == "follow":
+            return Control(kind, value)
         if kind == "style":
             return Control(kind, min(value * max(n_styles, 1) // 128, max(n_styles, 1) - 1))
         return Control(kind, None)

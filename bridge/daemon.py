@@ -22,6 +22,7 @@ import zmq
 from bridge.client import EngineClient
 from bridge.clock import Clock, MidiClock
 from bridge.controls import ControlMap
+from bridge.ear import Ear
 from bridge.listener import InputQueue
 from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
 from bridge.requests import generate_request
@@ -77,6 +78,7 @@ class Daemon:
                                        clock.bar_length, inter.barge_in)
         self.accompany = AccompanyPolicy(clock.bar_length, inter.seed_bars)
         self.controls = ControlMap(settings.midi)
+        self.ear = Ear(inter)
         self.scheduler = scheduler
         self.status = StatusLine()
         self._responses: dict[str, Response] = {}
@@ -182,6 +184,10 @@ class Daemon:
         elif action.kind == "mode" and action.value != self.mode:
             self._silence("mode change")
             self.mode = str(action.value)
+        elif action.kind == "key_lock":
+            self.ear.lock_key(bool(action.value))
+        elif action.kind == "follow":
+            self.ear.set_follow(int(action.value))
         elif action.kind == "style" and self.styles:
             self.style = self.styles[int(action.value)]
 
@@ -221,7 +227,9 @@ class Daemon:
         request = generate_request(
             self.settings, style=self.style, facts=self._style_facts.get(self.style or "", {}),
             temperature=self.temperature, seed=seed, time_signature=self.clock.time_signature,
-            start_beat=trigger.start_beat, bars=trigger.bars)
+            start_beat=trigger.start_beat, bars=trigger.bars,
+            # The call is the player's notes of the window, never melodyd's own.
+            steering=self.ear.steering(self.seed.notes(beat), self.clock.bar_length))
         try:
             request_id = self.client.generate(self.session, request)
         except ProtocolError as err:

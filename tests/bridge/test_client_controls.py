@@ -180,7 +180,8 @@ def test_a_request_the_engine_would_refuse_is_never_sent(router):
 @pytest.mark.parametrize(("cc", "value", "kind", "expected"), [
     (21, 0, "temperature", 0.2), (21, 127, "temperature", 2.0), (22, 0, "length", 1),
     (22, 127, "length", 8), (23, 10, "mode", "call"), (23, 100, "mode", "accompany"),
-    (24, 127, "style", 2), (24, 0, "style", 0), (120, 0, "panic", None),
+    (24, 127, "style", 2), (24, 0, "style", 0), (25, 64, "key_lock", True),
+    (25, 63, "key_lock", False), (26, 100, "follow", 100), (120, 0, "panic", None),
 ], ids=str)
 def test_control_map(cc, value, kind, expected):
     control = ControlMap(MidiSettings()).interpret(cc, value, n_styles=3)

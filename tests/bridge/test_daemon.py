@@ -283,6 +283,21 @@ def test_controls_change_temperature_length_and_mode(rig):
     assert request["bars"] == 1 and request["sampling"]["temperature"] == 2.0
 
 
+def test_requests_carry_the_calls_key_and_the_key_lock_holds_it(rig):
+    daemon, engine, _port, inputs, clock = rig
+    play_phrase(inputs, clock, pitches=(60, 64, 67, 72, 67, 64, 60))  # C major
+    assert wait_for(lambda: engine.of_type("generate"))
+    first = engine.of_type("generate")[0]["steering"]
+    assert first["key"] == "C major" and first["key_strength"] > 0
+    assert first["register_center"] == pytest.approx((60 + 64 + 67 + 72 + 67 + 64 + 60) / 7)
+    inputs.put(time.monotonic(), mido.Message("control_change", control=25, value=127))
+    assert wait_for(lambda: daemon.ear.keys.locked)
+    time.sleep(2.0)  # past the first answer and out of the 4-bar seed window (1.6 s)
+    play_phrase(inputs, clock, pitches=(66, 70, 73, 78, 73, 70, 66))  # F# major
+    assert wait_for(lambda: len(engine.of_type("generate")) >= 2)
+    assert engine.of_type("generate")[-1]["steering"]["key"] == "C major"
+
+
 def test_midi_messages_on_other_channels_are_ignored(rig):
     daemon, _engine, _port, inputs, _clock = rig
     daemon.settings = dataclasses.replace(
