@@ -18,7 +18,7 @@ from models.core.settings import InteractionSettings
 from models.core.tonality import Key, KeyTracker
 
 # A call with at least this many notes per bar gets the floor (no near-silent answer).
-FLOOR_FROM_PER_BAR = 2.0
+FLOOR_FROM_PER_BAR = 1.0
 
 
 def notes_per_bar(notes: Sequence[Note], bar_length: float) -> float:

@@ -35,7 +35,7 @@ def test_the_steering_names_the_calls_key_register_and_density() -> None:
 
 
 def test_a_sparse_call_gets_no_floor_and_an_empty_one_no_steering() -> None:
-    sparse = [Note(0.0, 2.0, 60, 80), Note(4.0, 2.0, 64, 80)]  # 1 note per bar
+    sparse = [Note(0.0, 2.0, 60, 80), Note(8.0, 2.0, 64, 80)]  # 2 notes in 3 bars
     assert Ear(InteractionSettings()).steering(sparse, 4.0).min_notes == 0
     assert Ear(InteractionSettings()).steering([], 4.0) == protocol.Steering()
 
