@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from models.core.meter import bar_length
+
 logger = logging.getLogger(__name__)
 
 TICKS_PER_BEAT = 24  # MIDI beat clock: 24 pulses per quarter note
@@ -45,12 +47,6 @@ class Mapping:
     def time_at(self, beat: float) -> float:
         """Wall time of ``beat``."""
         return self.t0 + (beat - self.beat0) * self.spb
-
-
-def bar_length(time_signature: tuple[int, int]) -> float:
-    """Length of one bar in quarter-note beats (``6/8`` -> 3.0)."""
-    num, den = time_signature
-    return num * 4.0 / den
 
 
 class Clock:

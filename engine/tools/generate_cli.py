@@ -16,6 +16,7 @@ import random
 from pathlib import Path
 
 from models.core.exceptions import EngineError
+from models.core.meter import bar_length
 from models.core.notes import Note
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,10 @@ def _dataset_prime(data: str, bars: int, rng: random.Random) -> tuple[list[Note]
             numerator, denominator = text.split("_")[1].split("/")
             signature = (int(numerator), int(denominator))
             break
-    bar_length = signature[0] * 4.0 / signature[1]
-    last_bar = int(piece[-1].onset // bar_length)
+    length = bar_length(signature)
+    last_bar = int(piece[-1].onset // length)
     first = rng.randrange(max(1, last_bar - bars + 2))
-    lo, hi = first * bar_length, (first + bars) * bar_length
+    lo, hi = first * length, (first + bars) * length
     notes = [n.shifted(-lo) for n in piece if lo <= n.onset < hi]
     return notes, signature
 
@@ -151,10 +152,10 @@ def run(args: argparse.Namespace) -> int:
         start, stem = None, "validation"
     else:
         raise EngineError("give a prime with --prime FILE.mid or a dataset with --data DIR")
-    bar_length = time_signature[0] * 4.0 / time_signature[1]
+    length = bar_length(time_signature)
     if start is None:
-        last = max((n.onset for n in prime), default=-bar_length)
-        start = (math.floor(last / bar_length) + 1) * bar_length
+        last = max((n.onset for n in prime), default=-length)
+        start = (math.floor(last / length) + 1) * length
     prime = [n for n in prime if n.onset < start]
     decoder = StyleDecoder(model, settings, allow_eos=False)
     gens = []

@@ -35,6 +35,7 @@ from engine.decoder import StyleDecoder
 from engine.streams import vocabulary_pitch_range
 from models.analysis.music_stats import mean_pitch, rhythmic_similarity
 from models.core import protocol
+from models.core.meter import bar_length
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest
 from models.core.settings import Settings
@@ -71,7 +72,7 @@ class Call:
     @property
     def bar_length(self) -> float:
         """Beats per bar."""
-        return self.time_signature[0] * 4.0 / self.time_signature[1]
+        return bar_length(self.time_signature)
 
     @property
     def bars(self) -> int:

@@ -36,6 +36,7 @@ from models.analysis.style_classifier import (
     fit_on_segments,
 )
 from models.core.exceptions import DataError, MelodyError
+from models.core.meter import bar_length
 from models.core.notes import Note
 from models.core.settings import DataSettings
 
@@ -71,7 +72,7 @@ class _Piece:
 
     @property
     def bar_length(self) -> float:
-        return self.time_signature[0] * 4.0 / self.time_signature[1]
+        return bar_length(self.time_signature)
 
 
 def _cut(notes: Sequence[Note], start: float, length: float) -> tuple[Note, ...]:

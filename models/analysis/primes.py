@@ -27,6 +27,7 @@ from models.analysis.fur_elise import TIME_SIGNATURE as FUR_ELISE_SIGNATURE
 from models.analysis.fur_elise import fur_elise_notes
 from models.analysis.style_classifier import DecodedPiece, decode_with_bars
 from models.core.exceptions import DataError
+from models.core.meter import bar_length
 from models.core.notes import Note
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class Prime:
     @property
     def bar_length(self) -> float:
         """Beats per bar."""
-        return self.time_signature[0] * 4.0 / self.time_signature[1]
+        return bar_length(self.time_signature)
 
     @property
     def length(self) -> float:

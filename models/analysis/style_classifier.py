@@ -22,6 +22,7 @@ import numpy as np
 
 from models.analysis.music_stats import NUM_FEATURES, style_features
 from models.core.exceptions import DataError
+from models.core.meter import bar_length
 from models.core.notes import Note
 from models.core.streaming import StreamingDetokenizer, parse_vocabulary
 from models.core.tokenizer import MelodyTokenizer
@@ -68,8 +69,7 @@ class DecodedPiece:
         """End beat of every bar (the next bar's start; the last from its signature)."""
         if not self.bar_starts:
             return ()
-        num, den = self.signatures[-1]
-        return (*self.bar_starts[1:], self.bar_starts[-1] + num * 4.0 / den)
+        return (*self.bar_starts[1:], self.bar_starts[-1] + bar_length(self.signatures[-1]))
 
     def bars(self, first: int, count: int) -> tuple[list[Note], float]:
         """Notes starting in bars ``first .. first+count-1``, on a timeline from their start.

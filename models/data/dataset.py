@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from models.core.exceptions import DataError, TokenizerError
+from models.core.meter import bar_length
 from models.core.settings import DataSettings, TokensSettings
 from models.core.tokenizer import MelodyTokenizer
 from models.data.midifile import score_from_bytes, smf_bytes
@@ -132,7 +133,7 @@ def _longest_bar_beats(tokenizer: MelodyTokenizer) -> float:
     beats = [4.0]
     for text in tokenizer.settings.time_signatures:
         numerator, denominator = (int(part) for part in text.split("/"))
-        beats.append(numerator * 4.0 / denominator)
+        beats.append(bar_length((numerator, denominator)))
     return max(beats)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import symusic
 
 from models.core.exceptions import DataError
+from models.core.meter import bar_length
 from models.core.notes import Note
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class MidiNotes:
     @property
     def bar_length(self) -> float:
         """Length of one bar in quarter-note beats."""
-        return self.time_signature[0] * 4.0 / self.time_signature[1]
+        return bar_length(self.time_signature)
 
 
 def is_midi_name(path: str | Path) -> bool:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.clock import InternalClock, Mapping, MidiClock, bar_length
+from bridge.clock import InternalClock, Mapping, MidiClock
+from models.core.meter import bar_length
 
 
 @pytest.mark.parametrize(("signature", "beats"), [((4, 4), 4.0), ((3, 4), 3.0), ((6, 8), 3.0),
