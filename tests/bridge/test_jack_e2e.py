@@ -411,3 +411,23 @@ def test_barge_in_stops_the_answer(start_melodyd, probe_for, tiny_onnx_model):
     quiet_until = min(barge + 1.8, origin + max(later) * spb + 0.1)
     time.sleep(max(0.0, quiet_until - time.monotonic()))
     assert not [r for r in note_ons(probe.messages(), barge + 0.05) if r.t <= quiet_until]
+
+
+def test_the_answer_follows_the_calls_key_through_jack(start_melodyd, probe_for,
+                                                       tiny_onnx_model):
+    """The ear hears C major in the phrase and the engine leans the answer into it: the
+    tiny model's random weights alone would put ~5 in 12 notes outside the scale."""
+    config = E2E_CONFIG + "key_strength = 10.0\n"  # E2E_CONFIG ends in [interaction]
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bpm", "120"],
+                           config_text=config)
+    daemon.wait_for_log("engine at .* is up")
+    probe = probe_for(native=False)
+    origin, spb = daemon.origin, 0.5
+    phrase_end = play_until_answered(probe, daemon, origin, spb)
+    # The answer: two bars (4 s at 120 BPM) after the phrase's bar line.
+    assert wait_until(lambda: time.monotonic() > phrase_end + 6.0, 10)
+    pitches = [r.message.note for r in note_ons(probe.messages(), since=phrase_end)]
+    assert len(pitches) >= 2, daemon.log()
+    c_major = {0, 2, 4, 5, 7, 9, 11}
+    in_key = sum(p % 12 in c_major for p in pitches) / len(pitches)
+    assert in_key >= 0.9, pitches
