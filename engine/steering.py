@@ -10,8 +10,9 @@ note outright (except the floor below):
 - **density**: the ``Bar`` token (moving on to the next bar) is made less likely while the
   current bar has fewer notes than the call's notes per bar, and more likely once it has
   more, so the answer is about as busy as the call;
-- **floor**: a bar may not end (``Bar``, ``EOS``) before it holds ``min_notes`` notes, as
-  long as the grammar leaves anything else to play: no near-silent answer to a real call.
+- **floor**: a bar may not end (``Bar``) before it holds ``min_notes`` notes, and the answer
+  may not end early (``EOS``) at all, as long as the grammar leaves anything else to play:
+  no near-silent answer to a real call (an answer of one note then ``EOS`` was one).
 
 All of it is written by hand: no library steers a token sampler this way. Costs one
 vector add per step (the pitch bias is built once per request).
@@ -98,7 +99,8 @@ def steer(logits: np.ndarray, allowed: np.ndarray, *, bias: np.ndarray | None,
 
     Returns:
         The steered logits (a new array when anything changed) and the allowed mask (the
-        floor removes ``Bar`` and ``EOS`` when the grammar leaves something else).
+        floor removes ``EOS``, and ``Bar`` below the floor, when the grammar leaves
+        something else).
     """
     if bias is not None:
         logits = logits + bias
@@ -108,11 +110,12 @@ def steer(logits: np.ndarray, allowed: np.ndarray, *, bias: np.ndarray | None,
     if shift:
         logits = np.array(logits, copy=True) if bias is None else logits
         logits[bar_id] += shift
-    if density.below_floor():
+    if density.min_notes > 0:
         floor = np.array(allowed, copy=True)
-        floor[bar_id] = False
+        if density.below_floor():
+            floor[bar_id] = False
         if eos_id is not None:
-            floor[eos_id] = False
+            floor[eos_id] = False  # it would leave every later bar empty
         if floor.any():
             allowed = floor
     return logits, allowed

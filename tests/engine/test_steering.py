@@ -76,7 +76,10 @@ def test_the_floor_takes_bar_and_eos_away_unless_nothing_else_is_left():
     assert kept.tolist() == only_bar.tolist()
     density.add_note()
     density.add_note()
-    _, free = steer(logits, allowed, bias=None, density=density, bar_id=0, eos_id=1)
+    _, full = steer(logits, allowed, bias=None, density=density, bar_id=0, eos_id=1)
+    assert full.tolist() == [True, False, False, True, False, False]  # never EOS early
+    no_floor = BarDensity(target=None, strength=0.0, min_notes=0)
+    _, free = steer(logits, allowed, bias=None, density=no_floor, bar_id=0, eos_id=1)
     assert free.tolist() == allowed.tolist()
 
 
