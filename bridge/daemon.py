@@ -74,8 +74,7 @@ class Daemon:
         self.last_latency_ms: float | None = None
         inter = settings.interaction
         self.seed = SeedWindow(inter.seed_bars, clock.bar_length)
-        self.call = CallResponsePolicy(inter.silence_beats, inter.response_bars, inter.start_on,
-                                       clock.bar_length, inter.barge_in)
+        self.call = CallResponsePolicy.from_settings(inter, clock.bar_length)
         self.accompany = AccompanyPolicy(clock.bar_length, inter.seed_bars)
         self.controls = ControlMap(settings.midi)
         self.ear = Ear(inter)
@@ -140,7 +139,7 @@ class Daemon:
             return  # the DAW's transport is stopped: no timeline to put the note on
         if msg.type == "note_on" and msg.velocity > 0:
             self.seed.note_on(beat, msg.note, msg.velocity)
-            if self._policy().on_player_note() and self._answer is not None:
+            if self._policy().on_player_note(beat) and self._answer is not None:
                 logger.info("barge-in: stopping response %s", self._answer)
                 self._end_request(self._answer)
                 self._answer = None

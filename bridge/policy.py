@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from bridge.seed import SeedWindow
+from models.core.settings import InteractionSettings
 
 EPS = 1e-6  # beats; keeps a phrase ending exactly on a bar line from skipping that bar
 
@@ -38,7 +39,15 @@ def next_line(beat: float, step: float) -> float:
 
 
 class CallResponsePolicy:
-    """Answer after ``silence_beats`` of silence, for ``bars`` bars, on the next bar or beat.
+    """Answer after ``silence_beats`` of silence, for ``bars`` bars, on the next bar or beat;
+    or, trading bars, answer an ``trade_bars``-bar call on the very next bar line.
+
+    Trading (``trade_bars`` > 0): the call's bars are counted from the bar of its first
+    note; the request goes out ``trade_lead_beats`` (or the engine's lead, if longer)
+    before the bar line that ends them, with the seed so far, and the answer plays
+    ``trade_bars`` bars from that line. A call that stops sooner is answered after its
+    silence as usual. Notes of the call's last moments (after the request, before the
+    line) do not stop the answer; a note played into it does (barge-in).
 
     Attributes:
         silence_beats: beats with nothing held and nothing pressed that end a phrase.
@@ -46,26 +55,49 @@ class CallResponsePolicy:
         start_on: ``"bar"`` or ``"beat"``: the grid the answer's start snaps to.
         bar_length: beats per bar.
         barge_in: whether playing during an answer stops it.
+        trade_bars: the call's length when trading bars (0 = wait for silence).
+        trade_lead_beats: how early the trading request goes out.
     """
 
     def __init__(self, silence_beats: float, bars: int, start_on: str, bar_length: float,
-                 barge_in: bool = True) -> None:
+                 barge_in: bool = True, *, trade_bars: int = 0,
+                 trade_lead_beats: float = 0.5) -> None:
         self.silence_beats = silence_beats
         self.bars = bars
         self.start_on = start_on
         self.bar_length = bar_length
         self.barge_in = barge_in
+        self.trade_bars = trade_bars
+        self.trade_lead_beats = trade_lead_beats
         self._armed = False  # the player played since the last answer was triggered
+        self._answer_start: float | None = None  # beat where the running answer starts
         self._answer_end: float | None = None  # beat where the running answer ends
+        self._call_bar: int | None = None  # trading: the bar of the call's first note
+
+    @classmethod
+    def from_settings(cls, interaction: InteractionSettings,
+                      bar_length: float) -> CallResponsePolicy:
+        """The policy ``[interaction]`` describes (the daemon's and the jam harness's)."""
+        return cls(interaction.silence_beats, interaction.response_bars,
+                   interaction.start_on, bar_length, interaction.barge_in,
+                   trade_bars=interaction.trade_bars,
+                   trade_lead_beats=interaction.trade_lead_beats)
 
     @property
     def answering(self) -> bool:
         """Whether an answer is running (requested and not yet over)."""
         return self._answer_end is not None
 
-    def on_player_note(self) -> bool:
-        """The player pressed a key. Returns whether the running answer must stop."""
+    def on_player_note(self, beat: float | None = None) -> bool:
+        """The player pressed a key (at ``beat``, if known). Returns whether the running
+        answer must stop: a note before the answer's start (the call's tail, when trading)
+        does not stop it."""
+        if (self._answer_end is not None and beat is not None
+                and self._answer_start is not None and beat < self._answer_start - EPS):
+            return False  # the end of the call, already answered
         self._armed = True
+        if self._answer_end is None and self._call_bar is None and beat is not None:
+            self._call_bar = math.floor(beat / self.bar_length + EPS)
         if self._answer_end is not None and self.barge_in:
             self._answer_end = None
             return True
@@ -81,29 +113,45 @@ class CallResponsePolicy:
         """
         if self._answer_end is not None and now >= self._answer_end - EPS:
             self._answer_end = None  # the answer has played out
+        if self._answer_end is None and self.trade_bars and self._call_bar is not None:
+            line = (self._call_bar + self.trade_bars) * self.bar_length
+            if now >= line - max(lead_beats, self.trade_lead_beats) - EPS:
+                start = line if now + lead_beats <= line + EPS else next_line(
+                    now + lead_beats, self.bar_length)
+                return self._trigger(start, self.trade_bars)
         if not self._armed or self._answer_end is not None or window.held_count:
             return None
         if window.last_activity is None or now < window.last_activity + self.silence_beats - EPS:
             return None
         step = self.bar_length if self.start_on == "bar" else 1.0
-        start = next_line(now + lead_beats, step)
+        return self._trigger(next_line(now + lead_beats, step), self.bars)
+
+    def _trigger(self, start: float, bars: int) -> Trigger:
         bar = math.floor(start / self.bar_length + EPS)
-        self._answer_end = (bar + self.bars) * self.bar_length
+        self._answer_start = start
+        self._answer_end = (bar + bars) * self.bar_length
         self._armed = False
-        return Trigger(start, self.bars)
+        self._call_bar = None
+        return Trigger(start, bars)
 
     def next_check(self, window: SeedWindow, now: float) -> float | None:
         """The beat at which ``due`` may next fire (``None``: only after new input)."""
         del now  # the silence is counted from the window's last activity
         if self._answer_end is not None:
             return self._answer_end
+        trade = None
+        if self.trade_bars and self._call_bar is not None:
+            trade = (self._call_bar + self.trade_bars) * self.bar_length - self.trade_lead_beats
         if not self._armed or window.held_count or window.last_activity is None:
-            return None
-        return window.last_activity + self.silence_beats
+            return trade
+        silence = window.last_activity + self.silence_beats
+        return silence if trade is None else min(silence, trade)
 
     def cancel(self) -> None:
         """Forget the running answer (engine lost, panic, mode change)."""
         self._answer_end = None
+        self._answer_start = None
+        self._call_bar = None
 
 
 class AccompanyPolicy:
@@ -122,8 +170,9 @@ class AccompanyPolicy:
         self.listen_bars = listen_bars
         self._requested_bar = -1  # the last bar already requested
 
-    def on_player_note(self) -> bool:
+    def on_player_note(self, beat: float | None = None) -> bool:
         """Accompaniment never stops for the player; returns ``False``."""
+        del beat
         return False
 
     def due(self, now: float, window: SeedWindow, lead_beats: float) -> Trigger | None:

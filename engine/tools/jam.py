@@ -162,8 +162,7 @@ def make_policy(mode: str, settings: Settings, bar_length: float
     """The daemon's policy for ``mode`` (``call`` or ``accompany``), from ``[interaction]``."""
     inter = settings.interaction
     if mode == "call":
-        return CallResponsePolicy(inter.silence_beats, inter.response_bars, inter.start_on,
-                                  bar_length, inter.barge_in)
+        return CallResponsePolicy.from_settings(inter, bar_length)
     return AccompanyPolicy(bar_length, inter.seed_bars)
 
 
@@ -209,7 +208,7 @@ def simulate(call: Call, settings: Settings, mode: str = "call",
         advance(beat)
         if press:
             window.note_on(beat, pitch, velocity)
-            policy.on_player_note()  # a barge-in stops an answer the player talks over
+            policy.on_player_note(beat)  # a barge-in stops an answer the player talks over
         else:
             window.note_off(beat, pitch)
         ask(beat)

@@ -195,6 +195,8 @@ class InteractionSettings:
     min_lead_ms: float = setting(40.0, low=0.0, high=2000.0)
     seed_bars: int = setting(4, low=1, high=64)
     barge_in: bool = setting(True)
+    trade_bars: int = setting(0, low=0, high=16)
+    trade_lead_beats: float = setting(0.5, low=0.0, high=4.0)
     follow_dynamics: float = setting(0.7, low=0.0, high=1.0)
     status_interval_s: float = setting(1.0, low=0.0, high=60.0)
     key_follow: bool = setting(True)

@@ -431,3 +431,30 @@ def test_the_answer_follows_the_calls_key_through_jack(start_melodyd, probe_for,
     c_major = {0, 2, 4, 5, 7, 9, 11}
     in_key = sum(p % 12 in c_major for p in pitches) / len(pitches)
     assert in_key >= 0.9, pitches
+
+
+def test_trading_bars_answers_on_the_bar_line_right_after_the_call(start_melodyd, probe_for,
+                                                                   tiny_onnx_model,
+                                                                   jack_server):
+    """With trade_bars = 2 a call that plays up to its second bar line is answered from
+    that very line: no beat of silence first (call-and-response would start a bar later)."""
+    config = E2E_CONFIG + "trade_bars = 2\n"  # E2E_CONFIG ends in [interaction]
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bpm", "120"],
+                           config_text=config)
+    daemon.wait_for_log("engine at .* is up")
+    probe = probe_for(native=False)
+    origin, spb = daemon.origin, 0.5
+    call = [(float(beat), 0.95, 60 + 2 * (beat % 4), 90) for beat in range(8)]
+    for _ in range(MAX_TRIES):
+        start = next_bar_start(time.monotonic(), origin, spb)
+        probe.play(call, start, spb)
+        line = start + 8 * spb  # the call's second bar line
+        assert wait_until(lambda end=line: time.monotonic() > end + 4 * 4 * spb, 20)
+        ons = note_ons(probe.messages(), since=line - 2 * spb)
+        if ons:
+            break
+    assert ons, daemon.log()
+    period = jack_server.period_s
+    # The answer's first note is on the line (rtmidi probe: up to a period late), where
+    # waiting for a beat of silence would have put it a whole bar later.
+    assert abs(ons[0].t - line) <= period + SLACK_S + 0.02, (ons[0].t - line)

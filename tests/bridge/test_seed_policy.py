@@ -100,6 +100,58 @@ def test_call_barge_in():
     assert patient.on_player_note() is False and patient.answering
 
 
+def _trader() -> CallResponsePolicy:
+    return CallResponsePolicy(1.0, 4, "bar", 4.0, trade_bars=2, trade_lead_beats=0.5)
+
+
+def test_trading_answers_a_two_bar_call_on_the_next_bar_line_without_silence():
+    window = SeedWindow(4, 4.0)
+    policy = _trader()
+    for onset in (0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5):  # two bars of call, still playing
+        window.note_on(onset, 60, 80)
+        policy.on_player_note(onset)
+        window.note_off(onset + 0.5, 60)
+    window.note_on(7.25, 64, 80)  # held across the moment the request goes out
+    policy.on_player_note(7.25)
+    assert policy.next_check(window, 7.0) == pytest.approx(7.5)
+    assert policy.due(7.4, window, 0.1) is None
+    trigger = policy.due(7.5, window, 0.1)
+    assert trigger is not None and trigger.start_beat == 8.0 and trigger.bars == 2
+    # The call's last notes before the line do not stop the answer; one inside it does.
+    assert policy.on_player_note(7.8) is False and policy.answering
+    assert policy.on_player_note(8.5) is True and not policy.answering
+
+
+def test_trading_counts_the_next_call_from_its_own_first_note():
+    window = SeedWindow(4, 4.0)
+    policy = _trader()
+    policy.on_player_note(0.0)
+    assert policy.due(7.6, window, 0.1).start_beat == 8.0
+    assert policy.due(15.9, window, 0.1) is None  # the answer plays bars 2-3
+    assert policy.due(16.0, window, 0.1) is None and not policy.answering
+    policy.on_player_note(17.0)  # the next call starts in bar 4
+    assert policy.due(23.4, window, 0.1) is None
+    assert policy.due(23.5, window, 0.1).start_beat == 24.0
+
+
+def test_a_trading_call_that_stops_early_is_answered_after_its_silence():
+    window = SeedWindow(4, 4.0)
+    policy = _trader()
+    play(window, [(0.0, 0.5, 60), (1.0, 0.5, 62)])
+    policy.on_player_note(0.0)
+    policy.on_player_note(1.0)
+    trigger = policy.due(2.6, window, 0.1)
+    assert trigger is not None and trigger.start_beat == 4.0 and trigger.bars == 4
+
+
+def test_without_trading_a_held_note_at_the_bar_line_gets_no_answer():
+    window = SeedWindow(4, 4.0)
+    policy = CallResponsePolicy(1.0, 2, "bar", 4.0)
+    window.note_on(0.5, 60, 80)
+    policy.on_player_note(0.5)
+    assert policy.due(7.5, window, 0.1) is None
+
+
 def test_accompany_requests_each_next_bar_while_player_active():
     window = SeedWindow(2, 4.0)
     policy = AccompanyPolicy(bar_length=4.0, listen_bars=2)
