@@ -80,7 +80,17 @@ def _decoders(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     decoders = {}
     for path in paths:
         model = load_model(path, settings.engine)
-        decoders[model.style] = StyleDecoder(model, settings.engine)
+        decoder = StyleDecoder(model, settings.engine)
+        slots = decoder.tokenizer.style_slots
+        if args.model and args.styles and slots:
+            # A style-conditioned model plays each asked style by its style token.
+            for name in (s.strip() for s in args.styles.split(",") if s.strip()):
+                if name not in slots:
+                    raise ToolError(f"{path.name} has no style {name!r} (its styles: "
+                                    f"{', '.join(n for n in slots if n)})")
+                decoders[name] = decoder
+        else:
+            decoders[model.style] = decoder
     return decoders
 
 

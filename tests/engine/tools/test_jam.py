@@ -239,3 +239,19 @@ def test_summary_shares():
     assert stats["in_density"] == 0.75 and stats["near_silent"] == 0.25
     assert stats["silent_to_busy"] == 1
     assert stats["style_ok"] == 0.5 and stats["fidelity"] == 1.0
+
+
+def test_a_conditioned_model_jams_each_asked_style_by_its_token(tiny_conditioned_onnx):
+    import argparse  # noqa: PLC0415
+
+    from engine.tools.jam_cli import _decoders  # noqa: PLC0415
+    from models.core.exceptions import MelodyError  # noqa: PLC0415
+    from models.core.settings import Settings  # noqa: PLC0415
+
+    args = argparse.Namespace(model=[str(tiny_conditioned_onnx)], styles="baroque,romantic")
+    decoders = _decoders(args, Settings())
+    assert set(decoders) == {"baroque", "romantic"}
+    assert decoders["baroque"] is decoders["romantic"]
+    with pytest.raises(MelodyError, match="no style 'folk'"):
+        _decoders(argparse.Namespace(model=[str(tiny_conditioned_onnx)], styles="folk"),
+                  Settings())
