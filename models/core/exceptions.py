@@ -23,6 +23,10 @@ class DataError(MelodyError):
     """A dataset is missing, malformed or cannot be built."""
 
 
+class EmptySourceError(DataError):
+    """A source of scores yielded no convertible score at all."""
+
+
 class ModelError(MelodyError):
     """A checkpoint or model file is missing, corrupt or of an unknown kind."""
 

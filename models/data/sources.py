@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import logging
 import os
 import stat
 from collections.abc import Callable, Sequence
@@ -38,9 +39,11 @@ from typing import Any
 
 import numpy as np
 
-from models.core.exceptions import DataError
+from models.core.exceptions import DataError, EmptySourceError
 from models.data.midifile import MIDI_SUFFIXES
 from models.data.scores import SCORE_SUFFIXES, is_score_name
+
+logger = logging.getLogger(__name__)
 
 READ_SUFFIXES = MIDI_SUFFIXES + SCORE_SUFFIXES
 
@@ -335,7 +338,15 @@ def resolve_sources(specs: str | Sequence[str], jobs: int = 0, *, progress: bool
     sources: list[dict[str, str]] = []
     first_name: dict[Path, str] = {}
     for spec, label in labelled:
-        found = resolve(spec, jobs, progress=progress, data_root=data_root, timeout=timeout)
+        try:
+            found = resolve(spec, jobs, progress=progress, data_root=data_root,
+                            timeout=timeout)
+        except EmptySourceError as err:
+            # One source of several that converted nothing (every score timed out, say)
+            # is reported and left out; the others still make the dataset.
+            logger.warning("%s is left out: %s", label, err)
+            unread.append(PieceResult(label, None, reason=SKIP_NOT_CONVERTED, detail=str(err)))
+            continue
         sources.append({"label": label, "spec": spec, "root": str(found.root)})
         prefix = f"{label}{LABEL_SEPARATOR}"
         for path, name in found.items:
@@ -350,6 +361,8 @@ def resolve_sources(specs: str | Sequence[str], jobs: int = 0, *, progress: bool
             meta[full] = {**blank, **found.meta.get(name, {}), "source": label}
             keys[full] = name
         unread += [dataclasses.replace(r, name=prefix + r.name) for r in found.unread]
+    if not sources:
+        raise DataError(f"none of the sources has convertible scores ({', '.join(listed)})")
     root = Path(os.path.commonpath([s["root"] for s in sources]))
     return Source(root, sorted(items, key=lambda item: item[1]), unread, meta, keys, sources)
 
@@ -414,7 +427,7 @@ def _from_indexes(indexes: list[dict[str, Any]], root: Path, corpus: str | None,
                           "licence": index.get("licence"),
                           "corpus": corpus or index.get("collection")}
     if not items:
-        raise DataError(f"{source} has no convertible scores")
+        raise EmptySourceError(f"{source} has no convertible scores")
     return Source(root, sorted(items, key=lambda item: item[1]), unread, meta)
 
 

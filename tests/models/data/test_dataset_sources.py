@@ -327,3 +327,25 @@ def test_a_file_name_that_is_not_utf8_is_read_and_named(tmp_path: Path) -> None:
 def test_a_source_list_longer_than_a_file_name_is_still_a_list() -> None:
     names = [f"corpus:collection{i:03d}" for i in range(40)]  # > 255 characters together
     assert split_source_list(",".join(names)) == names
+
+
+def test_a_source_that_converts_nothing_is_reported_and_the_rest_still_build(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from models.core.exceptions import EmptySourceError  # noqa: PLC0415
+    from models.data.sources import resolve_sources  # noqa: PLC0415
+
+    tune = write_midi(tmp_path / "good" / "t.mid", [("lead", [60, 62, 64, 65])])
+
+    def resolve(spec: str, *args: object, **kwargs: object) -> Source:
+        if spec == "corpus:airdsAirs":
+            raise EmptySourceError("corpus:airdsAirs has no convertible scores")
+        return Source(tmp_path / "good", [(tune, tune.name)], [], {})
+
+    found = resolve_sources("good,corpus:airdsAirs", resolve=resolve)
+    assert [name for _, name in found.items] == ["good:t.mid"]
+    assert [(r.name, r.reason) for r in found.unread] == [("corpus:airdsAirs", "not converted")]
+    assert "corpus:airdsAirs is left out" in caplog.text
+    with pytest.raises(DataError, match="none of the sources"):
+        resolve_sources("corpus:airdsAirs,corpus:miscFolk",
+                        resolve=lambda *a, **k: (_ for _ in ()).throw(
+                            EmptySourceError("nothing")))
