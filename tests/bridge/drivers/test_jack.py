@@ -274,6 +274,9 @@ def test_melodyd_stops_with_a_clear_error_when_jack_quits(jack_server, start_mel
         daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bars", "8"])
         daemon.wait_for_log("engine at .* is up")
         probe = Probe(native=True)  # on the private server too
+    except BaseException:
+        private.stop()  # a failed start must not leave the private server running
+        raise
     finally:
         os.environ.update(saved)
     try:
