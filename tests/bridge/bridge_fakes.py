@@ -70,3 +70,19 @@ def sounding_after(messages: list[mido.Message]) -> set[int]:
         elif m.type == "control_change" and m.control == 123:
             sounding.clear()
     return sounding
+
+
+class Inbox:
+    """A callback that keeps ``(arrival time, message)``."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, mido.Message]] = []
+
+    def __call__(self, message: mido.Message, t: float) -> None:
+        self.items.append((t, message))
+
+    def wait(self, count: int, timeout: float = 5.0) -> list[tuple[float, mido.Message]]:
+        end = time.monotonic() + timeout
+        while len(self.items) < count and time.monotonic() < end:
+            time.sleep(0.01)
+        return list(self.items)

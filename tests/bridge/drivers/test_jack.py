@@ -14,6 +14,7 @@ import time
 
 import mido
 import pytest
+from bridge_fakes import Inbox
 
 from bridge.drivers import jack, system
 from bridge.drivers.jack import JackClient
@@ -26,22 +27,6 @@ needs_native = pytest.mark.skipif(not jack.available(),
                                          "at install time)")
 
 FRAME_S = 1 / 48000
-
-
-class Inbox:
-    """A callback that keeps ``(arrival time, message)``."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[float, mido.Message]] = []
-
-    def __call__(self, message: mido.Message, t: float) -> None:
-        self.items.append((t, message))
-
-    def wait(self, count: int, timeout: float = 5.0) -> list[tuple[float, mido.Message]]:
-        end = time.monotonic() + timeout
-        while len(self.items) < count and time.monotonic() < end:
-            time.sleep(0.01)
-        return list(self.items)
 
 
 @pytest.fixture

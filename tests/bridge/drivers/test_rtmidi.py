@@ -8,26 +8,11 @@ import time
 
 import mido
 import pytest
+from bridge_fakes import Inbox
 
 from bridge.drivers.rtmidi import RtmidiOutput, open_rtmidi_ports, port_names
 
 pytestmark = pytest.mark.jack
-
-
-class Inbox:
-    """A callback that keeps ``(arrival time, message)``."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[float, mido.Message]] = []
-
-    def __call__(self, message: mido.Message, t: float) -> None:
-        self.items.append((t, message))
-
-    def wait(self, count: int, timeout: float = 5.0) -> list[tuple[float, mido.Message]]:
-        end = time.monotonic() + timeout
-        while len(self.items) < count and time.monotonic() < end:
-            time.sleep(0.01)
-        return list(self.items)
 
 
 @pytest.fixture
