@@ -32,6 +32,8 @@ else:  # pragma: no cover - Python 3.10
 
 
 # Style names travel in protocol messages, file names and token configurations.
+# Named GPT sizes of `melody train --size` (their shapes: models/train/gpt.py SIZES).
+MODEL_SIZES = ("tiny", "small", "base", "medium")
 _STYLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -280,7 +282,7 @@ class TrainSettings:
     """``[train]``: defaults of ``melody train``, ``fine-tune`` and ``lr-find``."""
 
     arch: str = setting("gpt", choices=("gpt", "lstm", "gru"))
-    size: str = setting("small", choices=("tiny", "small", "medium"))
+    size: str = setting("small", choices=MODEL_SIZES)
     steps: int = setting(20_000, low=1)
     batch_size: int = setting(16, low=1, high=4096)
     lr: float = setting(1e-3, low=0.0, high=1.0)

@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from models.core.settings import MODEL_SIZES
+
 logger = logging.getLogger(__name__)
 
 HELP = "learning-rate range test: plot loss against rate and suggest one"
@@ -31,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, help="dataset folder")
     parser.add_argument("--out", required=True, type=Path, help="folder for the plot and JSON")
     parser.add_argument("--arch", choices=("gpt", "lstm", "gru"), help="model architecture")
-    parser.add_argument("--size", choices=("tiny", "small", "medium"), help="named size")
+    parser.add_argument("--size", choices=MODEL_SIZES, help="named size")
     parser.add_argument("--from", dest="init_from", type=Path,
                         help="start from a checkpoint (with --freeze) to find a fine-tuning rate")
     parser.add_argument("--freeze", type=int, metavar="K", help="with --from: freeze K blocks")

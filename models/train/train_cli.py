@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from models.core.settings import MODEL_SIZES
+
 logger = logging.getLogger(__name__)
 
 HELP = "train a GPT, LSTM or GRU on a dataset built by `melody data build`"
@@ -55,7 +57,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``melody train``."""
     parser.add_argument("--arch", choices=("gpt", "lstm", "gru"), help="model architecture")
-    parser.add_argument("--size", choices=("tiny", "small", "medium"), help="named model size")
+    parser.add_argument("--size", choices=MODEL_SIZES, help="named model size")
     add_common_arguments(parser)
 
 

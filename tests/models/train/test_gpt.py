@@ -15,7 +15,7 @@ from models.train.checkpoint import (  # noqa: E402 - after the torch skip
     load_checkpoint,
     save_checkpoint,
 )
-from models.train.gpt import GPT, gpt_config  # noqa: E402
+from models.train.gpt import GPT, SIZES, gpt_config  # noqa: E402
 from models.train.rnn import RecurrentLM, rnn_config  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -142,3 +142,13 @@ def test_build_model_rejects_unknown_arch_and_bad_config() -> None:
         build_model("transformerxl", {})
     with pytest.raises(ModelError, match="invalid gpt"):
         build_model("gpt", {"n_embd": 30, "n_head": 4})
+
+
+def test_every_size_the_settings_accept_has_a_shape() -> None:
+    """`[train] size` and `--size` offer exactly the sizes gpt.py can build."""
+    from models.core.settings import MODEL_SIZES  # noqa: PLC0415
+
+    assert tuple(SIZES) == MODEL_SIZES
+    for size in MODEL_SIZES:
+        config = gpt_config(size, vocab_size=100)
+        assert config.n_embd % config.n_head == 0
