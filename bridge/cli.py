@@ -107,13 +107,16 @@ def choose_models(args: argparse.Namespace,
         return [path], None
     style = args.style or settings.styles.default
     directory = styles_directory(settings)
+    installed = sorted(directory.glob("*.onnx"))
+    if not installed:
+        raise BridgeError(f"no style is installed in {directory} (style {style!r} asked "
+                          f"for); {HOW_TO_MAKE}")
     path = directory / f"{style}.onnx"
     if not path.is_file():
-        installed = ", ".join(sorted(p.stem for p in directory.glob("*.onnx"))) or "none"
-        raise BridgeError(f"style {style!r} is not installed: {path} does not exist "
-                          f"(installed: {installed}); {HOW_TO_MAKE}")
-    others = sorted(p for p in directory.glob("*.onnx") if p != path)
-    return [path, *others], style
+        # A style-conditioned model plays its styles by token, not by file: the engine
+        # serves every installed file and its hello says whether one of them plays it.
+        return installed, style
+    return [path, *(p for p in installed if p != path)], style
 
 
 def list_ports_command(settings: Settings) -> int:

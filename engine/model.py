@@ -171,7 +171,9 @@ class LoadedModel:
         return {"arch": self.card.arch, "context_length": self.context_length,
                 "vocab_size": self.tokenizer.vocab_size,
                 "positions_per_beat": self.tokenizer.settings.positions_per_beat,
-                "quantization": self.card.quantization, "training": self.card.training}
+                "quantization": self.card.quantization, "training": self.card.training,
+                # Role tokens: accompany mode can ask for accompaniment under a lead.
+                "roles": self.tokenizer.has_roles}
 
 
 def _check_io(path: Path, card: ModelCard, session: Any) -> None:

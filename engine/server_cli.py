@@ -89,10 +89,16 @@ def load_decoders(styles: list[str], models: list[str],
     from engine.decoder import StyleDecoder  # noqa: PLC0415
     from engine.model import installed_styles, load_model, resolve_model_path  # noqa: PLC0415
 
-    paths = [resolve_model_path(style=name) for name in styles]
+    installed = installed_styles()
+    # A style with no file of its own may be played by an installed style-conditioned
+    # model's token: load every installed file then, and check once they are loaded.
+    by_token = [name for name in styles if name not in installed]
+    paths = [resolve_model_path(style=name) for name in styles if name in installed]
     paths += [resolve_model_path(model=path) for path in models]
+    if by_token:
+        paths += [path for path in installed.values() if path not in paths]
     if not paths:
-        paths = list(installed_styles().values())
+        paths = list(installed.values())
         if not paths:
             raise EngineError("no style to serve: none is installed in models/pretrained/; "
                               "pass --model PATH or --style NAME")
@@ -118,6 +124,12 @@ def load_decoders(styles: list[str], models: list[str],
                 logger.info("style %r is served by its own model %s, not by %s's style "
                             "token", name, decoders[name].model.path.name,
                             decoder.model.path.name)
+    missing = [name for name in by_token if name not in decoders]
+    if missing:
+        raise EngineError(f"style {missing[0]!r} is not installed: no "
+                          f"models/pretrained/{missing[0]}.onnx and no loaded model plays it "
+                          f"(served: {', '.join(sorted(decoders)) or 'none'}); add one with "
+                          f"`melody add-style` or pass --model PATH")
     return decoders
 
 

@@ -90,6 +90,9 @@ def training_summary(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
         "tokens": data.get("tokens") or {name: info.get("tokens")
                                          for name, info in splits.items()},
         "manifest_hash": data.get("hash"),
+        # Corpus -> licence and pieces, and every licence: a shipped model names its sources.
+        "corpora": dict(data.get("corpora") or {}),
+        "licences": list(data.get("licences") or []),
         "metrics": dict(checkpoint.get("metrics") or {}),
         "step": checkpoint.get("step"),
     }

@@ -20,7 +20,7 @@ from models.core.exceptions import BridgeError
 from tests.bridge.bridge_fakes import sounding_after
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL = REPO / "models" / "pretrained" / "romantic.onnx"
+DEFAULT_MODEL = REPO / "models" / "pretrained" / "any.onnx"
 STOP_S = 15.0  # melodyd's grace to stop after a signal before it counts as hung
 UP_TIMEOUT_S = 120.0  # engine start-up (model load) on a busy 2-core box
 SETTLE_S = 0.2  # the last JACK cycles reach the listener

@@ -14,6 +14,7 @@ import logging
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 from models.core.exceptions import EngineError
 from models.core.meter import bar_length
@@ -38,11 +39,41 @@ def _positive(text: str) -> int:
     return value
 
 
+def model_and_style(model_path: str | None, style: str | None, settings: Any) -> tuple[Any, str]:
+    """The loaded model and the style it plays: ``--model``, ``--style`` or both.
+
+    ``--style`` alone names an installed file, or else a style an installed
+    style-conditioned model plays by token.
+
+    Raises:
+        EngineError: neither flag, a missing file, or a style no model here plays.
+    """
+    from engine.model import installed_styles, load_model, resolve_model_path  # noqa: PLC0415
+
+    if model_path is None and style is None:
+        raise EngineError("give a model with --model M.onnx or an installed style with --style S")
+    installed = installed_styles()
+    if model_path is not None or style in installed:
+        model = load_model(resolve_model_path(model_path, None if model_path else style),
+                           settings)
+        candidates = [model]
+    else:
+        candidates = [load_model(path, settings) for path in installed.values()]
+    for model in candidates:
+        if style is None or style == model.style or style in model.tokenizer.style_slots:
+            return model, style or model.style
+    served = sorted({name for m in candidates for name in (m.style, *m.tokenizer.style_slots)})
+    raise EngineError(f"style {style!r} is not played by "
+                      f"{model_path or 'any installed model'} (it plays: "
+                      f"{', '.join(served) or 'none'}); add one with `melody add-style`")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``melody generate``."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", metavar="M.onnx", help="a melodyd ONNX model file")
-    source.add_argument("--style", metavar="S", help="an installed style (models/pretrained)")
+    parser.add_argument("--model", metavar="M.onnx", help="a melodyd ONNX model file")
+    parser.add_argument("--style", metavar="S",
+                        help="an installed style (models/pretrained), or with --model the "
+                             "style a style-conditioned model plays (its style token)")
     parser.add_argument("--prime", metavar="FILE.mid", help="the MIDI file to continue")
     parser.add_argument("--data", metavar="DIR",
                         help="a built dataset whose validation split gives a random prime "
@@ -131,7 +162,6 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm  # noqa: PLC0415
 
     from engine.decoder import StyleDecoder  # noqa: PLC0415 - onnxruntime loads here
-    from engine.model import load_model, resolve_model_path  # noqa: PLC0415
     from models.core.protocol.messages import GenerateRequest, SamplingParams  # noqa: PLC0415
     from models.core.settings import load_settings  # noqa: PLC0415
     from models.data.midifile import continuation_beat, read_midi  # noqa: PLC0415
@@ -139,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if args.temperature <= 0:
         raise EngineError(f"--temperature must be above 0 (received {args.temperature})")
     settings = load_settings(args.config).engine
-    model = load_model(resolve_model_path(args.model, args.style), settings)
+    model, style = model_and_style(args.model, args.style, settings)
     rng = random.Random(args.seed)
     tempo = 120.0
     if args.prime:
@@ -162,13 +192,13 @@ def run(args: argparse.Namespace) -> int:
     for index in range(args.num_files):
         seed = None if args.seed is None else args.seed + index
         request = GenerateRequest(seed=tuple(prime), start_beat=start, bars=args.bars,
-                                  time_signature=time_signature, style=model.style,
+                                  time_signature=time_signature, style=style,
                                   sampling=SamplingParams(temperature=args.temperature,
                                                           top_k=args.top_k, top_p=args.top_p,
                                                           seed=seed))
         gens.append(decoder.start(f"file{index}", request))
     total = args.bars * len(gens)
-    with tqdm(total=total, unit="bar", desc=f"generating ({model.style})") as bar:
+    with tqdm(total=total, unit="bar", desc=f"generating ({style})") as bar:
 
         def show_bars() -> None:
             done_bars = sum(args.bars if g.done else max(0, g.grammar.bar - g.end_bar + args.bars)
@@ -179,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     tempo = args.tempo or tempo
     for index, (gen, notes) in enumerate(zip(gens, outputs, strict=True)):
-        path = out_dir / f"{stem}_{model.style}_{index + 1:02d}.mid"
+        path = out_dir / f"{stem}_{style}_{index + 1:02d}.mid"
         _write(path, prime, notes, program=args.program, time_signature=time_signature,
                tempo=tempo, start=start)
         logger.info("wrote %s: %d notes after beat %g (%s, %d tokens)", path, len(notes), start,

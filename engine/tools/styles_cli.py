@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.core.exceptions import MelodyError
+from models.core.tokenizer import STYLE_ANY
 
 HELP = "list the installed style models with their size, training data and metrics"
 
@@ -86,12 +87,38 @@ def model_facts(path: Path, model: Any = None) -> dict[str, Any]:
         "val_accuracy": _metric(metrics, "accuracy", "val_accuracy"),
         "step": training.get("step"),
         "exported_at": card.exported_at,
+        # A style-conditioned model plays each style of its vocabulary by a token.
+        "token_styles": [name for name in model.tokenizer.style_slots if name != STYLE_ANY],
+        "corpora": dict(training.get("corpora") or {}),
+        "licences": list(training.get("licences") or []),
     })
     return facts
 
 
+def source_lines(row: dict[str, Any]) -> list[str]:
+    """Indented lines under a model's row: the styles it plays by token and its sources."""
+    lines = []
+    if row.get("token_styles"):
+        lines.append(f"  {row['style']} also plays, by style token: "
+                     f"{', '.join(row['token_styles'])}")
+    corpora = row.get("corpora") or {}
+    if corpora:
+        lines.append("  trained on: " + "; ".join(
+            f"{name} ({info.get('pieces', '?')} pieces, {info.get('licence', 'unknown')})"
+            for name, info in corpora.items()))
+    return lines
+
+
 def _cell(value: Any, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
+
+
+def _data_cell(corpus: str | None) -> str:
+    """A corpus name, or how many for a multi-corpus model (they are listed below it)."""
+    if corpus is None:
+        return "-"
+    parts = corpus.split(",")
+    return corpus if len(parts) == 1 else f"{len(parts)} corpora"
 
 
 def format_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -105,13 +132,16 @@ def format_table(rows: list[dict[str, Any]]) -> list[str]:
             continue
         model = f"{row['arch']} {_cell(row['layers'])}x{_cell(row['width'])}"
         table.append((row["style"], f"{row['size_mb']:.1f} MB", model, row["quantization"],
-                      _cell(row["corpus"]), _cell(row["train_pieces"]),
+                      _data_cell(row["corpus"]), _cell(row["train_pieces"]),
                       _cell(row["val_perplexity"], "{:.2f}"),
                       _cell(row["val_accuracy"], "{:.1%}"), _cell(row["step"])))
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     if len(table) > 1:
         lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                   for r in table]
+    for row in rows:
+        if "error" not in row:
+            lines += source_lines(row)
     lines += [f"{row['style']}: cannot be loaded: {row['error']}" for row in rows
               if "error" in row]
     return lines

@@ -47,11 +47,31 @@ def open_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, dict[str, 
     return dataset.tokens, dataset.manifest
 
 
+def corpus_licences(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each corpus of a dataset with its licence and kept pieces (what a model card names).
+
+    A corpus whose pieces carry several licences lists them joined by "; ".
+    """
+    corpora: dict[str, dict[str, Any]] = {}
+    for piece in (manifest.get("pieces") or {}).values():
+        name = str(piece.get("corpus") or piece.get("source") or "unknown")
+        entry = corpora.setdefault(name, {"licences": set(), "pieces": 0})
+        entry["pieces"] += 1
+        if piece.get("licence"):
+            entry["licences"].add(str(piece["licence"]))
+    return {name: {"licence": "; ".join(sorted(entry["licences"])) or "unknown",
+                   "pieces": entry["pieces"]}
+            for name, entry in sorted(corpora.items())}
+
+
 def manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The part of a manifest a checkpoint keeps: source, hash, pieces and tokens per split."""
+    """The part of a manifest a checkpoint keeps: source, hash, pieces and tokens per split,
+    and the corpora with their licences (shipped models name them in their card)."""
     splits = manifest.get("splits") or {}
     return {
         "source": manifest.get("source"),
+        "licences": list(manifest.get("licences") or []),
+        "corpora": corpus_licences(manifest),
         "hash": manifest.get("content_hash", manifest.get("hash")),
         "built_at": manifest.get("built_at"),
         "splits": {name: {"pieces": info.get("num_pieces"), "tokens": info.get("tokens")}

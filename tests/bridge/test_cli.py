@@ -17,13 +17,24 @@ def test_missing_model_names_the_path_and_the_fix(tmp_path, capsys):
     assert "melody export" in err and "Traceback" not in err
 
 
-def test_missing_style_lists_installed_ones(tmp_path, capsys):
-    (tmp_path / "baroque.onnx").write_bytes(b"")
+def test_no_installed_style_names_the_folder_and_the_fix(tmp_path, capsys):
     config = tmp_path / "c.toml"
     config.write_text(f'[styles]\ndirectory = "{tmp_path}"\n')
     assert cli.main(["--config", str(config), "--style", "romantic"]) == 2
     err = capsys.readouterr().err
-    assert "romantic" in err and "installed: baroque" in err and "melody export" in err
+    assert "no style is installed" in err and str(tmp_path) in err and "melody export" in err
+
+
+def test_a_style_without_its_own_file_asks_the_engine_for_every_installed_model(tmp_path):
+    """A conditioned model plays "romantic" by token: the engine gets every file and its
+    hello says whether one plays the style."""
+    (tmp_path / "any.onnx").write_bytes(b"")
+    (tmp_path / "baroque.onnx").write_bytes(b"")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[styles]\ndirectory = "{tmp_path}"\n')
+    args = cli.build_parser().parse_args(["--config", str(config), "--style", "romantic"])
+    models, style = cli.choose_models(args, cli.settings_from_args(args))
+    assert style == "romantic" and [m.stem for m in models] == ["any", "baroque"]
 
 
 def test_a_style_engine_serves_every_installed_style_the_chosen_first(tmp_path):

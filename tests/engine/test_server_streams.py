@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from server_rig import SEED, Client, alone, generate
 
 from engine import server_cli
+from models.core.exceptions import EngineError
 from models.core.notes import Note
 from models.core.settings import EngineSettings
 
@@ -129,6 +131,22 @@ def test_a_burst_of_requests_starts_a_few_per_iteration(start_server, context, s
             per_iteration[it] = per_iteration.get(it, 0) + 1
     assert len(starts) == 12
     assert max(per_iteration.values()) <= 4
+
+
+def test_a_style_asked_by_name_may_be_played_by_an_installed_conditioned_model(
+        tmp_path, monkeypatch, tiny_conditioned_onnx):
+    """`melodyd engine --style pop` with no pop.onnx: an installed conditioned model plays
+    it by token; a style nothing plays is refused at start with the served ones listed."""
+    import shutil  # noqa: PLC0415
+
+    import engine.model  # noqa: PLC0415
+
+    shutil.copy(tiny_conditioned_onnx, tmp_path / "any.onnx")
+    monkeypatch.setattr(engine.model, "PRETRAINED_DIR", tmp_path)
+    decoders = server_cli.load_decoders(["pop"], [], EngineSettings())
+    assert "pop" in decoders and decoders["pop"] is decoders["baroque"]
+    with pytest.raises(EngineError, match=r"style 'jazz' is not installed.*served: .*pop"):
+        server_cli.load_decoders(["jazz"], [], EngineSettings())
 
 
 def test_a_conditioned_model_serves_each_of_its_styles_in_one_batch(start_server, context,
