@@ -25,7 +25,7 @@ from bridge.controls import ControlMap
 from bridge.ear import Ear
 from bridge.listener import InputQueue
 from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
-from bridge.requests import generate_request
+from bridge.requests import accompaniment_request, generate_request, has_roles
 from bridge.scheduler import Scheduler
 from bridge.seed import SeedWindow
 from bridge.status import Response, StatusLine, format_status
@@ -75,7 +75,7 @@ class Daemon:
         inter = settings.interaction
         self.seed = SeedWindow(inter.seed_bars, clock.bar_length)
         self.call = CallResponsePolicy.from_settings(inter, clock.bar_length)
-        self.accompany = AccompanyPolicy(clock.bar_length, inter.seed_bars)
+        self.accompany = AccompanyPolicy(clock.bar_length, inter.accompany_stop_bars)
         self.controls = ControlMap(settings.midi)
         self.ear = Ear(inter)
         self.scheduler = scheduler
@@ -222,13 +222,27 @@ class Daemon:
             self._request(trigger, now, beat)
 
     def _request(self, trigger: Trigger, now: float, beat: float) -> None:
-        seed = self.seed.notes(beat, own_until=trigger.own_until)
-        request = generate_request(
-            self.settings, style=self.style, facts=self._style_facts.get(self.style or "", {}),
-            temperature=self.temperature, seed=seed, time_signature=self.clock.time_signature,
-            start_beat=trigger.start_beat, bars=trigger.bars,
-            # The call is the player's notes of the window, never melodyd's own.
-            steering=self.ear.steering(self.seed.notes(beat), self.clock.bar_length))
+        facts = self._style_facts.get(self.style or "", {})
+        # The call (or the lead) is the player's notes of the window, never melodyd's own.
+        player = self.seed.notes(beat)
+        heard = self.ear.steering(player, self.clock.bar_length)
+        if self.mode == "accompany" and has_roles(facts):
+            # The player is the lead, melodyd's notes the accompaniment, and only
+            # accompaniment is asked for, under the lead (models.core.accompaniment).
+            own = self.seed.own_notes(beat, until=trigger.own_until or trigger.start_beat)
+            recent = [n for n in player if n.onset >= beat - self.clock.bar_length]
+            request = accompaniment_request(
+                self.settings, style=self.style, facts=facts, temperature=self.temperature,
+                lead=player, own=own, recent_lead=recent or player[-8:], heard=heard,
+                time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
+                bars=trigger.bars)
+        else:
+            request = generate_request(
+                self.settings, style=self.style, facts=facts, temperature=self.temperature,
+                seed=self.seed.notes(beat, own_until=trigger.own_until),
+                time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
+                bars=trigger.bars, steering=heard)
+        seed = request.seed
         try:
             request_id = self.client.generate(self.session, request)
         except ProtocolError as err:
@@ -270,8 +284,11 @@ class Daemon:
         self._style_facts = {name: dict(facts) for name, facts in reply.styles.items()}
         if self.style not in self.styles:
             if self.style is not None:
-                logger.warning("the engine does not serve style %r (it serves %s)",
-                               self.style, ", ".join(self.styles) or "nothing")
+                logger.error("the engine does not serve style %r (it serves %s); playing "
+                             "%s instead. Install it with `melody add-style` or choose "
+                             "another with --style", self.style,
+                             ", ".join(self.styles) or "nothing",
+                             self.styles[0] if self.styles else "nothing")
             self.style = self.styles[0] if self.styles else None
         logger.info("engine serves %s; playing %s", ", ".join(self.styles) or "nothing",
                     self.style)

@@ -160,12 +160,14 @@ class CallResponsePolicy:
 class AccompanyPolicy:
     """Keep one bar queued ahead, conditioned on the player and the daemon's own notes.
 
-    While the player has played within the last ``listen_bars`` bars, each bar line
-    requests the bar after the coming one, so the engine always has a bar of time.
+    Each bar line requests the bar after the coming one, so the engine always has a bar
+    of time, as long as that bar starts within ``listen_bars`` bars of the bar line that
+    follows the player's last note: the accompaniment stops that many bars after the
+    player, whatever melodyd itself played meanwhile (its own notes never count).
 
     Attributes:
         bar_length: beats per bar.
-        listen_bars: how long after the player's last note accompaniment goes on.
+        listen_bars: bars of accompaniment after the player's last bar.
     """
 
     def __init__(self, bar_length: float, listen_bars: int) -> None:
@@ -178,22 +180,30 @@ class AccompanyPolicy:
         del beat
         return False
 
+    def _accompanies(self, window: SeedWindow, start: float) -> bool:
+        """Whether a bar starting at ``start`` is within ``listen_bars`` of the player."""
+        if window.held_count:
+            return True
+        if window.last_activity is None:
+            return False
+        last_line = math.ceil(window.last_activity / self.bar_length - EPS) * self.bar_length
+        return start < last_line + self.listen_bars * self.bar_length - EPS
+
     def due(self, now: float, window: SeedWindow, lead_beats: float) -> Trigger | None:
         """The next bar to request at beat ``now``, if one is due."""
-        if not window.player_active_since(now - self.listen_bars * self.bar_length):
-            return None
         target = math.floor((now + lead_beats) / self.bar_length + EPS) + 1
         if target <= self._requested_bar:
             return None
-        self._requested_bar = target
         start = target * self.bar_length
+        if not self._accompanies(window, start):
+            return None
+        self._requested_bar = target
         return Trigger(start, 1, own_until=start)
 
     def next_check(self, window: SeedWindow, now: float) -> float | None:
         """The next bar line, while the player is active (``None`` otherwise)."""
-        if not window.player_active_since(now - self.listen_bars * self.bar_length):
-            return None
-        return (math.floor(now / self.bar_length + EPS) + 1) * self.bar_length
+        line = (math.floor(now / self.bar_length + EPS) + 1) * self.bar_length
+        return line if self._accompanies(window, line) else None
 
     def cancel(self) -> None:
         """Forget what was requested, so the next bar line requests again."""

@@ -9,9 +9,15 @@ runs the engine's own validation (``models.core.protocol.wire.encode``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from models.core.accompaniment import (
+    accompaniment_constraints,
+    accompaniment_steering,
+    with_roles,
+)
 from models.core.meter import TimeSignature
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest, Steering
@@ -61,3 +67,36 @@ def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any]
         sampling=s.sampling_params(temperature),
         constraints=s.constraints(style_pitch_range(settings, facts)),
         steering=steering or Steering())
+
+
+def accompaniment_request(settings: Settings, *, style: str, facts: Mapping[str, Any],
+                          temperature: float, lead: Sequence[Note], own: Sequence[Note],
+                          recent_lead: Sequence[Note], heard: Steering,
+                          time_signature: TimeSignature, start_beat: float,
+                          bars: int) -> GenerateRequest:
+    """What accompany mode (and ``melody harmonize``) asks of a model with role tokens.
+
+    Args:
+        settings: the daemon's settings (``[interaction] accompany_*``, ``[sampling]``).
+        style: the style asked for.
+        facts: the engine's facts about that style.
+        temperature: the live temperature.
+        lead: the player's (or the file's) notes of the seed window: the ``lead``.
+        own: melodyd's notes of the window: the ``accompaniment``.
+        recent_lead: the lead's last bar or so (the ceiling "below the lead").
+        heard: what the ear heard in the lead (``bridge.ear``).
+        time_signature: the clock's time signature.
+        start_beat: the bar to accompany.
+        bars: how many bars.
+    """
+    request = generate_request(settings, style=style, facts=facts, temperature=temperature,
+                               seed=with_roles(lead, own), time_signature=time_signature,
+                               start_beat=start_beat, bars=bars,
+                               steering=accompaniment_steering(heard, settings.interaction))
+    return dataclasses.replace(request, constraints=accompaniment_constraints(
+        request.constraints, recent_lead, settings.interaction))
+
+
+def has_roles(facts: Mapping[str, Any]) -> bool:
+    """Whether the engine's ``hello`` says the style's model has role tokens."""
+    return bool(facts.get("roles"))

@@ -97,6 +97,14 @@ class SeedWindow:
         seed.sort(key=lambda n: (n.onset, n.pitch))
         return seed
 
+    def own_notes(self, now: float, until: float) -> list[Note]:
+        """The daemon's own notes of the window that start before ``until`` (accompany
+        mode's part, apart from the player's)."""
+        start = now - self.bars * self.bar_length
+        self._prune(start)
+        return sorted((n for n in self._own if start <= n.onset < until),
+                      key=lambda n: (n.onset, n.pitch))
+
     def player_active_since(self, beat: float) -> bool:
         """Whether the player touched a key at or after ``beat`` or holds one now."""
         return bool(self._held) or (self.last_activity is not None

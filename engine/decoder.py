@@ -32,13 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.cache import Cache, CacheOps, KVPool, row_inputs
+from engine.forcing import LeadForcing
 from engine.grammar import Grammar, VocabularyMasks
 from engine.model import LoadedModel
 from engine.prompt import build_prompt
 from engine.sampling import make_rng, sample
 from engine.steering import BarDensity, pitch_bias, steer
 from models.core.exceptions import EngineError
-from models.core.notes import Note
+from models.core.notes import LEAD, Note
 from models.core.protocol.messages import GenerateRequest, SamplingParams
 from models.core.settings import EngineSettings
 
@@ -81,6 +82,9 @@ class Generation:
         # decoder; the density state follows the answer bar by bar.
         self.pitch_bias: np.ndarray | None = None
         self.density: BarDensity | None = None
+        # A known lead line written into the stream between sampled accompaniment
+        # (engine.forcing; offline harmonization), or None.
+        self.forcing: LeadForcing | None = None
         self._notes: list[Note] = []
         self._started = time.perf_counter()
         self._finished: float | None = None
@@ -267,8 +271,13 @@ class StyleDecoder:
         self._sessions.pop(session_key, None)
 
     def start(self, session_key: Hashable, request: GenerateRequest,
-              request_id: str | None = None) -> Generation:
+              request_id: str | None = None, *, lead: Sequence[Note] = ()) -> Generation:
         """Encode a request, reuse the session's cached prefix and prefill the rest.
+
+        ``lead``: notes of a lead line inside the answer's bars, written into the stream
+        at their times while the model samples the rest (``engine.forcing``); they are
+        not returned. Meant with ``constraints.role = "accompaniment"`` on a model with
+        role tokens (offline harmonization).
 
         Raises:
             EngineError: the request cannot be encoded for this model (time signature not
@@ -282,6 +291,10 @@ class StyleDecoder:
                          grammar=prompt.grammar, end_bar=prompt.end_bar,
                          max_tokens=self.settings.max_tokens_per_bar * request.bars)
         gen.pitch_bias = pitch_bias(self.vocab, request.steering)
+        if lead:
+            if not self.vocab.role:
+                raise EngineError("a lead line to accompany needs a model with role tokens")
+            gen.forcing = LeadForcing(lead, self.vocab)
         steering = request.steering
         if ((steering.notes_per_bar is not None and steering.density_strength > 0)
                 or steering.min_notes > 0):
@@ -448,10 +461,15 @@ class StyleDecoder:
         if gen.tokens >= gen.max_tokens:
             gen._finish("max_tokens")
             return
-        logits, allowed = steer(gen.logits, gen.grammar.allowed(), bias=gen.pitch_bias,
-                                density=gen.density, bar_id=self.tokenizer.bar_id,
-                                eos_id=self.tokenizer.eos_id)
-        token = sample(logits, gen.request.sampling, gen.rng, allowed)
+        forcing = gen.forcing
+        token = forcing.next_forced(gen.grammar) if forcing is not None else None
+        if token is None:
+            logits, allowed = steer(gen.logits, gen.grammar.allowed(), bias=gen.pitch_bias,
+                                    density=gen.density, bar_id=self.tokenizer.bar_id,
+                                    eos_id=self.tokenizer.eos_id)
+            token = sample(logits, gen.request.sampling, gen.rng, allowed)
+            if forcing is not None:
+                token = forcing.intercept(gen.grammar, token)
         kind = self.vocab.infos[token].kind
         if kind == "EOS":
             gen._finish("eos")
@@ -460,6 +478,8 @@ class StyleDecoder:
             gen._finish("complete")
             return
         note = gen.grammar.feed(token)
+        if note is not None and forcing is not None and note.role == LEAD:
+            note = None  # the caller's own lead, written into the stream, not an answer
         if note is not None:
             gen._notes.append(note)
             gen.notes_emitted += 1

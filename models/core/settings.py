@@ -210,6 +210,11 @@ class InteractionSettings:
     density_follow: bool = setting(True)
     density_strength: float = setting(2.0, low=0.0, high=20.0)
     min_notes_per_bar: int = setting(1, low=0, high=32)
+    accompany_stop_bars: int = setting(2, low=1, high=64)
+    accompany_below_lead: bool = setting(True)
+    accompany_density: float = setting(1.5, low=0.1, high=8.0)
+    accompany_key_strength: float = setting(0.5, low=0.0, high=20.0)
+    accompany_polyphony: int = setting(4, low=0, high=16)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,8 @@ BPM = 600.0  # 0.1 s per beat, 0.4 s per bar: the tests stay short
 class FakeEngine:
     """A ROUTER thread answering like the engine; records what it was asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, facts: dict | None = None) -> None:
+        self.facts = {"pitch_min": 21, "pitch_max": 108, **(facts or {})}
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -70,7 +71,7 @@ class FakeEngine:
                 self._send(identity, protocol.PongReply(request.id, request.t))
             elif isinstance(request, protocol.HelloRequest):
                 self._send(identity, protocol.HelloReply(
-                    request.id, "fake", {"fake": {"pitch_min": 21, "pitch_max": 108}}))
+                    request.id, "fake", {"fake": dict(self.facts)}))
             elif isinstance(request, protocol.GenerateMessage):
                 start = request.request.start_beat
                 notes = tuple(Note(start + o, d, p, v) for o, d, p, v in self.answer_notes)
@@ -105,8 +106,10 @@ def between_turns() -> list[Callable[[], None]]:
 
 
 @pytest.fixture
-def rig(between_turns):
-    engine = FakeEngine()
+def rig(request, between_turns):
+    """The daemon against the fake engine; ``indirect`` parametrization gives the facts the
+    fake's hello tells about its style (e.g. ``{"roles": True}``)."""
+    engine = FakeEngine(getattr(request, "param", None))
     settings = Settings()
     settings = dataclasses.replace(
         settings,
@@ -338,3 +341,37 @@ def test_song_position_elsewhere_starts_a_fresh_seed_window():
     daemon._on_clock(t + 2.2, mido.Message("songpos", pos=0))
     assert daemon.seed is not old and clock.position_beats == 0.0
     inputs.close()
+
+
+def _accompany(daemon, inputs) -> None:
+    inputs.put(time.monotonic(), mido.Message("control_change", control=23, value=127))
+    assert wait_for(lambda: daemon.mode == "accompany")
+
+
+@pytest.mark.parametrize("rig", [{"roles": True}], indirect=True)
+def test_accompany_with_a_role_model_asks_for_accompaniment_under_the_lead(rig):
+    """The player is the lead, melodyd's notes are accompaniment, and only accompaniment
+    below the lead's lowest recent note is asked for (models.core.accompaniment)."""
+    daemon, engine, _port, inputs, clock = rig
+    _accompany(daemon, inputs)
+    play_phrase(inputs, clock, pitches=(72, 76, 79))
+    assert wait_for(lambda: len(engine.of_type("generate")) >= 2)
+    request = engine.of_type("generate")[-1]
+    assert request["constraints"]["role"] == "accompaniment"
+    assert request["constraints"]["pitch_max"] == 71
+    polyphony = daemon.settings.interaction.accompany_polyphony
+    assert request["constraints"]["max_polyphony"] == polyphony
+    roles = {(n["pitch"], n.get("role")) for n in request["seed"]}
+    assert {(72, "lead"), (76, "lead"), (79, "lead")} <= roles
+    # The fake's answer notes came back as melodyd's own: they are the accompaniment now.
+    assert any(role == "accompaniment" for _pitch, role in roles)
+
+
+def test_accompany_with_a_model_without_roles_asks_as_before(rig):
+    daemon, engine, _port, inputs, clock = rig
+    _accompany(daemon, inputs)
+    play_phrase(inputs, clock, pitches=(72, 76, 79))
+    assert wait_for(lambda: engine.of_type("generate"))
+    request = engine.of_type("generate")[0]
+    assert "role" not in request["constraints"]
+    assert all(n.get("role", "any") == "any" for n in request["seed"])

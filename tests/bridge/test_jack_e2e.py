@@ -458,3 +458,49 @@ def test_trading_bars_answers_on_the_bar_line_right_after_the_call(start_melodyd
     # The answer's first note is on the line (rtmidi probe: up to a period late), where
     # waiting for a beat of silence would have put it a whole bar later.
     assert abs(ons[0].t - line) <= period + SLACK_S + 0.02, (ons[0].t - line)
+
+
+# Four bars of melody (beats from the first bar line), all at or above C5: the
+# accompaniment is asked for under the lowest lead note of the last bar.
+MELODY = [(float(beat), 0.9, pitch, 90) for beat, pitch in enumerate(
+    (72, 74, 76, 77, 79, 77, 76, 74, 72, 76, 79, 84, 83, 79, 74, 72))]
+
+
+def test_accompany_plays_under_the_melody_on_the_grid_and_stops_after_it(
+        start_melodyd, probe_for, tiny_conditioned_onnx, jack_server):
+    """Accompany mode with a role-conditioned model and the DAW's clock: melodyd's notes
+    fall inside the melody's bars on the grid, never double a melody note (same pitch,
+    same onset), and stop within ``accompany_stop_bars`` bars after the melody ends."""
+    stop_bars = 2
+    config = E2E_CONFIG + f"accompany_stop_bars = {stop_bars}\n"
+    daemon = start_melodyd(["--model", str(tiny_conditioned_onnx), "--clock", "midi",
+                            "--mode", "accompany"], config_text=config)
+    daemon.wait_for_log("engine at .* is up")
+    probe = probe_for()
+    bpm = 120.0
+    spb = 60.0 / bpm
+    probe.start_clock(bpm)
+    time.sleep(2 * spb)
+    first_bar = math.ceil(probe.beat_at(time.monotonic() + 0.3) / 4) * 4
+    melody_start = probe.beat_time(first_bar)
+    probe.play(MELODY, melody_start, spb)
+    last_line = probe.beat_time(first_bar + 16)  # the bar line after the melody
+    quiet_from = probe.beat_time(first_bar + 16 + 4 * stop_bars)
+    assert wait_until(lambda: time.monotonic() > quiet_from + 4 * 4 * spb, 60)
+    ons = note_ons(probe.messages(), since=melody_start)
+    assert ons, daemon.log()
+    assert all(r.t < quiet_from + LATE_DROP_S for r in ons), (
+        [probe.beat_at(r.t) - first_bar for r in ons if r.t >= quiet_from], daemon.log())
+    assert any(melody_start < r.t < last_line for r in ons)
+    tolerance = 2 * jack_server.period_s + MIDI_CLOCK_SLACK_S
+    errors = grid_errors([r.t for r in ons], probe.beat_at, probe.beat_time)
+    assert sum(e <= tolerance for e in errors) / len(errors) >= 0.9, sorted(errors)[-5:]
+    melody_onsets = [(melody_start + beat * spb, pitch) for beat, _d, pitch, _v in MELODY]
+    doubled = [r for r in ons for t, pitch in melody_onsets
+               if r.message.note == pitch and abs(r.t - t) <= tolerance]
+    assert not doubled, doubled
+    assert all(r.message.note < 72 for r in ons)  # under the melody's lowest note
+    probe.stop_clock()
+    assert wait_until(lambda: sounding_after([r.message for r in probe.messages()
+                                              if r.message.type != "control_change"]) == set(),
+                      2.0)

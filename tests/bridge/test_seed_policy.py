@@ -173,3 +173,41 @@ def test_accompany_requests_each_next_bar_while_player_active():
     second = policy.due(4.0, window, 0.1)
     assert second is not None and second.start_beat == 8.0
     assert policy.due(12.0, window, 0.1) is None  # player silent for 2 bars: stop
+
+
+def test_accompaniment_stops_within_n_bars_of_the_player_in_100_sessions():
+    """No self-fed runaway: melodyd's own notes join the window (as the daemon adds them)
+    but never keep the accompaniment going; the last bar it asks for starts at most
+    ``listen_bars`` bars after the bar line that follows the player's last note, so the
+    last one ends there."""
+    import random  # noqa: PLC0415
+
+    rng = random.Random(17)
+    bar, stop_bars = 4.0, 2
+    for _session in range(100):
+        window = SeedWindow(4, bar)
+        policy = AccompanyPolicy(bar_length=bar, listen_bars=stop_bars)
+        played_until = rng.uniform(2.0, 40.0)
+        notes = []
+        beat = 0.0
+        while beat < played_until:
+            notes.append((beat, rng.choice((0.25, 0.5, 1.0)), rng.randint(55, 80)))
+            beat += rng.choice((0.25, 0.5, 1.0, 2.0))
+        last_end = max(onset + length for onset, length, _pitch in notes)
+        requested = []
+        now, pending = 0.0, sorted(notes)
+        while now < last_end + 20 * bar:
+            while pending and pending[0][0] <= now:
+                onset, length, pitch = pending.pop(0)
+                window.note_on(onset, pitch, 80)
+                window.note_off(onset + length, pitch)
+            trigger = policy.due(now, window, 0.1)
+            if trigger is not None:
+                requested.append(trigger.start_beat)
+                # The daemon's own answer: a busy bar of accompaniment joins the window.
+                window.add_own([Note(trigger.start_beat + i * 0.5, 0.5, 48 + i, 70)
+                                for i in range(8)])
+            now += 0.25
+        assert requested, "an active player gets accompaniment"
+        last_line = -(-last_end // bar) * bar
+        assert max(requested) < last_line + stop_bars * bar, (max(requested), last_end)
