@@ -44,6 +44,12 @@ PHRASES = [
     [(0.0, 0.5, 60, 80), (1.0, 0.5, 64, 90), (2.0, 0.5, 67, 100), (3.0, 0.75, 72, 90)],
     [(0.0, 0.25, 69, 70), (0.5, 0.25, 67, 80), (1.0, 1.0, 65, 90), (2.5, 1.0, 64, 80)],
 ]
+# Accompany mode (--mode accompany): a four-bar melody per try, above C5 so the
+# accompaniment goes under it; melodyd plays along, a bar ahead, and stops
+# ACCOMPANY_STOP_BARS bars after it.
+MELODY = [(float(beat), 0.9, pitch, 90) for beat, pitch in enumerate(
+    (72, 74, 76, 77, 79, 77, 76, 74, 72, 76, 79, 84, 83, 79, 74, 72))]
+ACCOMPANY_STOP_BARS = 2
 CONFIG = """
 [midi]
 output_latency_ms = {output_latency_ms}
@@ -51,6 +57,7 @@ jack_client = "{jack_client}"
 [interaction]
 status_interval_s = 1.0
 response_bars = {bars}
+accompany_stop_bars = {stop_bars}
 [sampling]
 max_polyphony = {polyphony}
 """
@@ -138,13 +145,14 @@ def launch(args: argparse.Namespace, workdir: Path, name: str,
     """Start melodyd on the bench's JACK server; its log goes to ``workdir/name.log``."""
     config = workdir / "bench.toml"
     config.write_text(CONFIG.format(bars=args.bars, polyphony=args.polyphony,
+                                    stop_bars=ACCOMPANY_STOP_BARS,
                                     output_latency_ms=args.output_latency_ms,
                                     jack_client=args.jack_client))
     log_path = workdir / f"{name}.log"
     exe = shutil.which("melodyd")
     command = [exe] if exe else [sys.executable, "-m", "bridge.cli"]
     command += ["--backend", "jack", "--model", str(args.model), *clock,
-                "--config", str(config), "--verbose"]
+                "--config", str(config), "--verbose", "--mode", args.mode]
     with open(log_path, "w") as log:
         daemon = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL)
@@ -250,20 +258,27 @@ def run(args: argparse.Namespace) -> dict:
         reaction_ms: list[float] = []
         answered = 0
         for i in range(args.phrases):
-            phrase = PHRASES[i % len(PHRASES)]
             bar = math.ceil((time.monotonic() + 0.3 - origin) / (4 * spb))
             start = origin + bar * 4 * spb
             probe.clear()
-            end = probe.play(phrase, start, spb)
-            answer_bar = math.ceil(((end - origin) / spb + 1.0 + 0.1) / 4)
-            answer_end = origin + (answer_bar + args.bars) * 4 * spb
+            if args.mode == "accompany":
+                # melodyd plays under the melody from its second bar on: measure from
+                # the melody's start until its accompaniment has stopped.
+                end = probe.play(MELODY, start, spb)
+                answer_end = start + (4 + ACCOMPANY_STOP_BARS + 1) * 4 * spb
+                since = start
+            else:
+                end = probe.play(PHRASES[i % len(PHRASES)], start, spb)
+                answer_bar = math.ceil(((end - origin) / spb + 1.0 + 0.1) / 4)
+                answer_end = origin + (answer_bar + args.bars) * 4 * spb
+                since = end
             time.sleep(max(0.0, answer_end - time.monotonic()) + 0.3)
-            ons = [r for r in probe.messages(end) if r.message.type == "note_on"
-                   and r.message.velocity > 0]
+            ons = [r for r in probe.messages(since) if r.message.type == "note_on"
+                   and r.message.velocity > 0 and r.t > since]
             if not ons:
                 continue
             answered += 1
-            reaction_ms.append((ons[0].t - end) * 1000)
+            reaction_ms.append((ons[0].t - since) * 1000)
             for r in ons:
                 beat = (r.t - origin) / spb
                 line = round(beat * POSITIONS_PER_BEAT) / POSITIONS_PER_BEAT
@@ -290,7 +305,8 @@ def run(args: argparse.Namespace) -> dict:
         server.stop()
     sweep = idle_sweep(args, workdir)
     return {
-        "model": str(args.model), "bpm": args.bpm, "jack_client": args.jack_client,
+        "model": str(args.model), "mode": args.mode, "bpm": args.bpm,
+        "jack_client": args.jack_client,
         "probe": args.probe, "jack_period_frames": args.period,
         "jack_period_ms": server.period_s * 1000, "phrases": args.phrases,
         "answered": answered, "onsets": len(errors_ms),
@@ -320,7 +336,7 @@ def run(args: argparse.Namespace) -> dict:
 def print_table(result: dict) -> None:
     e = result["onset_error_ms"]
     rows = [
-        ("model", Path(result["model"]).name),
+        ("model / mode", f"{Path(result['model']).name} / {result.get('mode', 'call')}"),
         ("melodyd's JACK client / probe's", f"{result['jack_client']} / {result['probe']}"),
         ("output latency compensation", f"{result['output_latency_ms']:g} ms"),
         ("tempo / JACK period", f"{result['bpm']:g} BPM / {result['jack_period_frames']} "
@@ -333,7 +349,7 @@ def print_table(result: dict) -> None:
          is not None else "-"),
         ("onset error mean (signed)", f"{e['mean_signed']:+.2f} ms" if e["mean_signed"]
          is not None else "-"),
-        ("phrase end -> first note p50 / max",
+        ("phrase end (accompany: melody start) -> first note p50 / max",
          "{p50:.0f} / {max:.0f} ms".format(**result["phrase_end_to_first_note_ms"])),
         ("trigger -> first engine note p50 / max",
          "{p50:.0f} / {max:.0f} ms".format(**result["trigger_to_first_engine_note_ms"])),
@@ -367,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, help="an exported ONNX model")
     parser.add_argument("--bpm", type=float, default=120.0)
+    parser.add_argument("--mode", choices=("call", "accompany"), default="call",
+                        help="answer phrases, or accompany a 4-bar melody (a model with "
+                             "role tokens) per try")
     parser.add_argument("--phrases", type=int, default=8)
     parser.add_argument("--bars", type=int, default=2, help="answer length in bars")
     parser.add_argument("--polyphony", type=int, default=4, help="[sampling] max_polyphony")
