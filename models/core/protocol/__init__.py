@@ -17,6 +17,7 @@ from models.core.protocol.limits import (
     DONE_REASONS,
     ERROR_CODES,
     MAX_BARS,
+    MAX_CANDIDATES,
     MAX_INT_DIGITS,
     MAX_SEED_SPAN_BEATS,
     MAX_START_DISTANCE_BEATS,
@@ -25,6 +26,7 @@ from models.core.protocol.limits import (
     REQUEST_TYPES,
 )
 from models.core.protocol.messages import (
+    Candidates,
     CancelRequest,
     Constraints,
     DoneReply,
@@ -48,9 +50,9 @@ from models.core.protocol.parse import parse_generate, parse_reply, parse_reques
 from models.core.protocol.wire import decode_frame, decode_reply, decode_request, encode
 
 __all__ = [
-    "DONE_REASONS", "ERROR_CODES", "MAX_BARS", "MAX_INT_DIGITS", "MAX_SEED_SPAN_BEATS",
+    "DONE_REASONS", "ERROR_CODES", "MAX_BARS", "MAX_CANDIDATES", "MAX_INT_DIGITS", "MAX_SEED_SPAN_BEATS",
     "MAX_START_DISTANCE_BEATS", "PROTOCOL_VERSION", "REPLY_TYPES", "REQUEST_TYPES",
-    "CancelRequest", "Constraints", "DoneReply", "ErrorReply", "GenerateMessage",
+    "Candidates", "CancelRequest", "Constraints", "DoneReply", "ErrorReply", "GenerateMessage",
     "GenerateRequest", "HelloReply", "HelloRequest", "Limits", "NotesReply", "PingRequest",
     "PongReply", "ProtocolError", "Reply", "Request", "SamplingParams", "StatsReply",
     "StatsRequest",
