@@ -401,6 +401,12 @@ class StyleDecoder:
         for gen in rows:
             if gen.done and not gen.is_branch:
                 self._retire(gen)
+        # Candidates waiting for their siblings ride along idle; ONNX Runtime refuses an
+        # idle row whose cache is full, so such a row slides now (as its next step would).
+        waiting = [b for g in active if g.branches is not None for b in g.branches
+                   if (b.parked or b.done) and b.slot is not None]
+        if waiting and running:
+            self._slide_if_full(waiting)
         if running:
             self._forward(running)
         for gen in active:
