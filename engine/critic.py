@@ -125,7 +125,7 @@ def onset_grid(notes: Sequence[Note], bar_length: float) -> np.ndarray:
     grid = np.zeros(cells, dtype=np.float64)
     for note in notes:
         place = (note.onset % bar_length) * GRID_PER_BEAT
-        grid[int(math.floor(place + 0.5)) % cells] += 1.0
+        grid[math.floor(place + 0.5) % cells] += 1.0
     return grid
 
 

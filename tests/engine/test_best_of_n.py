@@ -26,7 +26,7 @@ def _decoder(model) -> StyleDecoder:
     return StyleDecoder(model, EngineSettings(max_tokens_per_bar=512), allow_eos=False)
 
 
-def _request(candidates: Candidates = Candidates(), bars: int = 2, seed: int = 3
+def _request(candidates: Candidates | None = None, bars: int = 2, seed: int = 3
              ) -> GenerateRequest:
     call = tuple(Note(4.0 + i, 0.9, (60, 64, 67, 72, 67, 65, 62, 60)[i], 80) for i in range(8))
     return GenerateRequest(seed=call, start_beat=12.0, bars=bars,
@@ -34,7 +34,7 @@ def _request(candidates: Candidates = Candidates(), bars: int = 2, seed: int = 3
                            steering=Steering(key=parse_key("C major"), key_strength=1.0,
                                              notes_per_bar=4.0, density_strength=1.0,
                                              min_notes=1),
-                           candidates=candidates)
+                           candidates=candidates or Candidates())
 
 
 def _decode(decoder, request, session="s"):
@@ -66,7 +66,7 @@ def test_each_bar_keeps_the_candidate_the_critic_scores_best(model, monkeypatch)
     def spy(gen):
         bars = [list(b._notes) for b in gen.branches]
         original(gen)
-        n, winner, scores = gen.choices[-1]
+        _, winner, scores = gen.choices[-1]
         decided.append((bars, scores, winner))
 
     monkeypatch.setattr(decoder, "_resolve", spy)

@@ -163,7 +163,8 @@ def test_sampling_becomes_the_protocols_sampling_and_constraints():
 
 
 def test_candidates_carry_the_deadline_of_the_answer():
-    assert SamplingSettings(candidates=1).candidates_for(now_beat=3.0, start_beat=8.0, bpm=120.0) == \
+    one = SamplingSettings(candidates=1)
+    assert one.candidates_for(now_beat=3.0, start_beat=8.0, bpm=120.0) == \
         protocol.Candidates()  # one candidate: the field is left out of the request
     four = SamplingSettings(candidates=4, candidates_lead_beats=1.0)
     # Asked at beat 3 for beat 8 at 120 BPM: 5 beats away, wanted one beat early: 2 s.
