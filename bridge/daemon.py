@@ -241,7 +241,7 @@ class Daemon:
                 self.settings, style=self.style, facts=facts, temperature=self.temperature,
                 seed=self.seed.notes(beat, own_until=trigger.own_until),
                 time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
-                bars=trigger.bars, steering=heard)
+                bars=trigger.bars, steering=heard, now_beat=beat, bpm=self.clock.bpm)
         seed = request.seed
         try:
             request_id = self.client.generate(self.session, request)

@@ -46,7 +46,9 @@ def style_pitch_range(settings: Settings, facts: Mapping[str, Any]) -> tuple[int
 def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any],
                      temperature: float, seed: Sequence[Note],
                      time_signature: TimeSignature, start_beat: float,
-                     bars: int, steering: Steering | None = None) -> GenerateRequest:
+                     bars: int, steering: Steering | None = None,
+                     now_beat: float | None = None,
+                     bpm: float | None = None) -> GenerateRequest:
     """What one ``generate`` asks for (its session and id are the client's).
 
     Args:
@@ -59,6 +61,9 @@ def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any]
         start_beat: where the answer starts (the policy's trigger).
         bars: its length in bars.
         steering: what the ear heard in the call (``bridge.ear``); ``None``: none.
+        now_beat: the beat the request leaves at and ``bpm`` the tempo: with them the
+            engine knows when each bar is due and shrinks best-of-N to fit
+            (``[sampling] candidates``); either ``None``: no deadline.
     """
     s = settings.sampling
     return GenerateRequest(
@@ -66,7 +71,8 @@ def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any]
         time_signature=(time_signature[0], time_signature[1]), style=style,
         sampling=s.sampling_params(temperature),
         constraints=s.constraints(style_pitch_range(settings, facts)),
-        steering=steering or Steering())
+        steering=steering or Steering(),
+        candidates=s.candidates_for(now_beat=now_beat, start_beat=start_beat, bpm=bpm))
 
 
 def accompaniment_request(settings: Settings, *, style: str, facts: Mapping[str, Any],

@@ -168,6 +168,13 @@ class KVPool:
             buffer[slot, :, :length] = part[0, :, :length]
         self.lengths[slot] = length
 
+    def copy_row(self, source: int, target: int) -> None:
+        """Copy a row's valid entries into another row (best-of-N forks a prefix)."""
+        length = int(self.lengths[source])
+        for buffer in self.buffers:
+            buffer[target, :, :length] = buffer[source, :, :length]
+        self.lengths[target] = length
+
     def save(self, slot: int) -> Cache:
         """A compact copy ``[1, H, length, D]`` of a row's valid entries."""
         length = int(self.lengths[slot])

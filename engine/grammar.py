@@ -30,6 +30,7 @@ a decoding step costs a dict lookup in the common case.
 from __future__ import annotations
 
 import bisect
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,6 +168,19 @@ class Grammar:
         self._only["Bar"] = vocab.kind["Bar"].copy()
         self._nothing = np.zeros_like(vocab.kind["Bar"])
         self._nothing.setflags(write=False)
+
+    def fork(self) -> Grammar:
+        """An independent copy of the stream's state (best-of-N decodes one per candidate).
+
+        The vocabulary masks and the memo of state masks are shared: they are read-only,
+        and a memoised mask depends only on its key and on settings every copy shares.
+        """
+        twin = copy.copy(self)
+        twin.detok = copy.copy(self.detok)
+        twin.detok.problems = list(self.detok.problems)
+        twin._here = list(self._here)
+        twin._ends = list(self._ends)
+        return twin
 
     # ----------------------------------------------------------------- state
     @property

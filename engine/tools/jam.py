@@ -231,7 +231,8 @@ def request_for(requested: Requested, call: Call, settings: Settings, *, style: 
                                start_beat=requested.trigger.start_beat,
                                bars=requested.trigger.bars,
                                steering=Ear(settings.interaction).steering(
-                                   requested.seed, call.bar_length))
+                                   requested.seed, call.bar_length),
+                               now_beat=requested.beat, bpm=call.bpm)
     frame = protocol.encode(protocol.GenerateMessage(request_id, SESSION, request))
     return cast(protocol.GenerateMessage, protocol.decode_request(frame)).request
 
@@ -250,6 +251,7 @@ class Decoded:
         first_note_s: wall seconds from the request to the first streamed note.
         first_onset: that first streamed batch's earliest onset (beats).
         total_s: wall seconds of the whole answer.
+        candidates: candidates of each bar decided by best-of-N (empty: none was).
     """
 
     notes: list[Note]
@@ -259,12 +261,7 @@ class Decoded:
     first_note_s: float | None
     first_onset: float | None
     total_s: float
-
-
-def _log_prob(logits: np.ndarray, token: int) -> float:
-    values = logits.astype(np.float64)
-    top = values.max()
-    return float(values[token] - top - math.log(np.exp(values - top).sum()))
+    candidates: list[int] = field(default_factory=list)
 
 
 def decode(decoder: StyleDecoder, request: GenerateRequest, session: str,
@@ -277,28 +274,18 @@ def decode(decoder: StyleDecoder, request: GenerateRequest, session: str,
     started = time.perf_counter()
     gen = decoder.start(session, request, request_id)
     notes: list[Note] = []
-    total_lp, count = 0.0, 0
     first_s = first_onset = None
-
-    def drawn_from() -> np.ndarray | None:
-        # The logits the next token is drawn from; a step that runs a prompt chunk samples
-        # nothing, and a sampled token lands at the end of the stream.
-        if gen.prefill_rest or gen.logits is None:
-            return None
-        return np.array(gen.logits, copy=True)
-
-    logits, before = drawn_from(), gen.tokens
     for (fresh,) in decoder.iter_steps([gen]):
-        if logits is not None and gen.tokens > before:
-            total_lp += _log_prob(logits, gen.stream[-1])
-            count += 1
         if fresh and first_s is None:
             first_s = time.perf_counter() - started
             first_onset = min(n.onset for n in fresh)
         notes.extend(fresh)
-        logits, before = drawn_from(), gen.tokens
-    return Decoded(notes, gen.reason or "", gen.tokens, total_lp / count if count else None,
-                   first_s, first_onset, time.perf_counter() - started)
+    # The decoder keeps the log-probability of the tokens it kept (with best-of-N, the
+    # winning candidates' only).
+    return Decoded(notes, gen.reason or "", gen.tokens,
+                   gen.log_prob / gen.tokens if gen.tokens else None,
+                   first_s, first_onset, time.perf_counter() - started,
+                   [n for n, _, _ in gen.choices])
 
 
 # ----------------------------------------------------------------- scoring
@@ -403,7 +390,8 @@ def answer_call(decoder: StyleDecoder, style: str, call: Call, config: JamConfig
     record.update(request_beat=requested.beat - offset, start_beat=start - offset,
                   seed_notes=len(requested.seed), bars=requested.trigger.bars,
                   reason=decoded.reason, tokens=decoded.tokens, notes=len(answer),
-                  log_likelihood=decoded.log_likelihood, decode_ms=1000.0 * decoded.total_s)
+                  log_likelihood=decoded.log_likelihood, decode_ms=1000.0 * decoded.total_s,
+                  candidates=decoded.candidates)
     record.update(lead_time(decoded, requested, call.bpm))
     record.update(score_answer(call.notes, answer, bar_length=call.bar_length,
                                call_bars=call.bars, answer_bars=requested.trigger.bars))

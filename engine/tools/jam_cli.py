@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="a config.toml merged over the defaults ([interaction], "
                              "[sampling], [engine] as melodyd would use them)")
+    parser.add_argument("--critic-weights", default=None, metavar="TERM=W,...",
+                        help="best-of-N critic weights to try instead of the engine's "
+                             "(terms: log_likelihood, key, density, register, rhythm); "
+                             "with [sampling] candidates > 1 in --config")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="write the summary and every answer here")
 
@@ -94,6 +98,32 @@ def _decoders(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     return decoders
 
 
+def critic_weights(spec: str | None) -> Any:
+    """``--critic-weights`` into ``engine.critic.CriticWeights`` (the defaults for ``None``).
+
+    Raises:
+        ToolError: an unknown term or a value that is not a number.
+    """
+    import dataclasses  # noqa: PLC0415
+
+    from engine.critic import CriticWeights  # noqa: PLC0415
+
+    weights = CriticWeights()
+    if not spec:
+        return weights
+    names = [f.name for f in dataclasses.fields(CriticWeights)]
+    values = {}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _, value = part.partition("=")
+        if name not in names:
+            raise ToolError(f"--critic-weights: unknown term {name!r} (terms: {', '.join(names)})")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise ToolError(f"--critic-weights: {part!r} is not TERM=NUMBER") from None
+    return dataclasses.replace(weights, **values)
+
+
 def _signatures(settings: Any) -> list[tuple[int, int]]:
     """The time signatures of the ``[tokens]`` vocabulary (``"6/8"`` -> ``(6, 8)``)."""
     return [(int(t.split("/")[0]), int(t.split("/")[1])) for t in settings.tokens.time_signatures]
@@ -123,6 +153,9 @@ def run_jam(args: argparse.Namespace) -> dict[str, Any]:
         raise ToolError(f"--repeats must be within 1 and 100 (received {args.repeats})")
     settings = load_settings(args.config)
     decoders = _decoders(args, settings)
+    weights = critic_weights(getattr(args, "critic_weights", None))
+    for decoder in decoders.values():
+        decoder.critic_weights = weights
     calls = _select_calls(args.calls, synthetic_calls())
     families = {w.strip() for w in args.calls.split(",")}
     answer_bars = settings.interaction.response_bars
@@ -157,6 +190,7 @@ def run_jam(args: argparse.Namespace) -> dict[str, Any]:
         "generated_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": shlex.join(["melody", "jam-eval", *sys.argv[2:]]),
         "config": {"repeats": args.repeats, "seed": args.seed, "mode": args.mode,
+                   "critic_weights": vars_of(weights),
                    "interaction": vars_of(settings.interaction),
                    "sampling": vars_of(settings.sampling)},
         "classifier": real.report,

@@ -23,7 +23,7 @@ from models.core.meter import parse_time_signature
 from models.core.paths import default_config_path
 from models.core.protocol import fields as protocol_fields
 from models.core.protocol import limits as protocol_limits
-from models.core.protocol.messages import Constraints, SamplingParams
+from models.core.protocol.messages import Candidates, Constraints, SamplingParams
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -230,6 +230,8 @@ class SamplingSettings:
     pitch_max: int = setting(108, low=0, high=127)
     scale: tuple[int, ...] = setting(())
     max_polyphony: int = setting(0, low=0, high=16)
+    candidates: int = setting(4, low=1, high=protocol_limits.MAX_CANDIDATES)
+    candidates_lead_beats: float = setting(1.0, low=0.0, high=16.0)
 
     def check(self) -> None:
         """Cross-field rules: an ordered pitch range, pitch classes 0-11, and nothing the
@@ -260,6 +262,23 @@ class SamplingSettings:
             temperature=self.temperature if temperature is None else temperature,
             top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
             seed=None if self.seed < 0 else self.seed)
+
+    def candidates_for(self, *, now_beat: float | None, start_beat: float,
+                       bpm: float | None) -> Candidates:
+        """The protocol's ``candidates`` of this section for an answer asked for at
+        ``now_beat`` to start at ``start_beat``: its notes are wanted
+        ``candidates_lead_beats`` before they sound (never before now).
+
+        Args:
+            now_beat: the beat the request leaves at (``None``: unknown, no deadline).
+            start_beat: where the answer starts.
+            bpm: the tempo now (``None``: unknown, no deadline).
+        """
+        if self.candidates <= 1 or now_beat is None or not bpm:
+            return Candidates(n=self.candidates)
+        ready_beats = max(0.0, start_beat - now_beat - self.candidates_lead_beats)
+        return Candidates(n=self.candidates, bpm=float(bpm),
+                          ready_ms=ready_beats * 60_000.0 / bpm)
 
     def constraints(self, pitch_range: tuple[int, int] | None = None) -> Constraints:
         """The protocol's ``constraints`` of this section (an empty scale and a

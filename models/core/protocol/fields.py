@@ -17,22 +17,26 @@ from models.core.exceptions import ProtocolError
 from models.core.meter import DENOMINATORS, MAX_NUMERATOR, TimeSignature, is_valid_time_signature
 from models.core.notes import ANY, ROLES, Note
 from models.core.protocol.limits import (
+    BPM_RANGE,
     MAX_BEAT,
+    MAX_CANDIDATES,
     MAX_ID_CHARS,
     MAX_POLYPHONY,
+    MAX_READY_MS,
     MAX_SAMPLING_SEED,
     MAX_SEED_SPAN_BEATS,
     MAX_START_DISTANCE_BEATS,
     MAX_TOP_K,
     TEMPERATURE_RANGE,
 )
-from models.core.protocol.messages import Constraints, SamplingParams, Steering
+from models.core.protocol.messages import Candidates, Constraints, SamplingParams, Steering
 from models.core.tonality import parse_key
 
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "seed", "greedy")
 CONSTRAINT_FIELDS = ("pitch_min", "pitch_max", "scale", "max_polyphony", "role")
 STEERING_FIELDS = ("key", "key_strength", "register_center", "register_width",
                    "register_strength", "notes_per_bar", "density_strength", "min_notes")
+CANDIDATE_FIELDS = ("n", "bpm", "ready_ms")
 MAX_STEERING_STRENGTH = 20.0
 MAX_MIN_NOTES = 32
 NOTE_FIELDS = ("onset", "duration", "pitch", "velocity")
@@ -289,6 +293,25 @@ def steering(value: Any) -> Steering:
         density_strength=strength("density_strength"),
         min_notes=integer(obj.get("min_notes", defaults.min_notes), "steering.min_notes", 0,
                           MAX_MIN_NOTES))
+
+
+def candidates(value: Any) -> Candidates:
+    """The ``candidates`` object into ``Candidates`` (missing fields: one candidate, no
+    deadline).
+
+    Raises:
+        ProtocolError: ``invalid`` (e.g. ``n`` above ``MAX_CANDIDATES``).
+    """
+    obj = json_object(value, "candidates")
+    reject_unknown(obj, CANDIDATE_FIELDS, "candidates.")
+    bpm = obj.get("bpm")
+    if bpm is not None:
+        bpm = number(bpm, "candidates.bpm", *BPM_RANGE)
+    ready = obj.get("ready_ms")
+    if ready is not None:
+        ready = number(ready, "candidates.ready_ms", 0.0, MAX_READY_MS)
+    return Candidates(n=integer(obj.get("n", 1), "candidates.n", 1, MAX_CANDIDATES),
+                      bpm=bpm, ready_ms=ready)
 
 
 def time_signature(value: Any) -> TimeSignature:

@@ -38,6 +38,12 @@ MAX_SAMPLING_SEED = 2**63 - 1
 MAX_TOP_K = 1_000_000
 TEMPERATURE_RANGE = (0.05, 5.0)
 MAX_POLYPHONY = 16
+# Best-of-N: candidates decoded per bar of an answer (each is one more row of the batched
+# model call; 8 rows already cost the 2-core CPU about 4 rows' time, see docs/jam.md).
+MAX_CANDIDATES = 8
+# The tempo a deadline is reckoned at (``candidates.bpm``), and the furthest deadline.
+BPM_RANGE = (1.0, 1000.0)
+MAX_READY_MS = 3_600_000.0
 # A reply is the engine's own small JSON; one this large is not from our engine.
 MAX_REPLY_BYTES = 4 * 1024 * 1024
 

@@ -136,6 +136,30 @@ class Steering:
 
 
 @dataclass(frozen=True)
+class Candidates:
+    """Best-of-N (``engine.critic``): decode ``n`` candidates of each bar in one batch and
+    keep the one the critic prefers; fewer when the bar's deadline is near.
+
+    Attributes:
+        n: candidates per bar (1 = plain sampling, token for token as without this field).
+        bpm: the tempo the answer plays at; with ``ready_ms`` it gives each bar's deadline.
+        ready_ms: milliseconds after the request arrives by which the notes from
+            ``start_beat`` on are wanted (the client's time to ``start_beat`` less the lead
+            it wants, e.g. one beat); bar ``k``'s deadline is later by the time from
+            ``start_beat`` to that bar at ``bpm``. ``None`` (or no ``bpm``): no deadline,
+            ``n`` never shrinks (offline tools).
+    """
+
+    n: int = 1
+    bpm: float | None = None
+    ready_ms: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``candidates`` object."""
+        return {"n": self.n, "bpm": self.bpm, "ready_ms": self.ready_ms}
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """One response to generate.
 
@@ -148,6 +172,7 @@ class GenerateRequest:
         sampling: how tokens are drawn.
         constraints: musical limits.
         steering: soft biases towards the call's key, register and density.
+        candidates: best-of-N per bar and the deadlines that bound N.
     """
 
     seed: tuple[Note, ...]
@@ -158,6 +183,7 @@ class GenerateRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     constraints: Constraints = field(default_factory=Constraints)
     steering: Steering = field(default_factory=Steering)
+    candidates: Candidates = field(default_factory=Candidates)
 
     @property
     def bar_length(self) -> float:
@@ -224,7 +250,9 @@ class GenerateMessage:
             bars=request.bars, sampling=request.sampling.to_json(),
             constraints=request.constraints.to_json(),
             **({} if request.steering == Steering() else
-               {"steering": request.steering.to_json()}))
+               {"steering": request.steering.to_json()}),
+            **({} if request.candidates == Candidates() else
+               {"candidates": request.candidates.to_json()}))
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from models.core.protocol.messages import (
 
 _ENVELOPE = ("v", "type", "id")
 _GENERATE_FIELDS = ("session", "style", "seed", "time_signature", "start_beat", "bars",
-                    "sampling", "constraints", "steering")
+                    "sampling", "constraints", "steering", "candidates")
 # No counter is anywhere near this; it only keeps a reply's ints within reason.
 _MAX_COUNT = 2**63 - 1
 
@@ -100,9 +100,11 @@ def parse_generate(obj: Mapping[str, Any], max_seed_notes: int = MAX_SEED_NOTES
     sampling = fields.sampling(obj.get("sampling", {}))
     constraints = fields.constraints(obj.get("constraints", {}))
     steering = fields.steering(obj.get("steering", {}))
+    candidates = fields.candidates(obj.get("candidates", {}))
     request = GenerateRequest(seed=notes, start_beat=start_beat, bars=bars,
                               time_signature=time_signature, style=style or "",
-                              sampling=sampling, constraints=constraints, steering=steering)
+                              sampling=sampling, constraints=constraints, steering=steering,
+                              candidates=candidates)
     return GenerateMessage(id=request_id or "", session=session or "", request=request)
 
 

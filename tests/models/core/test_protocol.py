@@ -600,3 +600,34 @@ def test_the_protocol_version_is_defined_once():
               for path in (root / folder).rglob("*.py")
               if "PROTOCOL_VERSION =" in path.read_text("utf-8")]
     assert owners == ["models/core/protocol/limits.py"]
+
+
+# --- best-of-N -----------------------------------------------------------------------------
+
+def test_candidates_round_trip_and_default_to_one():
+    plain = protocol.decode_request(json.dumps(generate()).encode())
+    assert plain.request.candidates == protocol.Candidates()
+    assert "candidates" not in json.loads(protocol.encode(plain))  # as before the field
+    asked = dataclasses.replace(JAM_REQUEST, candidates=protocol.Candidates(4, 120.0, 250.0))
+    frame = protocol.encode(protocol.GenerateMessage("g", "jam", asked))
+    assert protocol.decode_request(frame).request.candidates == protocol.Candidates(
+        4, 120.0, 250.0)
+
+
+@pytest.mark.parametrize(("candidates", "needle"), [
+    ({"n": protocol.MAX_CANDIDATES + 1}, "candidates.n must be within 1 and 8"),
+    ({"n": 0}, "candidates.n"),
+    ({"n": 2.0}, "candidates.n"),
+    ({"n": 2, "bpm": 0}, "candidates.bpm"),
+    ({"n": 2, "ready_ms": -1}, "candidates.ready_ms"),
+    ({"n": 2, "deadline": 5}, "unknown field candidates.'deadline'"),
+    (3, "candidates must be an object"),
+])
+def test_candidates_beyond_the_limit_are_refused_as_invalid(candidates, needle):
+    code, message = code_of(json.dumps(generate(candidates=candidates)).encode())
+    assert code == "invalid"
+    assert needle in message
+    # The client's encoder refuses what the engine would refuse.
+    with pytest.raises(ProtocolError):
+        protocol.encode(protocol.GenerateMessage("g", "jam", dataclasses.replace(
+            JAM_REQUEST, candidates=protocol.Candidates(protocol.MAX_CANDIDATES + 1))))

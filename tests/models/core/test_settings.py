@@ -162,6 +162,20 @@ def test_sampling_becomes_the_protocols_sampling_and_constraints():
     assert SamplingSettings().constraints().scale is None
 
 
+def test_candidates_carry_the_deadline_of_the_answer():
+    one = SamplingSettings(candidates=1)
+    assert one.candidates_for(now_beat=3.0, start_beat=8.0, bpm=120.0) == \
+        protocol.Candidates()  # one candidate: the field is left out of the request
+    four = SamplingSettings(candidates=4, candidates_lead_beats=1.0)
+    # Asked at beat 3 for beat 8 at 120 BPM: 5 beats away, wanted one beat early: 2 s.
+    assert four.candidates_for(now_beat=3.0, start_beat=8.0, bpm=120.0) == \
+        protocol.Candidates(4, 120.0, 2000.0)
+    # Too near for the lead: wanted at once, never before now.
+    assert four.candidates_for(now_beat=7.8, start_beat=8.0, bpm=120.0).ready_ms == 0.0
+    assert four.candidates_for(now_beat=None, start_beat=8.0, bpm=None) == \
+        protocol.Candidates(4)
+
+
 @pytest.mark.parametrize(("text", "needle"), [
     ("[sampling]\ntop_p = 0.0\n", "[sampling] top_p must be above 0.0"),
     ("[sampling]\nscale = [0, 4, 4]\n", "[sampling] scale repeats a pitch class"),

@@ -1,0 +1,171 @@
+"""The critic of best-of-N: which of N candidate bars of an answer to keep.
+
+The decoder samples N candidates of a bar in one batch (``engine.decoder``) and asks this
+module to score each against the call. A score is a weighted sum of small, comparable
+terms (each about 0 for a perfect fit and negative for a poor one, except the
+likelihood, which is the model's mean log-probability per token):
+
+- **log-likelihood**: the model's own mean log-probability (nats per token, temperature 1,
+  no masks) of the candidate's tokens: the one the model finds most natural;
+- **key fit**: the duration-weighted share of the bar's notes in the call's key (the
+  steering's key, or the key estimated from the seed when none is steered), minus 1;
+- **density**: ``-|log2|`` of the bar's notes over the call's notes per bar (scaled to
+  the part of the bar the candidate fills), with half a note added to both so an empty
+  bar is a finite, large penalty;
+- **register**: semitones of the bar's mean pitch beyond ``register_width`` of the call's
+  mean pitch, per octave, negated;
+- **rhythmic echo**: cosine similarity of the bar's onsets on a sixteenth grid with the
+  call's onset distribution on the same grid (where in the bar the call plays), minus 1.
+
+No style classifier term: the classifier lives in ``models.analysis`` (scikit-learn
+features over whole segments), which the live engine may not import, and its features
+need more than one bar; the harness judges style on the whole answer instead.
+
+Pure numpy, torch-free, a few microseconds per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.core.meter import bar_length as meter_bar_length
+from models.core.notes import Note
+from models.core.protocol.messages import GenerateRequest
+from models.core.tonality import Key, estimate_key
+
+GRID_PER_BEAT = 4  # sixteenths: the onset grid of the rhythmic echo
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class CriticWeights:
+    """Weights of the critic's terms (chosen on the jam harness, docs/jam.md).
+
+    Attributes:
+        log_likelihood: weight of the mean log-probability per token.
+        key: weight of the key fit.
+        density: weight of the density match.
+        register: weight of the register match.
+        rhythm: weight of the rhythmic echo of the call.
+    """
+
+    log_likelihood: float = 1.0
+    key: float = 2.0
+    density: float = 1.0
+    register: float = 1.0
+    rhythm: float = 1.0
+
+
+@dataclass(frozen=True)
+class CallProfile:
+    """What the critic compares every candidate bar with; built once per request.
+
+    Attributes:
+        key: the call's key (``None``: no key term).
+        register_center: the call's mean pitch (``None``: no register term).
+        register_width: semitones around it without penalty.
+        notes_per_bar: the call's notes per bar (``None``: no density term).
+        onset_grid: the call's onsets per sixteenth of the bar, normalised (``None``: no
+            rhythm term).
+        bar_length: beats per bar.
+    """
+
+    key: Key | None
+    register_center: float | None
+    register_width: float
+    notes_per_bar: float | None
+    onset_grid: np.ndarray | None
+    bar_length: float
+
+    @classmethod
+    def of(cls, request: GenerateRequest) -> CallProfile:
+        """The call of a request: what its steering heard, else what its seed holds."""
+        seed = [n for n in request.seed if n.onset < request.start_beat]
+        steering = request.steering
+        length = meter_bar_length(request.time_signature)
+        key = steering.key if steering.key is not None else estimate_key(seed)
+        center = steering.register_center
+        if center is None and seed:
+            center = float(np.mean([n.pitch for n in seed]))
+        per_bar = steering.notes_per_bar
+        if per_bar is None and seed:
+            first = math.floor(min(n.onset for n in seed) / length + _EPS)
+            last = math.floor(max(n.onset for n in seed) / length + _EPS)
+            per_bar = len(seed) / (last - first + 1)
+        grid = onset_grid(seed, length) if seed else None
+        if grid is not None:
+            grid = grid / max(float(np.linalg.norm(grid)), _EPS)
+        return cls(key, center, steering.register_width, per_bar, grid, length)
+
+
+@dataclass(frozen=True)
+class BarCandidate:
+    """One candidate of one bar.
+
+    Attributes:
+        notes: its notes on the caller's timeline.
+        log_prob: the sum of its tokens' log-probabilities under the model.
+        tokens: how many tokens it sampled.
+        span: beats of the bar it fills (less than a bar for an answer starting mid-bar).
+    """
+
+    notes: Sequence[Note]
+    log_prob: float
+    tokens: int
+    span: float
+
+
+def onset_grid(notes: Sequence[Note], bar_length: float) -> np.ndarray:
+    """Onsets counted per sixteenth of the bar (position in the bar, every bar folded)."""
+    cells = max(1, round(bar_length * GRID_PER_BEAT))
+    grid = np.zeros(cells, dtype=np.float64)
+    for note in notes:
+        place = (note.onset % bar_length) * GRID_PER_BEAT
+        grid[math.floor(place + 0.5) % cells] += 1.0
+    return grid
+
+
+def terms(candidate: BarCandidate, call: CallProfile) -> dict[str, float]:
+    """Each term of the score (0 where the call gives nothing to compare with)."""
+    notes = candidate.notes
+    out = {"log_likelihood": candidate.log_prob / candidate.tokens if candidate.tokens else 0.0,
+           "key": 0.0, "density": 0.0, "register": 0.0, "rhythm": 0.0}
+    if call.key is not None and notes:
+        scale = np.zeros(12, dtype=bool)
+        scale[list(call.key.scale)] = True
+        weights = np.array([n.duration for n in notes], dtype=np.float64)
+        inside = scale[np.array([n.pitch % 12 for n in notes])]
+        out["key"] = float(weights[inside].sum() / max(weights.sum(), _EPS)) - 1.0
+    if call.notes_per_bar is not None:
+        target = call.notes_per_bar * min(1.0, candidate.span / call.bar_length)
+        out["density"] = -abs(math.log2((len(notes) + 0.5) / (target + 0.5)))
+    if call.register_center is not None and notes:
+        mean = float(np.mean([n.pitch for n in notes]))
+        out["register"] = -max(0.0, abs(mean - call.register_center)
+                               - call.register_width) / 12.0
+    if call.onset_grid is not None:
+        if notes:
+            mine = (onset_grid(notes, call.bar_length) > 0).astype(np.float64)
+            out["rhythm"] = float(mine @ call.onset_grid / max(np.linalg.norm(mine), _EPS)) - 1.0
+        else:
+            out["rhythm"] = -1.0  # an empty bar echoes nothing
+    return out
+
+
+def score(candidate: BarCandidate, call: CallProfile, weights: CriticWeights) -> float:
+    """The weighted sum of the terms: higher is better."""
+    parts = terms(candidate, call)
+    return (weights.log_likelihood * parts["log_likelihood"] + weights.key * parts["key"]
+            + weights.density * parts["density"] + weights.register * parts["register"]
+            + weights.rhythm * parts["rhythm"])
+
+
+def best(candidates: Sequence[BarCandidate], call: CallProfile,
+         weights: CriticWeights) -> tuple[int, list[float]]:
+    """The index of the candidate the critic prefers (the first on a tie) and every score."""
+    scores = [score(c, call, weights) for c in candidates]
+    return int(np.argmax(scores)), scores

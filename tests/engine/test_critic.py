@@ -1,0 +1,68 @@
+"""The critic of best-of-N prefers the candidate bar that fits the call."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.critic import BarCandidate, CallProfile, CriticWeights, best, terms
+from models.core.notes import Note
+from models.core.protocol.messages import GenerateRequest, Steering
+from models.core.tonality import parse_key
+
+C_MAJOR_CALL = tuple(Note(float(i), 0.9, (60, 64, 67, 72, 67, 65, 62, 60)[i], 80)
+                     for i in range(8))  # two bars of quarters
+
+
+def _call(**steering) -> CallProfile:
+    return CallProfile.of(GenerateRequest(seed=C_MAJOR_CALL, start_beat=8.0,
+                                          steering=Steering(**steering)))
+
+
+def _bar(pitches, onsets=None, log_prob=-4.0, tokens=4) -> BarCandidate:
+    onsets = onsets if onsets is not None else [8.0 + i for i in range(len(pitches))]
+    return BarCandidate([Note(o, 0.9, p, 80) for o, p in zip(onsets, pitches, strict=True)],
+                        log_prob, tokens, 4.0)
+
+
+def test_the_critic_prefers_the_bar_in_the_calls_key():
+    call = _call(key=parse_key("C major"))
+    in_key = _bar([60, 64, 67, 65])
+    out_of_key = _bar([61, 63, 66, 68])
+    index, scores = best([out_of_key, in_key], call, CriticWeights())
+    assert index == 1
+    assert scores[1] > scores[0]
+    assert terms(in_key, call)["key"] == pytest.approx(0.0)
+
+
+def test_without_a_steered_key_the_seeds_key_is_used():
+    call = _call()
+    assert call.key is not None and call.key.name == "C major"
+
+
+def test_the_critic_prefers_the_bar_as_busy_as_the_call():
+    call = _call(notes_per_bar=4.0)
+    empty = BarCandidate([], -1.0, 2, 4.0)  # likelier per token, but no answer
+    sparse = _bar([64])
+    like_the_call = _bar([60, 62, 64, 65])
+    crowded = _bar([60, 62, 64, 65, 67, 69, 71, 72, 74, 76, 77, 79, 81, 83, 84, 86],
+                   onsets=[8.0 + i / 4 for i in range(16)])
+    index, scores = best([empty, sparse, crowded, like_the_call], call, CriticWeights())
+    assert index == 3
+    assert scores[0] < scores[1]  # silence is the worst answer
+
+
+def test_the_critic_prefers_the_register_and_rhythm_of_the_call():
+    call = _call(register_center=63.0, register_width=7.0)
+    high = _bar([84, 88, 91, 89])
+    near = _bar([60, 64, 67, 65])
+    assert best([high, near], call, CriticWeights())[0] == 1
+    off_beat = _bar([60, 64, 67, 65], onsets=[8.25, 9.25, 10.75, 11.75])
+    on_beat = _bar([60, 64, 67, 65])
+    assert terms(on_beat, call)["rhythm"] > terms(off_beat, call)["rhythm"]
+
+
+def test_the_likelihood_decides_between_equal_fits():
+    call = _call()
+    unlikely = _bar([60, 64, 67, 65], log_prob=-20.0, tokens=10)
+    likely = _bar([60, 64, 67, 65], log_prob=-5.0, tokens=10)
+    assert best([unlikely, likely], call, CriticWeights())[0] == 1
