@@ -13,11 +13,15 @@ without them gets exactly the stream it always got.
 A seed longer than the model's budget loses whole bars from its start (never a cut in the
 middle of a note), so the model always sees a well-formed piece. Bars that cannot fit are
 dropped before anything is encoded, so the cost of a prompt is bounded by the budget, not
-by how far the seed lies from the start or how long it is.
+by how far the seed lies from the start or how long it is. The rest is encoded once and,
+if still too long, cut at a ``Bar`` token (repairing the ``Role`` of the first note kept),
+which gives the same tokens as encoding the shorter seed without a second encoding: a
+maximal seed is prepared in one pass on the engine's thread.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 from dataclasses import dataclass
@@ -100,6 +104,10 @@ def build_prompt(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, request: Ge
                  max_tokens: int, *, allow_eos: bool = True) -> Prompt:
     """Encode a request's seed and force its start.
 
+    The seed is encoded once; when the prompt does not fit, whole bars are cut from the
+    front of the encoded tokens (see ``_cut_bars``), so the result is token for token the
+    prompt of the trimmed seed, and the grammar follows the final tokens once.
+
     Args:
         tokenizer: the model's vocabulary.
         vocab: the per-kind masks of that vocabulary.
@@ -112,6 +120,7 @@ def build_prompt(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, request: Ge
             pitch, or the start alone does not fit in ``max_tokens``.
     """
     numerator, denominator = request.time_signature
+    time_signature = (numerator, denominator)
     bar_length = request.bar_length
     ppb = tokenizer.settings.positions_per_beat
     step = (4.0 / denominator) / ppb                 # quarter notes per grid step
@@ -121,42 +130,123 @@ def build_prompt(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, request: Ge
     # Notes at or after the start are the response's business, not the seed's.
     seed = sorted((n for n in request.seed if _grid(n.onset, step) < start),
                   key=lambda n: (n.onset, n.pitch))
-    first_bar = min((_grid(n.onset, step) // per_bar for n in seed), default=start_bar_abs)
+    grids = [_grid(n.onset, step) for n in seed]     # ascending, as the onsets are
+    first_bar = grids[0] // per_bar if grids else start_bar_abs
     first_bar = max(first_bar, _first_bar_that_can_fit(
         tokenizer, seed, step=step, per_bar=per_bar, start_bar=start_bar_abs,
         max_tokens=max_tokens))
-    while True:
-        window = [n for n in seed if _grid(n.onset, step) >= first_bar * per_bar]
-        shifted = [Note(max(0.0, n.onset - first_bar * bar_length), n.duration, n.pitch,
-                        n.velocity, n.role) for n in window]
-        tokens = tokenizer.encode_notes(shifted, (numerator, denominator), style=request.style,
-                                        bos=True, eos=False)
-        grammar = Grammar(tokenizer, vocab, request.constraints, (numerator, denominator),
-                          offset=first_bar * bar_length, allow_eos=allow_eos)
-        for token in tokens:
-            grammar.feed(token)
-        start_bar = start_bar_abs - first_bar
-        while grammar.bar < start_bar:
-            for token in (tokenizer.bar_id, vocab.time_signature[(numerator, denominator)]):
-                tokens.append(token)
-                grammar.feed(token)
-        if start_position > grammar.position:
-            token = tokenizer.vocab.get(f"Position_{start_position}")
-            if token is None:
-                raise EngineError(f"start position {start_position} is not in the vocabulary")
-            tokens.append(token)
-            grammar.feed(token)
-        if len(tokens) <= max_tokens:
-            break
-        if first_bar >= start_bar_abs:
-            raise EngineError(f"the response start needs {len(tokens)} tokens, more than "
-                              f"the model's budget of {max_tokens}")
-        # Drop enough whole bars from the start to fit, estimated from the mean bar.
-        bars = max(1, start_bar_abs - first_bar + 1)
-        excess = len(tokens) - max_tokens
-        first_bar = min(start_bar_abs, first_bar + max(1, math.ceil(excess * bars / len(tokens))))
+    # The grammar's refusals (time signature, constraints) before anything is encoded.
+    Grammar(tokenizer, vocab, request.constraints, time_signature)
+    signature_id = vocab.time_signature[time_signature]
+    window = seed[bisect.bisect_left(grids, first_bar * per_bar):]
+    shifted = [Note(max(0.0, n.onset - first_bar * bar_length), n.duration, n.pitch,
+                    n.velocity, n.role) for n in window]
+    encoded = tokenizer.encode_notes(shifted, time_signature, style=request.style,
+                                     bos=True, eos=False)
+    head = next((i for i, t in enumerate(encoded) if t == tokenizer.bar_id), len(encoded))
+    cut = _cut_bars(tokenizer, vocab, encoded, head, signature_id=signature_id,
+                    first_bar=first_bar, start_bar=start_bar_abs,
+                    start_position=start_position, max_tokens=max_tokens)
+    tokens, first_bar = cut.tokens, cut.first_bar
+    start_bar = start_bar_abs - first_bar
+    for token in cut.tail:
+        if token is None:
+            raise EngineError(f"start position {start_position} is not in the vocabulary")
+    tokens.extend(cut.tail)
+    if len(tokens) > max_tokens:
+        raise EngineError(f"the response start needs {len(tokens)} tokens, more than "
+                          f"the model's budget of {max_tokens}")
+    grammar = Grammar(tokenizer, vocab, request.constraints, time_signature,
+                      offset=first_bar * bar_length, allow_eos=allow_eos)
+    for token in tokens:
+        grammar.feed(token)
     if grammar.detok.skipped:
         logger.warning("the seed encoded into %d tokens the grammar does not follow: %s",
                        grammar.detok.skipped, grammar.detok.problems[-3:])
+    kept = len(seed) - bisect.bisect_left(grids, first_bar * per_bar)
     return Prompt(tokens=tokens, grammar=grammar, first_bar=first_bar, start_bar=start_bar,
-                  end_bar=start_bar + request.bars, seed_notes=len(window))
+                  end_bar=start_bar + request.bars, seed_notes=kept)
+
+
+@dataclass
+class _Cut:
+    """What ``_cut_bars`` keeps: the prompt's tokens before its forced start, the
+    caller's bar index of their bar 0, and the forced start (``None`` stands for a
+    ``Position`` the vocabulary lacks)."""
+
+    tokens: list[int]
+    first_bar: int
+    tail: list[int | None]
+
+
+def _start_tail(tokenizer: MelodyTokenizer, signature_id: int, *, bar: int, position: int,
+                start_bar: int, start_position: int) -> list[int | None]:
+    """The tokens that force the start after a stream whose state is ``bar`` (-1 before
+    the first ``Bar``) and ``position`` (-1 before a ``Position`` in that bar): ``Bar
+    TimeSig`` up to the start bar, then the start's ``Position`` unless the stream is
+    already there. Relative bars; what the grammar will then agree with."""
+    tail: list[int | None] = []
+    while bar < start_bar:
+        tail += [tokenizer.bar_id, signature_id]
+        bar += 1
+        position = -1
+    if start_position > position:
+        tail.append(tokenizer.vocab.get(f"Position_{start_position}"))
+    return tail
+
+
+def _cut_bars(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, encoded: list[int],
+              head: int, *, signature_id: int, first_bar: int, start_bar: int,
+              start_position: int, max_tokens: int) -> _Cut:
+    """Drop the fewest leading bars of an encoded seed for the prompt to fit.
+
+    ``encoded`` is ``BOS [Style]`` (its first ``head`` tokens) and MidiTok's REMI of a
+    seed whose bar 0 is the caller's ``first_bar``: one ``Bar TimeSig`` per bar from
+    bar 0 (empty ones too) and nothing after the last note. Cutting it just before the
+    ``Bar`` of a bar ``j`` that holds a note gives what encoding the seed's notes from bar
+    ``first_bar + j`` on gives, with one repair: MidiTok names the role of a stream's
+    first note (a ``Role`` token before its ``Pitch``) and after that only changes of
+    role, so where the first note after the cut has none, the role in force there is
+    written before its ``Pitch``. The forced start after the seed depends only on its last
+    bar, which every cut keeps; when even the last bar does not fit, no seed is left and
+    the stream starts at the start bar.
+    """
+    bar_id = tokenizer.bar_id
+    infos = vocab.infos
+    bars = [i for i in range(head, len(encoded)) if encoded[i] == bar_id]
+    if bars:
+        last_position = -1
+        for token in reversed(encoded[bars[-1]:]):
+            if infos[token].kind == "Position":
+                last_position = int(vocab.position[token])
+                break
+        tail = _start_tail(tokenizer, signature_id, bar=len(bars) - 1,
+                           position=last_position, start_bar=start_bar - first_bar,
+                           start_position=start_position)
+        # Bars that hold a note: (bar, index of its Bar token, index of its first Pitch,
+        # the Role token to write before that Pitch or None), in order.
+        candidates: list[tuple[int, int, int, int | None]] = []
+        role: int | None = None          # the Role token in force
+        bar, named, noted = -1, False, True
+        for i in range(bars[0], len(encoded)):
+            token = encoded[i]
+            kind = infos[token].kind
+            if token == bar_id:
+                bar, named, noted = bar + 1, False, False
+            elif kind == "Role":
+                role, named = token, True
+            elif kind == "Pitch" and not noted:
+                noted = True
+                repair = role if tokenizer.has_roles and not named else None
+                candidates.append((bar, bars[bar], i, repair))
+        for bar, at, pitch_at, repair in candidates:
+            length = head + len(encoded) - at + (repair is not None) + len(tail)
+            if length <= max_tokens:
+                body = encoded[at:]
+                if repair is not None:
+                    body.insert(pitch_at - at, repair)
+                return _Cut(encoded[:head] + body, first_bar + bar, tail)
+    # No seed bar fits (or there is none): the stream starts at the start bar.
+    return _Cut(encoded[:head], start_bar,
+                _start_tail(tokenizer, signature_id, bar=-1, position=-1, start_bar=0,
+                            start_position=start_position))

@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 _MAX_READS_PER_ITERATION = 256
 # Generates started per iteration at most while others are running (see _read_requests).
 _MAX_STARTS_PER_ITERATION = 4
-# After this much start work (parsing, prompt, first prefill chunk) in one iteration, the
-# rest wait for the next one: four maximal seeds in a row held a ping 150 ms in the soak.
+# After this much work on requests (parsing, encoding prompts) in one iteration, the rest
+# wait for the next one: four maximal seeds in a row held a ping 150 ms in the soak.
 _START_BUDGET_S = 0.03
 # Frames far beyond the protocol limit are cut by zmq itself (the peer is disconnected)
 # before they fill memory; frames up to this size get a polite ``too_large`` reply.
@@ -221,14 +221,15 @@ class EngineServer:
     def _read_requests(self) -> None:
         starts = 0
         began = time.perf_counter()
-        for _ in range(_MAX_READS_PER_ITERATION):
-            # Each start runs a prefill; while streams are running, a burst of requests is
-            # started a few per iteration so the running ones keep their pace, and never
-            # more than a time budget's worth, so a ping behind them waits one iteration.
-            # The rest stay queued in the socket, in order.
+        for read in range(_MAX_READS_PER_ITERATION):
+            # Each start encodes a prompt; while streams are running, a burst of requests
+            # is started a few per iteration so the running ones keep their pace, and no
+            # request is read once a time budget is spent (a flood of large invalid
+            # messages costs their parsing too), so a ping behind them waits one
+            # iteration. The rest stay queued in the socket, in order.
             if starts >= _MAX_STARTS_PER_ITERATION and self.streams.running:
                 return
-            if starts and time.perf_counter() - began > _START_BUDGET_S:
+            if read and time.perf_counter() - began > _START_BUDGET_S:
                 return
             try:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=True)

@@ -8,6 +8,7 @@ dispatcher reaches it without importing the engine. onnxruntime is imported only
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -133,6 +134,18 @@ def load_decoders(styles: list[str], models: list[str],
     return decoders
 
 
+def settle_heap() -> None:
+    """Collect, then freeze what start-up left (models, vocabularies, libraries).
+
+    Python's full garbage collection walks every tracked object; after loading, one took
+    14-29 ms, on the engine's thread, in the middle of whatever request allocated last.
+    Frozen objects are never walked again, so a full collection then only looks at what
+    serving created since.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 PARENT_POLL_S = 0.5
 
 
@@ -183,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     if args.exit_with_parent:
         watch_parent(args.exit_with_parent, server.stop)
+    settle_heap()
     try:
         server.serve()
     finally:

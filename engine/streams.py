@@ -60,6 +60,11 @@ class Stream:
         return self.identity, self.request_id
 
 
+def _prefilling(stream: Stream) -> bool:
+    """Whether the stream's prompt still has chunks to run (decoder doubles have none)."""
+    return bool(getattr(stream.generation, "prefill_rest", None))
+
+
 def vocabulary_pitch_range(decoder: Any) -> tuple[int, int] | None:
     """The pitches a style's vocabulary is meant to play (``[tokens] pitch_min/max``).
 
@@ -155,7 +160,9 @@ class Streams:
         if len(self.running) >= self.settings.max_active:
             raise ProtocolError("busy", f"the engine is running its maximum of "
                                 f"{self.settings.max_active} requests; retry later")
-        generation = decoder.start(session_key, message.request, message.id)
+        # The prompt runs in chunks in the following ``advance`` calls, never here: a
+        # start costs its encoding only, and each loop iteration at most one chunk.
+        generation = decoder.start(session_key, message.request, message.id, prefill=False)
         stream = Stream(generation, style, identity, message.id, session_key)
         self.running[key] = stream
         self._by_session[session_key] = key
@@ -178,14 +185,23 @@ class Streams:
 
     def advance(self) -> None:
         """One token for every running stream: one batched step per model (the styles of
-        a style-conditioned model share its decoder and its batch)."""
+        a style-conditioned model share its decoder and its batch).
+
+        Streams whose prompt is still being prefilled take turns, the earliest request
+        first: per model and call, prompt chunks of at most ``prefill_chunk`` tokens in
+        all (the first one always runs; short prompts share a step), the others sitting
+        this step out (their cache rows untouched), so a burst of long prompts costs the
+        other sessions one chunk per loop iteration, not one per prompt.
+        """
         by_decoder: dict[int, list[Stream]] = {}
         for stream in self.running.values():
             by_decoder.setdefault(id(self.decoders[stream.style]), []).append(stream)
         for candidates in by_decoder.values():
             style = candidates[0].style
             # A client that vanished while an earlier style was flushed is already gone.
-            batch = [s for s in candidates if self._is_running(s) and not s.generation.done]
+            live = [s for s in candidates if self._is_running(s) and not s.generation.done]
+            batch = [s for s in live if not _prefilling(s)]
+            batch += self._prompt_turns([s for s in live if _prefilling(s)])
             if not batch:
                 continue
             try:
@@ -204,6 +220,21 @@ class Streams:
             counters.max_batch = max(counters.max_batch, len(batch))
             for stream in batch:
                 self._flush_safely(stream)
+
+    def _prompt_turns(self, prefilling: list[Stream]) -> list[Stream]:
+        """The prefilling streams whose next chunks fit in one chunk's worth of tokens
+        (the earliest always), in start order."""
+        chunk = self.settings.prefill_chunk
+        if not chunk:
+            return prefilling
+        turns, tokens = [], 0
+        for stream in prefilling:
+            size = min(chunk, len(stream.generation.prefill_rest))
+            if turns and tokens + size > chunk:
+                break
+            turns.append(stream)
+            tokens += size
+        return turns
 
     def _flush_safely(self, stream: Stream) -> None:
         """Flush one stream; a failure ends that stream with ``internal``, not the loop."""

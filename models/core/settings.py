@@ -132,7 +132,7 @@ class EngineSettings:
     slide_fraction: float = setting(0.25, low=0.01, high=0.9)
     max_tokens_per_bar: int = setting(256, low=8, high=4096)
     max_cached_sessions: int = setting(64, low=1, high=4096)
-    prefill_chunk: int = setting(128, low=0, high=65_536)
+    prefill_chunk: int = setting(64, low=0, high=65_536)
     # The zmq service (see ``engine.server`` and docs/protocol.md).
     bind: str = setting("tcp://127.0.0.1:5757")
     curve_server_secret: str = setting("")

@@ -64,10 +64,10 @@ def test_an_exception_in_handling_costs_one_request(start_server, context, style
     decoder = server.decoders[style]
     real_start = decoder.start
 
-    def flaky_start(session_key, request, request_id=None):
+    def flaky_start(session_key, request, request_id=None, **options):
         if request_id == "boom":
             raise RuntimeError("simulated bug")
-        return real_start(session_key, request, request_id)
+        return real_start(session_key, request, request_id, **options)
 
     decoder.start = flaky_start
     client = Client(context, server.endpoint)
@@ -106,8 +106,8 @@ def test_a_note_that_cannot_be_sent_ends_only_its_stream(start_server, context, 
     decoder = server.decoders[style]
     real_start = decoder.start
 
-    def start_with_a_broken_note(session_key, request, request_id=None):
-        generation = real_start(session_key, request, request_id)
+    def start_with_a_broken_note(session_key, request, request_id=None, **options):
+        generation = real_start(session_key, request, request_id, **options)
         if request_id == "broken":
             real_drain = generation.drain_notes
             generation.drain_notes = lambda: [Note(float("nan"), 1.0, 60, 80), *real_drain()]

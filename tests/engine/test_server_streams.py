@@ -67,14 +67,21 @@ def test_sessions_of_one_style_share_one_step_per_iteration(start_server, contex
     decoder = server.decoders[style]
     real_step, real_iterate = decoder.step, server._iterate
     iteration = [0]
-    calls: list[tuple[int, int, int]] = []  # (iteration, batch size, generations running)
+    # (iteration, batch size, generations decoding, prompts prefilling in the batch,
+    # prompt tokens those run)
+    chunk = server.settings.prefill_chunk
+    calls: list[tuple[int, int, int, int, int]] = []
 
     def counting_iterate() -> None:
         iteration[0] += 1
         real_iterate()
 
     def counting_step(generations) -> None:
-        calls.append((iteration[0], len(generations), len(server.streams.running)))
+        decoding = sum(not s.generation.prefill_rest and not s.generation.done
+                       for s in server.streams.running.values())
+        calls.append((iteration[0], len(generations), decoding,
+                      sum(bool(g.prefill_rest) for g in generations),
+                      sum(min(chunk, len(g.prefill_rest)) for g in generations)))
         real_step(generations)
 
     server._iterate, decoder.step = counting_iterate, counting_step
@@ -92,12 +99,16 @@ def test_sessions_of_one_style_share_one_step_per_iteration(start_server, contex
         else:
             assert message["type"] == "done", message
             finished += 1
-    iterations = [it for it, _, _ in calls]
+    iterations = [it for it, *_ in calls]
     assert len(iterations) == len(set(iterations)), "two steps in one loop iteration"
-    assert all(batch == running for _, batch, running in calls), "a generation was left out"
-    assert max(batch for _, batch, _ in calls) >= 2, "no two sessions were ever batched"
+    # Every decoding generation is in every step; prompts take turns, at most one chunk
+    # of tokens a step (these short ones share one).
+    assert all(batch - chunks == decoding for _, batch, decoding, chunks, _ in calls), \
+        "a generation was left out"
+    assert all(tokens <= chunk for *_, tokens in calls), "over a chunk of prompt in a step"
+    assert max(batch for _, batch, *_ in calls) >= 2, "no two sessions were ever batched"
     stats = client.ask({"v": 1, "type": "stats"})["styles"][style]
-    assert stats["steps"] == len(calls) and stats["rows"] == sum(b for _, b, _ in calls)
+    assert stats["steps"] == len(calls) and stats["rows"] == sum(b for _, b, *_ in calls)
     # Batched decoding gives what each request gives alone.
     for request in requests:
         assert streams[request["id"]] == alone(tiny_onnx_model, request), request["id"]
@@ -114,9 +125,9 @@ def test_a_burst_of_requests_starts_a_few_per_iteration(start_server, context, s
         iteration[0] += 1
         real_iterate()
 
-    def counting_start(session_key, request, request_id=None):
+    def counting_start(session_key, request, request_id=None, **options):
         starts.append((iteration[0], len(server.streams.running)))
-        return real_start(session_key, request, request_id)
+        return real_start(session_key, request, request_id, **options)
 
     server._iterate, decoder.start = counting_iterate, counting_start
     client = Client(context, server.endpoint)
