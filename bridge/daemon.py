@@ -230,10 +230,13 @@ class Daemon:
             # The player is the lead, melodyd's notes the accompaniment, and only
             # accompaniment is asked for, under the lead (models.core.accompaniment).
             own = self.seed.own_notes(beat, until=trigger.own_until or trigger.start_beat)
-            recent = [n for n in player if n.onset >= beat - self.clock.bar_length]
+            # The bar being asked for is not played yet: stay under the lowest note of the
+            # whole window (only a melody going lower than it went in the last seed_bars
+            # bars can meet the accompaniment; the last bar alone let it climb into the
+            # next bar's melody).
             request = accompaniment_request(
                 self.settings, style=self.style, facts=facts, temperature=self.temperature,
-                lead=player, own=own, recent_lead=recent or player[-8:], heard=heard,
+                lead=player, own=own, recent_lead=player, heard=heard,
                 time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
                 bars=trigger.bars)
         else:

@@ -89,7 +89,8 @@ def accompaniment_request(settings: Settings, *, style: str, facts: Mapping[str,
         temperature: the live temperature.
         lead: the player's (or the file's) notes of the seed window: the ``lead``.
         own: melodyd's notes of the window: the ``accompaniment``.
-        recent_lead: the lead's last bar or so (the ceiling "below the lead").
+        recent_lead: the lead notes the ceiling stays under (live: the seed window; offline:
+            the bar's own melody).
         heard: what the ear heard in the lead (``bridge.ear``).
         time_signature: the clock's time signature.
         start_beat: the bar to accompany.

@@ -3,7 +3,7 @@
 One place for what accompany mode (``bridge``) and ``melody harmonize`` (offline) both ask
 of a model with role tokens: the player's or the file's melody is the ``lead``, what
 melodyd played is ``accompaniment``, and a request asks for accompaniment only, below
-the lead (so it never doubles it), with a cap on the notes sounding at once, and with
+the lead (so it does not double it), with a cap on the notes sounding at once, and with
 the steering bent from "like the call" to "under the lead".
 
 Torch-free.
@@ -33,7 +33,7 @@ def with_roles(lead: Sequence[Note], accompaniment: Sequence[Note]) -> list[Note
 
 def accompaniment_constraints(base: Constraints, recent_lead: Sequence[Note],
                               settings: InteractionSettings) -> Constraints:
-    """``base`` narrowed for an accompaniment under ``recent_lead`` (its last bar or so).
+    """``base`` narrowed for an accompaniment under ``recent_lead`` (the lead notes it knows).
 
     The role is ``accompaniment``; with ``accompany_below_lead`` the ceiling is one
     semitone under the lead's lowest recent note (unless that leaves under ``MIN_ROOM``
