@@ -48,6 +48,7 @@ Segment = tuple[list[Note], list[Note], tuple[int, int]]
 def held_out_segments(data: Path, styles: list[str], pieces: int, bars: int,
                       tokenizer: Any) -> dict[str, list[Segment]]:
     """Per style: (lead, accompaniment, time signature) of ``bars`` bars of test pieces."""
+    from models.core.meter import bar_length  # noqa: PLC0415
     from models.core.streaming import StreamingDetokenizer  # noqa: PLC0415
     from models.data.dataset import TokenDataset  # noqa: PLC0415
 
@@ -63,7 +64,7 @@ def held_out_segments(data: Path, styles: list[str], pieces: int, bars: int,
         detok = StreamingDetokenizer(tokenizer)
         notes = detok.feed_many(ids)
         signature = detok.time_signature
-        length = signature[0] * 4.0 / signature[1]
+        length = bar_length(signature)
         lead = [n for n in notes if n.role == LEAD]
         accompaniment = [n for n in notes if n.role == ACCOMPANIMENT]
         if not lead or not accompaniment:

@@ -31,6 +31,12 @@ def quantize(notes: Sequence[Note], positions_per_beat: int) -> list[Note]:
                  n.pitch, n.velocity, n.role) for n in notes]
 
 
+def bar_count(melody: Sequence[Note], time_signature: tuple[int, int]) -> int:
+    """Bars from bar 0 up to the melody's last note (at least one)."""
+    length = bar_length(time_signature)
+    return max(1, math.ceil(max((n.end for n in melody), default=length) / length - 1e-9))
+
+
 def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settings,
               style: str, time_signature: tuple[int, int], seed: int | None = None,
               bars: int | None = None,
@@ -57,7 +63,7 @@ def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settin
     length = bar_length(time_signature)
     melody = quantize(melody, decoder.tokenizer.settings.positions_per_beat)
     if bars is None:
-        bars = max(1, math.ceil(max((n.end for n in melody), default=length) / length - 1e-9))
+        bars = bar_count(melody, time_signature)
     pitches = vocabulary_pitch_range(decoder)
     facts = {} if pitches is None else {"pitch_min": pitches[0], "pitch_max": pitches[1]}
     ear = Ear(settings.interaction)

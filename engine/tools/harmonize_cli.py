@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     from engine.decoder import StyleDecoder  # noqa: PLC0415 - onnxruntime loads here
     from engine.tools.generate_cli import model_and_style  # noqa: PLC0415
-    from engine.tools.harmonize import harmonize, quantize  # noqa: PLC0415
+    from engine.tools.harmonize import bar_count, harmonize, quantize  # noqa: PLC0415
     from models.core.settings import load_settings  # noqa: PLC0415
     from models.data.midifile import read_midi, write_midi  # noqa: PLC0415
 
@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if not midi.notes:
         raise EngineError(f"{args.melody} holds no notes to accompany")
     decoder = StyleDecoder(model, settings.engine, allow_eos=False)
-    length = midi.time_signature[0] * 4.0 / midi.time_signature[1]
-    total = args.bars or max(1, int(-(-max(n.end for n in midi.notes) // length)))
+    total = args.bars or bar_count(midi.notes, midi.time_signature)
     with tqdm(total=total, unit="bar", desc=f"harmonizing ({style})") as progress:
         accompaniment = harmonize(decoder, midi.notes, settings=settings, style=style,
                                   time_signature=midi.time_signature, seed=args.seed,

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from models.core.meter import bar_length
 from models.core.notes import Note
 
 # Intervals (semitones mod 12) heard as consonant between a melody and a note under it.
@@ -37,9 +38,8 @@ def _sounding(notes: Sequence[Note], time: float) -> list[Note]:
 
 def strong_beats(time_signature: tuple[int, int], end: float) -> list[float]:
     """Bar lines, and mid-bar lines when the numerator is even, up to ``end`` beats."""
-    numerator, denominator = time_signature
-    length = numerator * 4.0 / denominator
-    marks = [0.0] + ([length / 2] if numerator % 2 == 0 else [])
+    length = bar_length(time_signature)
+    marks = [0.0] + ([length / 2] if time_signature[0] % 2 == 0 else [])
     return [bar * length + mark for bar in range(math.ceil(end / length))
             for mark in marks if bar * length + mark < end]
 
