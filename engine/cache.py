@@ -224,3 +224,12 @@ def window_feeds(spec: CacheSpec, ids: np.ndarray) -> dict[str, np.ndarray]:
         cache = ops.empty(1)
     feeds.update(zip(spec.inputs, cache, strict=True))
     return feeds
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(diff[0]) if diff.size else n

@@ -19,25 +19,14 @@ Caches (transformer models, format 2):
   dropped in one in-place move and positions keep counting (RoPE is relative).
 Recurrent models keep their small state per generation and are stacked per batch.
 
-Best-of-N (``request.candidates``, transformer models): at the start of each bar of the
-answer a generation forks into N candidates (copies of its state; the first takes its
-own cache row, the others copy the shared prefix into rows of their own), which advance
-together in the same batched calls until each has sampled the ``Bar`` that ends the bar
-(or ended). The critic (``engine.critic``) scores each candidate's bar against the call;
-the generation continues from the winner (its row, stream and state) and streams the
-winner's notes, and the other rows are released. How many candidates a bar gets shrinks
-with the time left before the bar must be out (``candidates.ready_ms`` and ``bpm``), from
-the measured cost of a step at each batch size, so a bar is never late for its candidates;
-with one candidate nothing is forked and the generation streams each note as it is
-sampled, token for token as without best-of-N.
+Best-of-N (``request.candidates``, key/value models): ``engine.candidates`` forks a
+generation into a bar's candidates, which ride in the same batched calls here.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -45,13 +34,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.cache import Cache, CacheOps, KVPool, row_inputs
-from engine.critic import BarCandidate, CallProfile, CriticWeights, best
+from engine.binding import BoundCall
+from engine.cache import Cache, CacheOps, KVPool, common_prefix
+from engine.candidates import BestOfN
 from engine.forcing import LeadForcing
-from engine.grammar import Grammar, VocabularyMasks
+from engine.generation import Generation
+from engine.grammar import VocabularyMasks
 from engine.model import LoadedModel
 from engine.prompt import build_prompt
-from engine.sampling import make_rng, sample
+from engine.sampling import log_prob, sample
 from engine.steering import BarDensity, pitch_bias, steer
 from models.core.exceptions import EngineError
 from models.core.notes import LEAD, Note
@@ -59,101 +50,6 @@ from models.core.protocol.messages import GenerateRequest, SamplingParams
 from models.core.settings import EngineSettings
 
 logger = logging.getLogger(__name__)
-
-REASONS = ("complete", "eos", "cancelled", "max_tokens")
-
-
-class Generation:
-    """One response being decoded.
-
-    Attributes:
-        id: the caller's request id (or a generated one).
-        session_key: the session whose cache this generation reads and refreshes.
-        request: what was asked.
-        done: whether the generation has ended.
-        reason: why it ended (one of ``REASONS``), ``None`` while running.
-        tokens: generated tokens sampled so far.
-        prefill_tokens: prompt tokens run through the model at the start.
-        reused_tokens: prompt tokens taken from the session's cache instead.
-        notes_emitted: notes produced so far.
-        log_prob: sum of the model's log-probabilities (temperature 1, no masks) of the
-            sampled tokens kept (``log_prob / tokens`` is the answer's log-likelihood).
-        choices: per bar decided by best-of-N, ``(candidates, winner, scores)``; bars
-            sampled with one candidate are not listed.
-    """
-
-    def __init__(self, gen_id: str, session_key: Hashable, request: GenerateRequest, *,
-                 grammar: Grammar, end_bar: int, max_tokens: int) -> None:
-        self.id = gen_id
-        self.session_key = session_key
-        self.request = request
-        self.done = False
-        self.reason: str | None = None
-        self.tokens = 0
-        self.prefill_tokens = 0
-        self.reused_tokens = 0
-        self.notes_emitted = 0
-        self.grammar = grammar
-        self.end_bar = end_bar
-        self.max_tokens = max_tokens
-        self.rng = make_rng(request.sampling)
-        # Steering (engine.steering): the pitch bias is built once per request by the
-        # decoder; the density state follows the answer bar by bar.
-        self.pitch_bias: np.ndarray | None = None
-        self.density: BarDensity | None = None
-        # A known lead line written into the stream between sampled accompaniment
-        # (engine.forcing; offline harmonization), or None.
-        self.forcing: LeadForcing | None = None
-        self._notes: list[Note] = []
-        self._started = time.perf_counter()
-        self._finished: float | None = None
-        # Decoding state: the stream the cache holds, the cache (None while it lives in
-        # the style's batch), the next token's absolute position and the next logits.
-        self.stream: list[int] = []
-        self.cache: Cache | None = None   # recurrent state (kv models use ``slot``)
-        self.slot: int | None = None      # this generation's row of the style's KVPool
-        self.cache_len = 0
-        self.next_position = 0
-        self.slid = False
-        self.logits: np.ndarray | None = None
-        self.pending: int | None = None
-        # Prompt tokens not yet run through the model (a long prompt goes in chunks, one
-        # per step, so other sessions keep getting their tokens meanwhile).
-        self.prefill_rest: list[int] = []
-        self.log_prob = 0.0
-        # Best-of-N (see the module's docstring): the candidates while a bar is forked,
-        # whether this object is itself a candidate (it then never streams), whether a
-        # candidate has sampled the Bar that ends its bar, and whether the next token
-        # starts a bar (a fork point).
-        self.branches: list[Generation] | None = None
-        self.is_branch = False
-        self.parked = False
-        self.at_bar_start = True
-        self.choices: list[tuple[int, int, list[float]]] = []
-        self.call: CallProfile | None = None
-        self._held: list[Note] = []
-        self._fork_tokens = 0
-        self._fork_log_prob = 0.0
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds from the start to the end (or to now while running)."""
-        end = self._finished if self._finished is not None else time.perf_counter()
-        return end - self._started
-
-    def drain_notes(self) -> list[Note]:
-        """The notes completed since the last call, on the caller's timeline (none while
-        a bar's candidates are being decoded: only the winner's are ever streamed)."""
-        if self.branches is not None:
-            return []
-        notes, self._notes = self._notes, []
-        return notes
-
-    def _finish(self, reason: str) -> None:
-        self.done = True
-        self.reason = reason
-        self._finished = time.perf_counter()
-
 
 @dataclass
 class _SessionCache:
@@ -163,92 +59,6 @@ class _SessionCache:
     cache: Cache
     next_position: int
     slid: bool
-
-
-def log_prob(logits: np.ndarray, token: int) -> float:
-    """The log-probability of ``token`` under the model's own distribution (softmax of
-    the raw logits: temperature 1, no masks or biases)."""
-    values = np.asarray(logits, dtype=np.float64)
-    top = values.max()
-    return float(values[token] - top - math.log(np.exp(values - top).sum()))
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if diff.size else n
-
-
-class BoundCall:
-    """One model call bound to rows ``[start, stop)`` of a pool, with its input arrays.
-
-    The small inputs and the logits live in arrays bound by pointer once, so a call only
-    writes numbers into them; the cache inputs and outputs point at the same pool memory.
-    The decoder binds its batched step once and each prefill chunk on its own; the
-    benchmark binds one row to time the bare model call (:meth:`StyleDecoder.bind_row`).
-
-    Attributes:
-        inputs: the bound input arrays by ONNX name (``input_ids``, ``position_ids``
-            ``[rows, seq]``; ``seqlens_k``, ``query_seqlens`` ``[rows]``; the scalar
-            ``total_sequence_length``).
-        logits: where each call writes its logits ``[rows, seq, vocab]``.
-        key: what the binding depends on (pool buffers, rows, tokens per row).
-    """
-
-    def __init__(self, model: LoadedModel, pool: KVPool, *, start: int, stop: int,
-                 seq: int) -> None:
-        rows = stop - start
-        self.model = model
-        self.binding = model.session.io_binding()
-        self.inputs = {"input_ids": np.zeros((rows, seq), dtype=np.int64),
-                       "position_ids": np.zeros((rows, seq), dtype=np.int64),
-                       "seqlens_k": np.zeros(rows, dtype=np.int32),
-                       "query_seqlens": np.zeros(rows, dtype=np.int32),
-                       "total_sequence_length": np.zeros((), dtype=np.int32)}
-        self.input_ids = self.inputs["input_ids"]
-        self.position_ids = self.inputs["position_ids"]
-        self.seqlens_k = self.inputs["seqlens_k"]
-        self.query_seqlens = self.inputs["query_seqlens"]
-        self.total = self.inputs["total_sequence_length"]
-        # ONNX Runtime writes the logits here on every call: no output is allocated per
-        # step, and a step binding lives as long as the pool's rows do.
-        self.logits = np.empty((rows, seq, model.tokenizer.vocab_size), dtype=np.float32)
-        self.key = (pool.generation, start, stop, seq)
-        for name, array in self.inputs.items():
-            self._bind(name, array, output=False)
-        cache = model.card.cache
-        for past, present, buffer in zip(cache.inputs, cache.outputs, pool.buffers,
-                                         strict=True):
-            rows_view = buffer[start:stop]
-            self._bind(past, rows_view, output=False)
-            self._bind(present, rows_view, output=True)
-        self._bind(model.card.output_names[0], self.logits, output=True)
-
-    def _bind(self, name: str, array: np.ndarray, *, output: bool) -> None:
-        bind = self.binding.bind_output if output else self.binding.bind_input
-        bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
-
-    def set_row(self, row: int, tokens: Sequence[int], past: int) -> None:
-        """Inputs that run ``tokens`` (all ``seq`` of them) into ``row`` after ``past``
-        cached entries; the total is this row's (a one-row call)."""
-        for name, value in row_inputs(tokens, past).items():
-            target = self.inputs[name]
-            if target.ndim:
-                target[row] = value[0]
-            else:
-                target[()] = value
-
-    def run(self) -> np.ndarray:
-        """Run the call; the logits ``[rows, seq, vocab]`` land in ``logits``.
-
-        Raises:
-            EngineError: ONNX Runtime rejects the inputs or fails.
-        """
-        self.model.run_bound(self.binding)
-        return self.logits
 
 
 class StyleDecoder:
@@ -286,11 +96,8 @@ class StyleDecoder:
         self.pool = (KVPool(model.card.cache, model.context_length,
                             rows=self.settings.max_active) if self.ops.is_kv else None)
         self._step_binding: BoundCall | None = None
-        # Best-of-N: the critic's weights, the measured seconds of a step by rows
-        # (moving averages), and the tokens a bar takes (the most of a bar's candidates).
-        self.critic_weights = CriticWeights()
-        self.step_seconds: dict[int, float] = {}
-        self.bar_tokens = 32.0
+        # Best-of-N needs rows to fork into: key/value models only.
+        self.best_of_n = BestOfN(self.pool) if self.pool is not None else None
 
     # ----------------------------------------------------------------- public API
     @property
@@ -398,8 +205,8 @@ class StyleDecoder:
         # one step never costs more than one chunk per generation on top of the batch.
         chunked = {id(g) for g in prefilling}
         active = [g for g in active if id(g) not in chunked]
-        if self.pool is not None:
-            self._fork_where_due(active)
+        if self.best_of_n is not None:
+            self.best_of_n.fork_where_due(active)
         rows: list[Generation] = []
         for gen in active:
             if gen.branches is None:
@@ -422,11 +229,12 @@ class StyleDecoder:
             self._forward(running)
         for gen in active:
             if gen.branches is not None and all(b.done or b.parked for b in gen.branches):
-                self._resolve(gen)
+                assert self.best_of_n is not None  # only key/value models fork
+                self.best_of_n.resolve(gen)
                 if gen.done:
                     self._retire(gen)
-        if rows and not prefilling:
-            self._observe(len(rows), time.perf_counter() - began)
+        if self.best_of_n is not None and rows and not prefilling:
+            self.best_of_n.observe(len(rows), time.perf_counter() - began)
 
     def cancel(self, generation: Generation) -> None:
         """End a generation now (reason ``cancelled``); its cache stays with its session."""
@@ -434,7 +242,8 @@ class StyleDecoder:
             if generation.branches is not None:
                 # Mid-bar of best-of-N: keep the first candidate's stream and row (a valid
                 # cache for the session), without streaming its notes.
-                self._adopt(generation, 0)
+                assert self.best_of_n is not None  # only key/value models fork
+                self.best_of_n.adopt(generation, 0)
                 generation._notes = []
             generation._finish("cancelled")
             self._retire(generation)
@@ -581,133 +390,6 @@ class StyleDecoder:
                 gen.density.add_note()
         gen.pending = token
         gen.tokens += 1
-
-    # ----------------------------------------------------------------- best-of-N
-    def step_cost(self, rows: int) -> float:
-        """Estimated seconds of one step of ``rows`` rows, from the steps measured so far.
-
-        An unmeasured batch size is scaled linearly from the nearest smaller one measured
-        (a batched call costs less than that, so the estimate errs on the safe side), or
-        taken from the nearest larger one; with nothing measured yet, 5 ms a row.
-        """
-        known = self.step_seconds
-        if rows in known:
-            return known[rows]
-        smaller = [k for k in known if k < rows]
-        if smaller:
-            k = max(smaller)
-            return known[k] * rows / k
-        larger = [k for k in known if k > rows]
-        return known[min(larger)] if larger else 0.005 * rows
-
-    def _observe(self, rows: int, seconds: float) -> None:
-        """Fold one step's measured time into the cost of its batch size."""
-        old = self.step_seconds.get(rows)
-        self.step_seconds[rows] = seconds if old is None else 0.8 * old + 0.2 * seconds
-
-    def candidates_for(self, gen: Generation, other_rows: int = 0) -> int:
-        """How many candidates the bar that ``gen`` starts now gets.
-
-        The request's ``candidates.n``, less while ``bar_tokens`` steps of that many rows
-        (plus ``other_rows`` of other generations) would not end before the bar's
-        deadline; 1 for a recurrent model or a generation with a forced lead line.
-        """
-        wanted = gen.request.candidates
-        if wanted.n <= 1 or self.pool is None or gen.forcing is not None:
-            return 1
-        if wanted.bpm is None or wanted.ready_ms is None:
-            return wanted.n
-        request = gen.request
-        detok = gen.grammar.detok
-        seconds_per_beat = 60.0 / wanted.bpm
-        bar_beat = detok.bar_start + detok.offset
-        beat = max(request.start_beat, bar_beat)
-        deadline = (gen._started + wanted.ready_ms / 1000.0
-                    + (beat - request.start_beat) * seconds_per_beat)
-        left = deadline - time.perf_counter()
-        # A bar entered mid-way (the answer's first) takes about its share of the tokens.
-        share = min(1.0, max(0.0, bar_beat + request.bar_length - beat) / request.bar_length)
-        tokens = max(1.0, self.bar_tokens * share)
-        for n in range(wanted.n, 1, -1):
-            if tokens * self.step_cost(n + other_rows) <= left:
-                return n
-        return 1
-
-    def _fork_where_due(self, active: Sequence[Generation]) -> None:
-        """Fork every generation that starts a bar now into its candidates."""
-        due = [g for g in active if g.branches is None and g.at_bar_start
-               and g.request.candidates.n > 1 and not g.prefill_rest]
-        if not due:
-            return
-        total = sum(1 if g.branches is None else len(g.branches) for g in active)
-        for gen in due:
-            n = self.candidates_for(gen, other_rows=total - 1)
-            if n > 1:
-                self._fork(gen, n)
-                total += n - 1
-
-    def _fork(self, gen: Generation, n: int) -> None:
-        """Split a generation at a bar start into ``n`` candidates of that bar.
-
-        The first candidate takes the generation's row and its random generator (so it
-        draws what one candidate would), the others copy the row's prefix and draw from
-        generators spawned from it (reproducible with a seeded request).
-        """
-        assert self.pool is not None and gen.slot is not None
-        if gen.call is None:
-            gen.call = CallProfile.of(gen.request)
-        rngs = [gen.rng, *gen.rng.spawn(n - 1)]
-        gen._held, gen._notes = gen._notes, []
-        gen._fork_tokens, gen._fork_log_prob = gen.tokens, gen.log_prob
-        branches = []
-        for index in range(n):
-            branch = copy.copy(gen)
-            branch.is_branch = True
-            branch.parked = False
-            branch.branches = None
-            branch.grammar = gen.grammar.fork()
-            branch.density = copy.copy(gen.density)
-            branch.stream = list(gen.stream)
-            branch._notes = []
-            branch.rng = rngs[index]
-            if index:
-                branch.slot = self.pool.acquire()
-                self.pool.copy_row(gen.slot, branch.slot)
-            branches.append(branch)
-        gen.slot = None  # the first candidate holds it now
-        gen.branches = branches
-
-    def _resolve(self, gen: Generation) -> None:
-        """Every candidate finished its bar: keep the critic's choice, drop the others."""
-        branches = gen.branches
-        assert branches is not None and gen.call is not None
-        bar_beat = gen.grammar.detok.bar_start + gen.grammar.detok.offset
-        span = bar_beat + gen.request.bar_length - max(gen.request.start_beat, bar_beat)
-        candidates = [BarCandidate(b._notes, b.log_prob - gen._fork_log_prob,
-                                   b.tokens - gen._fork_tokens, span) for b in branches]
-        winner, scores = best(candidates, gen.call, self.critic_weights)
-        longest = max(c.tokens for c in candidates)
-        self.bar_tokens = 0.7 * self.bar_tokens + 0.3 * max(longest, 1)
-        gen.choices.append((len(branches), winner, scores))
-        self._adopt(gen, winner)
-
-    def _adopt(self, gen: Generation, winner: int) -> None:
-        """Continue ``gen`` from one of its candidates; release the others' rows."""
-        branches = gen.branches
-        assert branches is not None and self.pool is not None
-        chosen = branches[winner]
-        for index, branch in enumerate(branches):
-            if index != winner and branch.slot is not None:
-                self.pool.release(branch.slot)
-        for name in ("grammar", "density", "rng", "stream", "slot", "cache_len",
-                     "next_position", "slid", "logits", "pending", "tokens", "log_prob",
-                     "notes_emitted", "at_bar_start"):
-            setattr(gen, name, getattr(chosen, name))
-        gen._notes = gen._held + chosen._notes
-        gen._held = []
-        gen.branches = None
-        if chosen.done:
-            gen._finish(chosen.reason or "complete")
 
     def _retire(self, gen: Generation) -> None:
         """Take a finished generation out of the batch and keep its cache for its session."""

@@ -7,6 +7,8 @@ they have probability zero whatever the other settings. Each request owns a seed
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from models.core.exceptions import EngineError
@@ -98,3 +100,11 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
     while weights[index] == 0.0 and index > 0:
         index -= 1
     return index if ids is None else int(ids[index])
+
+
+def log_prob(logits: np.ndarray, token: int) -> float:
+    """The log-probability of ``token`` under the model's own distribution (softmax of
+    the raw logits: temperature 1, no masks or biases)."""
+    values = np.asarray(logits, dtype=np.float64)
+    top = values.max()
+    return float(values[token] - top - math.log(np.exp(values - top).sum()))

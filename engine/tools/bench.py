@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.decoder import Generation, StyleDecoder
+from engine.decoder import StyleDecoder
+from engine.generation import Generation
 from engine.model import LoadedModel, load_model
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest, SamplingParams

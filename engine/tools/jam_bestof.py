@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 shares += [t / length_s for t in
                            time_bars(decoder, request, f"{SESSION}/{n}/{call.name}/{repeat}")]
         costs = ", ".join(f"{rows}: {1000 * s:.1f}"
-                          for rows, s in sorted(decoder.step_seconds.items()))
+                          for rows, s in sorted(decoder.best_of_n.step_seconds.items()))
         print(f"| {n} | {len(shares)} | {np.median(shares):.3f} | "
               f"{np.percentile(shares, 95):.3f} | {max(shares):.3f} | {costs} |")
     return 0

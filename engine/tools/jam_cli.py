@@ -155,7 +155,8 @@ def run_jam(args: argparse.Namespace) -> dict[str, Any]:
     decoders = _decoders(args, settings)
     weights = critic_weights(getattr(args, "critic_weights", None))
     for decoder in decoders.values():
-        decoder.critic_weights = weights
+        if decoder.best_of_n is not None:  # a recurrent model decodes one candidate
+            decoder.best_of_n.weights = weights
     calls = _select_calls(args.calls, synthetic_calls())
     families = {w.strip() for w in args.calls.split(",")}
     answer_bars = settings.interaction.response_bars

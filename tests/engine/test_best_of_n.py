@@ -47,8 +47,8 @@ def test_one_candidate_is_todays_path_token_for_token(model):
     one, one_notes = _decode(_decoder(model), _request(Candidates(1, 120.0, 500.0)))
     # Four asked, but no time for more than one: every bar falls back to plain sampling.
     decoder = _decoder(model)
-    decoder.step_seconds = {1: 10.0}
-    decoder._observe = lambda rows, seconds: None
+    decoder.best_of_n.step_seconds = {1: 10.0}
+    decoder.best_of_n.observe = lambda rows, seconds: None
     late, late_notes = _decode(decoder, _request(Candidates(4, 120.0, 0.0)))
     assert plain_notes, "the tiny model plays something"
     for gen, notes in ((one, one_notes), (late, late_notes)):
@@ -61,7 +61,7 @@ def test_one_candidate_is_todays_path_token_for_token(model):
 def test_each_bar_keeps_the_candidate_the_critic_scores_best(model, monkeypatch):
     decoder = _decoder(model)
     decided: list[tuple[list[list[Note]], list[float], int]] = []
-    original = decoder._resolve
+    original = decoder.best_of_n.resolve
 
     def spy(gen):
         bars = [list(b._notes) for b in gen.branches]
@@ -69,7 +69,7 @@ def test_each_bar_keeps_the_candidate_the_critic_scores_best(model, monkeypatch)
         _, winner, scores = gen.choices[-1]
         decided.append((bars, scores, winner))
 
-    monkeypatch.setattr(decoder, "_resolve", spy)
+    monkeypatch.setattr(decoder.best_of_n, "resolve", spy)
     request = _request(Candidates(4), bars=2)
     gen = decoder.start("s", request)
     streamed: list[list[Note]] = []
@@ -88,11 +88,11 @@ def test_each_bar_keeps_the_candidate_the_critic_scores_best(model, monkeypatch)
         assert out == bars[winner]
         assert all(bar_start <= n.onset < bar_start + 4.0 for n in out)
         recomputed = [critic.score(critic.BarCandidate(b, 0.0, 0, 4.0), call,
-                                   dataclasses.replace(decoder.critic_weights,
+                                   dataclasses.replace(decoder.best_of_n.weights,
                                                        log_likelihood=0.0)) for b in bars]
         best_fit = max(recomputed)
         # Without the likelihood term the winner is at least near the best musical fit.
-        assert recomputed[winner] >= best_fit - decoder.critic_weights.log_likelihood * 10
+        assert recomputed[winner] >= best_fit - decoder.best_of_n.weights.log_likelihood * 10
     assert gen.reason == "complete"
     assert gen.grammar.detok.skipped == 0
     assert decoder.pool.used_rows() == 0  # every candidate's row was given back
@@ -100,12 +100,12 @@ def test_each_bar_keeps_the_candidate_the_critic_scores_best(model, monkeypatch)
 
 def test_a_short_deadline_shrinks_n(model):
     decoder = _decoder(model)
-    decoder.step_seconds = {1: 0.010, 2: 0.012, 4: 0.016}
-    decoder.bar_tokens = 40.0
+    decoder.best_of_n.step_seconds = {1: 0.010, 2: 0.012, 4: 0.016}
+    decoder.best_of_n.bar_tokens = 40.0
 
     def n_for(ready_ms: float) -> int:
         gen = decoder.start("s", _request(Candidates(4, 120.0, ready_ms)))
-        n = decoder.candidates_for(gen)
+        n = decoder.best_of_n.candidates_for(gen)
         decoder.cancel(gen)
         return n
 
@@ -115,14 +115,14 @@ def test_a_short_deadline_shrinks_n(model):
     assert n_for(5000.0) == 4
     # Other sessions' rows share the step: fewer candidates fit.
     gen = decoder.start("s", _request(Candidates(4, 120.0, 700.0)))
-    assert decoder.candidates_for(gen) == 4
-    assert decoder.candidates_for(gen, other_rows=2) == 2
+    assert decoder.best_of_n.candidates_for(gen) == 4
+    assert decoder.best_of_n.candidates_for(gen, other_rows=2) == 2
 
 
 def test_later_bars_get_their_candidates_when_the_first_is_too_near(model):
     decoder = _decoder(model)
-    decoder.step_seconds = {1: 0.002, 4: 0.004}
-    decoder._observe = lambda rows, seconds: None
+    decoder.best_of_n.step_seconds = {1: 0.002, 4: 0.004}
+    decoder.best_of_n.observe = lambda rows, seconds: None
     # The first bar is wanted at once; the second a bar later (2 s at 120 BPM).
     gen, notes = _decode(decoder, _request(Candidates(4, 120.0, 0.0), bars=2))
     assert [n for n, _, _ in gen.choices] == [4]

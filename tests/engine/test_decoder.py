@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from engine.decoder import Generation, StyleDecoder
+from engine.decoder import StyleDecoder
+from engine.generation import Generation
 from engine.model import load_model
 from models.core.exceptions import EngineError
 from models.core.notes import Note

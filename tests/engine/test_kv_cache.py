@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from engine.cache import KVPool, window_feeds
-from engine.decoder import Generation, StyleDecoder
+from engine.decoder import StyleDecoder
+from engine.generation import Generation
 from engine.model import load_model
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest, SamplingParams

@@ -1,0 +1,168 @@
+"""Best-of-N: a bar decoded as N candidates in one batch, the critic keeps one.
+
+At the start of each bar of an answer a generation forks into N candidates (copies of its
+state; the first takes its own cache row, the others copy the shared prefix into rows of
+their own), which advance together in the decoder's batched calls until each has sampled
+the ``Bar`` that ends the bar (or ended). The critic (``engine.critic``) scores each
+candidate's bar against the call; the generation continues from the winner (its row,
+stream and state) and streams the winner's notes, and the other rows are released.
+
+How many candidates a bar gets shrinks with the time left before the bar must be out
+(``candidates.ready_ms`` and ``bpm``), from the measured cost of a step at each batch
+size, so a bar is never late for its candidates; with one candidate nothing is forked and
+the generation streams each note as it is sampled, token for token as without best-of-N.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+
+from engine.cache import KVPool
+from engine.critic import BarCandidate, CallProfile, CriticWeights, best
+from engine.generation import Generation
+
+
+class BestOfN:
+    """Forks, times and resolves the candidates of one decoder's generations.
+
+    Attributes:
+        pool: the decoder's key/value rows (candidates take rows of their own).
+        weights: the critic's weights.
+        step_seconds: measured seconds of a step by rows (moving averages).
+        bar_tokens: the tokens a bar takes (a moving average of the most of a bar's
+            candidates).
+    """
+
+    def __init__(self, pool: KVPool) -> None:
+        self.pool = pool
+        self.weights = CriticWeights()
+        self.step_seconds: dict[int, float] = {}
+        self.bar_tokens = 32.0
+
+    def step_cost(self, rows: int) -> float:
+        """Estimated seconds of one step of ``rows`` rows, from the steps measured so far.
+
+        An unmeasured batch size is scaled linearly from the nearest smaller one measured
+        (a batched call costs less than that, so the estimate errs on the safe side), or
+        taken from the nearest larger one; with nothing measured yet, 5 ms a row.
+        """
+        known = self.step_seconds
+        if rows in known:
+            return known[rows]
+        smaller = [k for k in known if k < rows]
+        if smaller:
+            k = max(smaller)
+            return known[k] * rows / k
+        larger = [k for k in known if k > rows]
+        return known[min(larger)] if larger else 0.005 * rows
+
+    def observe(self, rows: int, seconds: float) -> None:
+        """Fold one step's measured time into the cost of its batch size."""
+        old = self.step_seconds.get(rows)
+        self.step_seconds[rows] = seconds if old is None else 0.8 * old + 0.2 * seconds
+
+    def candidates_for(self, gen: Generation, other_rows: int = 0) -> int:
+        """How many candidates the bar that ``gen`` starts now gets.
+
+        The request's ``candidates.n``, less while ``bar_tokens`` steps of that many rows
+        (plus ``other_rows`` of other generations) would not end before the bar's
+        deadline; 1 for a generation with a forced lead line.
+        """
+        wanted = gen.request.candidates
+        if wanted.n <= 1 or gen.forcing is not None:
+            return 1
+        if wanted.bpm is None or wanted.ready_ms is None:
+            return wanted.n
+        request = gen.request
+        detok = gen.grammar.detok
+        seconds_per_beat = 60.0 / wanted.bpm
+        bar_beat = detok.bar_start + detok.offset
+        beat = max(request.start_beat, bar_beat)
+        deadline = (gen._started + wanted.ready_ms / 1000.0
+                    + (beat - request.start_beat) * seconds_per_beat)
+        left = deadline - time.perf_counter()
+        # A bar entered mid-way (the answer's first) takes about its share of the tokens.
+        share = min(1.0, max(0.0, bar_beat + request.bar_length - beat) / request.bar_length)
+        tokens = max(1.0, self.bar_tokens * share)
+        for n in range(wanted.n, 1, -1):
+            if tokens * self.step_cost(n + other_rows) <= left:
+                return n
+        return 1
+
+    def fork_where_due(self, active: Sequence[Generation]) -> None:
+        """Fork every generation that starts a bar now into its candidates."""
+        due = [g for g in active if g.branches is None and g.at_bar_start
+               and g.request.candidates.n > 1 and not g.prefill_rest]
+        if not due:
+            return
+        total = sum(1 if g.branches is None else len(g.branches) for g in active)
+        for gen in due:
+            n = self.candidates_for(gen, other_rows=total - 1)
+            if n > 1:
+                self.fork(gen, n)
+                total += n - 1
+
+    def fork(self, gen: Generation, n: int) -> None:
+        """Split a generation at a bar start into ``n`` candidates of that bar.
+
+        The first candidate takes the generation's row and its random generator (so it
+        draws what one candidate would), the others copy the row's prefix and draw from
+        generators spawned from it (reproducible with a seeded request).
+        """
+        assert self.pool is not None and gen.slot is not None
+        if gen.call is None:
+            gen.call = CallProfile.of(gen.request)
+        rngs = [gen.rng, *gen.rng.spawn(n - 1)]
+        gen._held, gen._notes = gen._notes, []
+        gen._fork_tokens, gen._fork_log_prob = gen.tokens, gen.log_prob
+        branches = []
+        for index in range(n):
+            branch = copy.copy(gen)
+            branch.is_branch = True
+            branch.parked = False
+            branch.branches = None
+            branch.grammar = gen.grammar.fork()
+            branch.density = copy.copy(gen.density)
+            branch.stream = list(gen.stream)
+            branch._notes = []
+            branch.rng = rngs[index]
+            if index:
+                branch.slot = self.pool.acquire()
+                self.pool.copy_row(gen.slot, branch.slot)
+            branches.append(branch)
+        gen.slot = None  # the first candidate holds it now
+        gen.branches = branches
+
+    def resolve(self, gen: Generation) -> None:
+        """Every candidate finished its bar: keep the critic's choice, drop the others."""
+        branches = gen.branches
+        assert branches is not None and gen.call is not None
+        bar_beat = gen.grammar.detok.bar_start + gen.grammar.detok.offset
+        span = bar_beat + gen.request.bar_length - max(gen.request.start_beat, bar_beat)
+        candidates = [BarCandidate(b._notes, b.log_prob - gen._fork_log_prob,
+                                   b.tokens - gen._fork_tokens, span) for b in branches]
+        winner, scores = best(candidates, gen.call, self.weights)
+        longest = max(c.tokens for c in candidates)
+        self.bar_tokens = 0.7 * self.bar_tokens + 0.3 * max(longest, 1)
+        gen.choices.append((len(branches), winner, scores))
+        self.adopt(gen, winner)
+
+    def adopt(self, gen: Generation, winner: int) -> None:
+        """Continue ``gen`` from one of its candidates; release the others' rows."""
+        branches = gen.branches
+        assert branches is not None and self.pool is not None
+        chosen = branches[winner]
+        for index, branch in enumerate(branches):
+            if index != winner and branch.slot is not None:
+                self.pool.release(branch.slot)
+        for name in ("grammar", "density", "rng", "stream", "slot", "cache_len",
+                     "next_position", "slid", "logits", "pending", "tokens", "log_prob",
+                     "notes_emitted", "at_bar_start"):
+            setattr(gen, name, getattr(chosen, name))
+        gen._notes = gen._held + chosen._notes
+        gen._held = []
+        gen.branches = None
+        if chosen.done:
+            gen._finish(chosen.reason or "complete")
