@@ -16,9 +16,11 @@ class Control:
 
     Attributes:
         kind: ``"temperature"``, ``"length"``, ``"mode"``, ``"style"``, ``"key_lock"``,
-            ``"follow"`` or ``"panic"``.
+            ``"follow"``, ``"accompany_density"``, ``"accompany_key_strength"`` or
+            ``"panic"``.
         value: the new temperature (float), length in bars (int), mode name (str),
             style index (int), key lock on or off (bool), follow knob value 0-127 (int),
+            the factor on the accompaniment's setting (float: 1.0 at the knob's centre),
             or ``None`` for panic.
     """
 
@@ -34,7 +36,9 @@ class ControlMap:
         self._by_cc = {cc: kind for kind, cc in (
             ("temperature", midi.cc_temperature), ("length", midi.cc_length),
             ("mode", midi.cc_mode), ("style", midi.cc_style), ("key_lock", midi.cc_key_lock),
-            ("follow", midi.cc_follow), ("panic", midi.cc_panic))
+            ("follow", midi.cc_follow), ("accompany_density", midi.cc_accompany_density),
+            ("accompany_key_strength", midi.cc_accompany_key_strength),
+            ("panic", midi.cc_panic))
             if cc >= 0}
 
     def interpret(self, control: int, value: int, n_styles: int = 1) -> Control | None:
@@ -53,6 +57,12 @@ class ControlMap:
             return Control(kind, value >= 64)
         if kind == "follow":
             return Control(kind, value)
+        if kind == "accompany_density":
+            # Busyness is heard in ratios: each quarter turn from the centre doubles or
+            # halves the notes per bar (a quarter at 0, about four times at 127).
+            return Control(kind, round(2.0 ** ((value - 64) / 32), 3))
+        if kind == "accompany_key_strength":
+            return Control(kind, round(value / 64, 3))  # 0 = the model's own harmony
         if kind == "style":
             return Control(kind, min(value * max(n_styles, 1) // 128, max(n_styles, 1) - 1))
         return Control(kind, None)

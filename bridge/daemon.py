@@ -11,6 +11,7 @@ uses are started and stopped by ``bridge.app.Melodyd``, which also runs the turn
 from __future__ import annotations
 
 import logging
+import dataclasses
 import math
 import os
 import time
@@ -32,7 +33,7 @@ from bridge.status import Response, StatusLine, format_status
 from models.core import protocol
 from models.core.exceptions import ProtocolError
 from models.core.notes import Note
-from models.core.settings import Settings
+from models.core.settings import Settings, clamp_to_setting
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class Daemon:
         self.accompany = AccompanyPolicy(clock.bar_length, inter.accompany_stop_bars)
         self.controls = ControlMap(settings.midi)
         self.ear = Ear(inter)
+        # Accompany mode's knobs: factors on their [interaction] settings (1.0 = as set).
+        self.accompany_knobs = {"accompany_density": 1.0, "accompany_key_strength": 1.0}
         self.scheduler = scheduler
         self.status = StatusLine()
         self._responses: dict[str, Response] = {}
@@ -187,12 +190,23 @@ class Daemon:
             self.ear.lock_key(bool(action.value))
         elif action.kind == "follow":
             self.ear.set_follow(int(action.value))
+        elif action.kind in self.accompany_knobs:
+            self.accompany_knobs[action.kind] = float(action.value)
         elif action.kind == "style" and self.styles:
             self.style = self.styles[int(action.value)]
 
     # ----------------------------------------------------------------- decisions
     def _policy(self) -> CallResponsePolicy | AccompanyPolicy:
         return self.call if self.mode == "call" else self.accompany
+
+    def _accompany_settings(self) -> Settings:
+        """The settings with accompany mode's knobs applied to their ``[interaction]``
+        values (each kept within what the setting allows)."""
+        inter = self.settings.interaction
+        turned = {name: clamp_to_setting(inter, name, getattr(inter, name) * factor)
+                  for name, factor in self.accompany_knobs.items()}
+        return dataclasses.replace(self.settings,
+                                   interaction=dataclasses.replace(inter, **turned))
 
     def _lead_beats(self) -> float:
         bpm = self.clock.bpm or 120.0
@@ -235,7 +249,7 @@ class Daemon:
             # bars can meet the accompaniment; the last bar alone let it climb into the
             # next bar's melody).
             request = accompaniment_request(
-                self.settings, style=self.style, facts=facts, temperature=self.temperature,
+                self._accompany_settings(), style=self.style, facts=facts, temperature=self.temperature,
                 lead=player, own=own, recent_lead=player, heard=heard,
                 time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
                 bars=trigger.bars)

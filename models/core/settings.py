@@ -167,6 +167,8 @@ class MidiSettings:
     cc_panic: int = setting(120, low=-1, high=127)
     cc_key_lock: int = setting(25, low=-1, high=127)
     cc_follow: int = setting(26, low=-1, high=127)
+    cc_accompany_density: int = setting(27, low=-1, high=127)
+    cc_accompany_key_strength: int = setting(28, low=-1, high=127)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,6 +386,18 @@ def _check_value(where: str, field: dataclasses.Field, hint: Any, value: Any) ->
         raise ConfigError(f"{where} must be at least {low} (received {value!r})")
     if high is not None and value > high:
         raise ConfigError(f"{where} must be at most {high} (received {value!r})")
+    return value
+
+
+def clamp_to_setting(section: Any, name: str, value: float) -> float:
+    """``value`` within the range the setting ``name`` of ``section`` allows (a live knob
+    may scale a setting, never past what the config file could say)."""
+    meta = next(f.metadata for f in dataclasses.fields(section) if f.name == name)
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None:
+        value = max(low, value)
+    if high is not None:
+        value = min(high, value)
     return value
 
 

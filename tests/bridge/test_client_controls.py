@@ -182,6 +182,9 @@ def test_a_request_the_engine_would_refuse_is_never_sent(router):
     (22, 127, "length", 8), (23, 10, "mode", "call"), (23, 100, "mode", "accompany"),
     (24, 127, "style", 2), (24, 0, "style", 0), (25, 64, "key_lock", True),
     (25, 63, "key_lock", False), (26, 100, "follow", 100), (120, 0, "panic", None),
+    (27, 64, "accompany_density", 1.0), (27, 0, "accompany_density", 0.25),
+    (27, 96, "accompany_density", 2.0), (28, 64, "accompany_key_strength", 1.0),
+    (28, 0, "accompany_key_strength", 0.0), (28, 127, "accompany_key_strength", 1.984),
 ], ids=str)
 def test_control_map(cc, value, kind, expected):
     control = ControlMap(MidiSettings()).interpret(cc, value, n_styles=3)

@@ -367,6 +367,29 @@ def test_accompany_with_a_role_model_asks_for_accompaniment_under_the_lead(rig):
     assert any(role == "accompaniment" for _pitch, role in roles)
 
 
+@pytest.mark.parametrize("rig", [{"roles": True}], indirect=True)
+def test_accompany_knobs_scale_busyness_and_key_strength_within_the_settings_range(rig):
+    """CC 27 scales the accompaniment's notes per bar, CC 28 its key strength; the centre
+    is the settings, and no turn goes past what the config file could say."""
+    daemon, engine, _port, inputs, clock = rig
+    _accompany(daemon, inputs)
+    inter = daemon.settings.interaction
+    now = time.monotonic()
+    inputs.put(now, mido.Message("control_change", control=27, value=96))  # twice as busy
+    inputs.put(now, mido.Message("control_change", control=28, value=0))  # own harmony
+    assert wait_for(lambda: daemon.accompany_knobs["accompany_key_strength"] == 0.0)
+    play_phrase(inputs, clock, pitches=(72, 76, 79))
+    assert wait_for(lambda: len(engine.of_type("generate")) >= 1)
+    steering = engine.of_type("generate")[0]["steering"]
+    assert steering["key_strength"] == 0.0
+    # The lead's three notes in one bar ask for twice accompany_density times three.
+    assert steering["notes_per_bar"] == pytest.approx(2 * inter.accompany_density * 3)
+    daemon.accompany_knobs["accompany_density"] = 1000.0
+    assert daemon._accompany_settings().interaction.accompany_density == 8.0  # its maximum
+    daemon.accompany_knobs.update(accompany_density=1.0, accompany_key_strength=1.0)
+    assert daemon._accompany_settings().interaction == inter  # the centre: as set
+
+
 def test_accompany_with_a_model_without_roles_asks_as_before(rig):
     daemon, engine, _port, inputs, clock = rig
     _accompany(daemon, inputs)
