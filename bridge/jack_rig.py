@@ -31,6 +31,12 @@ from bridge.drivers.rtmidi import RtmidiInput, RtmidiOutput, port_names
 from bridge.engine_child import stop_process
 from models.core.exceptions import BridgeError
 
+# A native probe queues each clock tick this long before it is due, on a client of its
+# own: like a DAW's, its ticks then land on their frames however late a loaded machine
+# wakes the thread that queues them (the notes' client would hold a note behind a tick
+# queued for later, so the ticks cannot share it).
+CLOCK_QUEUE_AHEAD_S = 0.05
+
 logger = logging.getLogger(__name__)
 
 
@@ -162,9 +168,12 @@ class Probe:
         # that closes a loop by one period. Connect the listening side first, so melodyd's
         # notes arrive in the cycle that sent them; the probe's notes then reach melodyd
         # one period late, like a keyboard's through a DAW.
+        self._clock_client: JackClient | None = None
         if self._client is not None:
             self._client.connect(in_name, self._client.input_name)
             self._client.connect(self._client.output_name, out_name)
+            self._clock_client = JackClient("melodyd-probe-clock", "unused", "clock")
+            self._clock_client.connect(self._clock_client.output_name, out_name)
         else:
             self.input = RtmidiInput("jack", in_name, self._record, virtual=False)
             self.output = RtmidiOutput("jack", out_name, virtual=False)
@@ -172,6 +181,7 @@ class Probe:
         self._clock_stop = threading.Event()
         self._clock_lock = threading.Lock()
         self._clock_anchor = (0.0, 0, 0.5 / TICKS_PER_BEAT)  # (t, tick, seconds per tick)
+        self._clock_next = 0  # the next tick the clock thread queues
         self.clock_start: float | None = None  # wall time of tick 0 after Start
 
     def _list_ports(self) -> tuple[list[str], list[str]]:
@@ -252,6 +262,7 @@ class Probe:
         t0 = time.monotonic() + lead
         with self._clock_lock:
             self._clock_anchor = (t0, 0, 60.0 / bpm / TICKS_PER_BEAT)
+            self._clock_next = 0
         self.clock_start = t0
         self.send(mido.Message("start"))
         first_tick = 0
@@ -272,10 +283,10 @@ class Probe:
         return t0
 
     def set_tempo(self, bpm: float) -> None:
-        """Change the clock's tempo from the next tick on."""
+        """Change the clock's tempo from the next tick not yet queued on."""
         with self._clock_lock:
             t, tick, spt = self._clock_anchor
-            now_tick = max(tick, int((time.monotonic() - t) / spt) + 1)
+            now_tick = max(tick, int((time.monotonic() - t) / spt) + 1, self._clock_next)
             self._clock_anchor = (t + (now_tick - tick) * spt, now_tick,
                                   60.0 / bpm / TICKS_PER_BEAT)
 
@@ -304,10 +315,17 @@ class Probe:
         self.send(mido.Message("stop"))
 
     def _run_clock(self, tick: int = 0) -> None:
+        clock = self._clock_client
         while not self._clock_stop.is_set():
             with self._clock_lock:
                 t, k, spt = self._clock_anchor
-            self.send(mido.Message("clock"), at=t + (tick - k) * spt)
+                at = t + (tick - k) * spt
+                self._clock_next = tick + 1
+            if clock is None:
+                self.send(mido.Message("clock"), at=at)
+            else:
+                sleep_until(at - CLOCK_QUEUE_AHEAD_S)
+                clock.send(mido.Message("clock"), at)
             tick += 1
 
     def close(self) -> None:
@@ -320,6 +338,8 @@ class Probe:
     def _close_ports(self) -> None:
         if self._client is not None:
             self._client.close()
+            if getattr(self, "_clock_client", None) is not None:
+                self._clock_client.close()
             return
         if hasattr(self, "input"):
             self.input.close()
