@@ -10,8 +10,8 @@ uses are started and stopped by ``bridge.app.Melodyd``, which also runs the turn
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -243,14 +243,20 @@ class Daemon:
         if self.mode == "accompany" and has_roles(facts):
             # The player is the lead, melodyd's notes the accompaniment, and only
             # accompaniment is asked for, under the lead (models.core.accompaniment).
-            own = self.seed.own_notes(beat, until=trigger.own_until or trigger.start_beat)
+            # The seed's window moves in steps of seed_bars bars (SeedWindow.anchored_start),
+            # so each bar's request begins like the previous one and the engine only runs
+            # what changed; the ceiling and the ear keep to the last seed_bars bars.
+            start = self.seed.anchored_start(beat)
+            own = self.seed.own_notes(beat, until=trigger.own_until or trigger.start_beat,
+                                      start=start)
             # The bar being asked for is not played yet: stay under the lowest note of the
-            # whole window (only a melody going lower than it went in the last seed_bars
+            # last seed_bars bars (only a melody going lower than it went in the last seed_bars
             # bars can meet the accompaniment; the last bar alone let it climb into the
             # next bar's melody).
             request = accompaniment_request(
-                self._accompany_settings(), style=self.style, facts=facts, temperature=self.temperature,
-                lead=player, own=own, recent_lead=player, heard=heard,
+                self._accompany_settings(), style=self.style, facts=facts,
+                temperature=self.temperature, lead=self.seed.notes(beat, start=start),
+                own=own, recent_lead=player, heard=heard,
                 time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
                 bars=trigger.bars)
         else:

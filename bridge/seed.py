@@ -8,6 +8,7 @@ the daemon's own notes join the window so the engine is conditioned on both part
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from models.core.notes import Note
 
 MIN_DURATION = 1.0 / 48.0  # the engine requires duration > 0; a tap is still a note
 RECENT_VELOCITIES = 8  # note-ons averaged for "the player's recent dynamics"
+EPS = 1e-9
 
 
 @dataclass
@@ -78,7 +80,20 @@ class SeedWindow:
             return None
         return sum(self._velocities) / len(self._velocities)
 
-    def notes(self, now: float, own_until: float | None = None) -> list[Note]:
+    def anchored_start(self, now: float) -> float:
+        """The start of a window that moves in steps of ``bars`` whole bars.
+
+        It holds between ``bars`` and ``2 * bars - 1`` whole bars before the bar of
+        ``now``, and stays put while it can: requests made bar after bar (accompany mode)
+        then begin with the same notes, so the engine reuses its cache of them and runs
+        only what changed since the previous request (the bars the player added), where a
+        window sliding by a bar every bar would change the first token of every prompt.
+        """
+        bar = math.floor(now / self.bar_length + EPS)
+        return (bar - self.bars) // self.bars * self.bars * self.bar_length
+
+    def notes(self, now: float, own_until: float | None = None,
+              start: float | None = None) -> list[Note]:
         """The seed at beat ``now``: notes that started within the window, by onset.
 
         Args:
@@ -86,9 +101,10 @@ class SeedWindow:
             own_until: add the daemon's own notes that start before this beat (accompany
                 mode asks for the bar after the one already queued, so its context runs
                 past ``now``); ``None`` leaves them out.
+            start: where the window starts (at or after :meth:`anchored_start`);
+                ``None``: ``bars`` bars before ``now``.
         """
-        start = now - self.bars * self.bar_length
-        self._prune(start)
+        start = self._start(now, start)
         seed = [n for n in self._done if n.onset >= start]
         seed += [Note(h.onset, max(now - h.onset, MIN_DURATION), p, h.velocity)
                  for p, h in self._held.items() if h.onset >= start]
@@ -97,13 +113,17 @@ class SeedWindow:
         seed.sort(key=lambda n: (n.onset, n.pitch))
         return seed
 
-    def own_notes(self, now: float, until: float) -> list[Note]:
+    def own_notes(self, now: float, until: float, start: float | None = None) -> list[Note]:
         """The daemon's own notes of the window that start before ``until`` (accompany
-        mode's part, apart from the player's)."""
-        start = now - self.bars * self.bar_length
-        self._prune(start)
+        mode's part, apart from the player's); ``start`` as for :meth:`notes`."""
+        start = self._start(now, start)
         return sorted((n for n in self._own if start <= n.onset < until),
                       key=lambda n: (n.onset, n.pitch))
+
+    def _start(self, now: float, start: float | None) -> float:
+        # Keep what the longest window asked for may still hold: the anchored one.
+        self._prune(self.anchored_start(now))
+        return now - self.bars * self.bar_length if start is None else start
 
     def player_active_since(self, beat: float) -> bool:
         """Whether the player touched a key at or after ``beat`` or holds one now."""

@@ -11,7 +11,9 @@ does not know); with role tokens, each seed note is encoded with its role. A voc
 without them gets exactly the stream it always got.
 
 A seed longer than the model's budget loses whole bars from its start (never a cut in the
-middle of a note), so the model always sees a well-formed piece. Bars that cannot fit are
+middle of a note), so the model always sees a well-formed piece; the cut falls on a bar
+whose index is a multiple of ``CUT_STEP_BARS`` where one fits, so the prompts of a
+session's successive requests keep one start and share their cached prefix. Bars that cannot fit are
 dropped before anything is encoded, so the cost of a prompt is bounded by the budget, not
 by how far the seed lies from the start or how long it is. The rest is encoded once and,
 if still too long, cut at a ``Bar`` token (repairing the ``Role`` of the first note kept),
@@ -65,6 +67,8 @@ def _grid(beats: float, step: float) -> int:
 # be shared) and a bar (Bar TimeSig: MidiTok's REMI repeats the signature every bar, and
 # the bars up to the start are forced as both), for ``_first_bar_that_can_fit``.
 _MIN_TOKENS_PER_NOTE = 3
+# A seed cut to fit starts on a bar whose index is a multiple of this (see ``_cut_bars``).
+CUT_STEP_BARS = 4
 _MIN_TOKENS_PER_BAR = 2
 
 
@@ -131,8 +135,8 @@ def build_prompt(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, request: Ge
     seed = sorted((n for n in request.seed if _grid(n.onset, step) < start),
                   key=lambda n: (n.onset, n.pitch))
     grids = [_grid(n.onset, step) for n in seed]     # ascending, as the onsets are
-    first_bar = grids[0] // per_bar if grids else start_bar_abs
-    first_bar = max(first_bar, _first_bar_that_can_fit(
+    seed_bar = grids[0] // per_bar if grids else start_bar_abs
+    first_bar = max(seed_bar, _first_bar_that_can_fit(
         tokenizer, seed, step=step, per_bar=per_bar, start_bar=start_bar_abs,
         max_tokens=max_tokens))
     # The grammar's refusals (time signature, constraints) before anything is encoded.
@@ -146,7 +150,8 @@ def build_prompt(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, request: Ge
     head = next((i for i, t in enumerate(encoded) if t == tokenizer.bar_id), len(encoded))
     cut = _cut_bars(tokenizer, vocab, encoded, head, signature_id=signature_id,
                     first_bar=first_bar, start_bar=start_bar_abs,
-                    start_position=start_position, max_tokens=max_tokens)
+                    start_position=start_position, max_tokens=max_tokens,
+                    whole=first_bar == seed_bar)
     tokens, first_bar = cut.tokens, cut.first_bar
     start_bar = start_bar_abs - first_bar
     for token in cut.tail:
@@ -197,8 +202,8 @@ def _start_tail(tokenizer: MelodyTokenizer, signature_id: int, *, bar: int, posi
 
 def _cut_bars(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, encoded: list[int],
               head: int, *, signature_id: int, first_bar: int, start_bar: int,
-              start_position: int, max_tokens: int) -> _Cut:
-    """Drop the fewest leading bars of an encoded seed for the prompt to fit.
+              start_position: int, max_tokens: int, whole: bool = True) -> _Cut:
+    """Drop leading bars of an encoded seed for the prompt to fit (on a step bar).
 
     ``encoded`` is ``BOS [Style]`` (its first ``head`` tokens) and MidiTok's REMI of a
     seed whose bar 0 is the caller's ``first_bar``: one ``Bar TimeSig`` per bar from
@@ -209,7 +214,8 @@ def _cut_bars(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, encoded: list[
     role, so where the first note after the cut has none, the role in force there is
     written before its ``Pitch``. The forced start after the seed depends only on its last
     bar, which every cut keeps; when even the last bar does not fit, no seed is left and
-    the stream starts at the start bar.
+    the stream starts at the start bar. ``whole``: ``encoded`` is the whole seed (no bar
+    was dropped before encoding), which is then kept whole if it fits.
     """
     bar_id = tokenizer.bar_id
     infos = vocab.infos
@@ -239,13 +245,23 @@ def _cut_bars(tokenizer: MelodyTokenizer, vocab: VocabularyMasks, encoded: list[
                 noted = True
                 repair = role if tokenizer.has_roles and not named else None
                 candidates.append((bar, bars[bar], i, repair))
-        for bar, at, pitch_at, repair in candidates:
-            length = head + len(encoded) - at + (repair is not None) + len(tail)
-            if length <= max_tokens:
-                body = encoded[at:]
-                if repair is not None:
-                    body.insert(pitch_at - at, repair)
-                return _Cut(encoded[:head] + body, first_bar + bar, tail)
+        # The whole seed if it fits. Otherwise the first cut on a bar whose index on the
+        # caller's timeline is a multiple of CUT_STEP_BARS: successive requests of a
+        # session (accompany mode asks every bar) then keep the same first bar until the
+        # cut has to move by a whole step, so each prompt begins like the previous one
+        # and the engine reuses its cache; cutting the fewest bars would move the first
+        # bar, and with it every token, at each request. Any cut that fits otherwise.
+        fitting = [c for c in candidates
+                   if head + len(encoded) - c[1] + (c[3] is not None) + len(tail) <= max_tokens]
+        if fitting:
+            uncut = fitting[0] if whole and fitting[0] is candidates[0] else None
+            aligned = next((c for c in fitting if (first_bar + c[0]) % CUT_STEP_BARS == 0),
+                           None)
+            bar, at, pitch_at, repair = uncut or aligned or fitting[0]
+            body = encoded[at:]
+            if repair is not None:
+                body.insert(pitch_at - at, repair)
+            return _Cut(encoded[:head] + body, first_bar + bar, tail)
     # No seed bar fits (or there is none): the stream starts at the start bar.
     return _Cut(encoded[:head], start_bar,
                 _start_tail(tokenizer, signature_id, bar=-1, position=-1, start_bar=0,

@@ -50,6 +50,35 @@ def test_seed_own_notes_only_when_asked():
     assert [n.pitch for n in window.notes(4.0, own_until=8.0)] == [60, 72, 74]
 
 
+@pytest.mark.parametrize(("now", "expected"), [
+    (16.0, 0.0), (19.9, 0.0), (20.0, 0.0), (31.9, 0.0), (32.0, 16.0), (47.5, 16.0),
+    (48.0, 32.0), (2.0, -16.0),
+])
+def test_the_anchored_window_starts_on_a_bar_and_moves_in_steps_of_its_bars(now, expected):
+    window = SeedWindow(bars=4, bar_length=4.0)
+    start = window.anchored_start(now)
+    assert start == expected
+    # Between `bars` and 2 * bars - 1 whole bars before the bar of `now`.
+    whole_bars = (now // 4.0 * 4.0 - start) / 4.0
+    assert 4 <= whole_bars <= 7
+
+
+def test_the_anchored_window_keeps_notes_the_sliding_one_has_dropped():
+    window = SeedWindow(bars=2, bar_length=4.0)
+    play(window, [(0.5, 1.0, 60), (5.0, 1.0, 62), (13.0, 1.0, 64)])
+    window.add_own([Note(1.0, 1.0, 48, 64), Note(14.0, 1.0, 50, 64)])
+    # At beat 15 the sliding window (beats 7-15) has only the last note; the anchored one
+    # (bars 0-3, steps of 2 bars) still starts at bar 0, even after the sliding call.
+    assert [n.pitch for n in window.notes(15.0)] == [64]
+    start = window.anchored_start(15.0)
+    assert start == 0.0
+    assert [n.pitch for n in window.notes(15.0, start=start)] == [60, 62, 64]
+    assert [n.pitch for n in window.own_notes(15.0, until=16.0, start=start)] == [48, 50]
+    # From bar 4 on it starts at bar 2: the notes before it are gone for good.
+    assert window.anchored_start(16.0) == 8.0
+    assert [n.pitch for n in window.notes(16.0, start=0.0)] == [64]
+
+
 @pytest.mark.parametrize(("beat", "step", "expected"), [
     (7.2, 4.0, 8.0), (8.0, 4.0, 8.0), (8.0000001, 4.0, 8.0), (8.01, 4.0, 12.0), (5.5, 1.0, 6.0),
 ])

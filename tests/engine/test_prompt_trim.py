@@ -8,7 +8,7 @@ import random
 import pytest
 
 from engine.grammar import VocabularyMasks
-from engine.prompt import build_prompt
+from engine.prompt import CUT_STEP_BARS, build_prompt
 from models.core.notes import ROLES, Note
 from models.core.protocol.messages import GenerateRequest
 from models.core.settings import TokensSettings
@@ -79,11 +79,18 @@ def test_a_trimmed_prompt_is_the_prompt_of_the_trimmed_seed(tokenizer):
             expected.grammar.bar, expected.grammar.position)
         if prompt.first_bar > full.first_bar:
             trimmed += 1
-            # The fewest bars were dropped: the seed from any earlier bar holding a note
-            # does not fit.
+            # The cut is on the earliest bar that holds a note and fits, among the bars
+            # that are multiples of CUT_STEP_BARS if one of those fits: the seed from
+            # any earlier such bar does not fit.
             bar = _bar_length(request.time_signature)
-            earlier = {int(n.onset // bar) for n in request.seed
-                       if full.first_bar <= n.onset // bar < prompt.first_bar}
+            noted = {int(n.onset // bar) for n in request.seed
+                     if full.first_bar <= n.onset // bar}
+            aligned = prompt.first_bar % CUT_STEP_BARS == 0
+            if not aligned:
+                assert not [b for b in noted if b > prompt.first_bar
+                            and b % CUT_STEP_BARS == 0 and b < full.start_bar + full.first_bar]
+            earlier = {b for b in noted if b < prompt.first_bar
+                       and (not aligned or b % CUT_STEP_BARS == 0)}
             if earlier:
                 longer = build_prompt(tokenizer, vocab, _from_bar(request, max(earlier),
                                                                   tokenizer), 100_000)
