@@ -10,8 +10,8 @@ uses are started and stopped by ``bridge.app.Melodyd``, which also runs the turn
 
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -249,8 +249,8 @@ class Daemon:
             # bars can meet the accompaniment; the last bar alone let it climb into the
             # next bar's melody).
             request = accompaniment_request(
-                self._accompany_settings(), style=self.style, facts=facts, temperature=self.temperature,
-                lead=player, own=own, recent_lead=player, heard=heard,
+                self._accompany_settings(), style=self.style, facts=facts,
+                temperature=self.temperature, lead=player, own=own, recent_lead=player, heard=heard,
                 time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
                 bars=trigger.bars)
         else:
