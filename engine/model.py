@@ -61,6 +61,25 @@ def resolve_model_path(model: str | Path | None = None, style: str | None = None
     return styles[style]
 
 
+# The oldest ONNX Runtime that runs melodyd's graphs: their GroupQueryAttention takes
+# per-row query lengths (its 17th input), so rows that sit a step out stay untouched.
+# pyproject.toml asks for the same (a test keeps the two equal).
+MIN_ONNXRUNTIME = (1, 32)
+
+
+def _runtime_too_old() -> str | None:
+    """A sentence saying the installed ONNX Runtime is too old, or ``None``."""
+    try:
+        installed = tuple(int(part) for part in ort.__version__.split(".")[:2])
+    except ValueError:  # a development build's version: let it try
+        return None
+    if installed >= MIN_ONNXRUNTIME:
+        return None
+    needed = ".".join(map(str, MIN_ONNXRUNTIME))
+    return (f"onnxruntime {ort.__version__} is older than {needed}, which melodyd's models "
+            f"need; upgrade it with `pip install -U 'onnxruntime>={needed}'`")
+
+
 def ort_errors() -> tuple[type[BaseException], ...]:
     """The exception types ONNX Runtime raises (they derive from ``Exception`` only)."""
     names = ("Fail", "InvalidArgument", "RuntimeException", "InvalidProtobuf", "InvalidGraph",
@@ -203,6 +222,9 @@ def load_model(path: str | Path, settings: EngineSettings | None = None) -> Load
         session = ort.InferenceSession(str(path), sess_options=session_options(settings),
                                        providers=providers)
     except ort_errors() as err:
+        too_old = _runtime_too_old()
+        if too_old is not None:
+            raise EngineError(f"{path} cannot be loaded: {too_old}") from err
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EngineError(f"{path} is not a readable ONNX model ({first[:200]}); "
                           f"{_HOW_TO_MAKE}") from err

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.model import installed_styles, load_model, resolve_model_path, session_options
+import engine.model
+from engine.model import (
+    MIN_ONNXRUNTIME,
+    installed_styles,
+    load_model,
+    resolve_model_path,
+    session_options,
+)
 from models.core.exceptions import EngineError
 from models.core.settings import EngineSettings
 
@@ -17,6 +24,32 @@ def test_a_text_file_is_refused_with_a_clear_error(tmp_path):
     with pytest.raises(EngineError,
                        match=r"notes\.onnx is not a readable ONNX model.*melody export"):
         load_model(path)
+
+
+def test_an_onnxruntime_too_old_for_the_graph_is_named_with_the_fix(tiny_onnx_model,
+                                                                     monkeypatch):
+    """onnxruntime 1.31 refuses the graph's GroupQueryAttention (17 inputs) as an invalid
+    model: the error names the version needed, not a broken file."""
+
+    def refuse(*_args, **_kwargs):
+        raise engine.model.ort.capi.onnxruntime_pybind11_state.InvalidGraph(
+            "has input size 17 not in range [min=7, max=16]")
+
+    monkeypatch.setattr(engine.model.ort, "InferenceSession", refuse)
+    monkeypatch.setattr(engine.model.ort, "__version__", "1.31.1")
+    with pytest.raises(EngineError, match=r"onnxruntime 1\.31\.1 is older than 1\.32.*pip"):
+        load_model(tiny_onnx_model)
+    # A current runtime that refuses the file: the file is the problem.
+    monkeypatch.setattr(engine.model.ort, "__version__", "1.32.0")
+    with pytest.raises(EngineError, match="is not a readable ONNX model"):
+        load_model(tiny_onnx_model)
+
+
+def test_the_install_asks_for_the_runtime_the_engine_needs():
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    needed = ".".join(map(str, MIN_ONNXRUNTIME))
+    assert f'"onnxruntime>={needed}"' in pyproject
+    assert f'"onnxruntime-gpu>={needed}"' in pyproject
 
 
 @pytest.mark.torch  # the onnx package (train extra) writes the foreign model
