@@ -18,7 +18,8 @@ from models.core.accompaniment import (
     accompaniment_steering,
     with_roles,
 )
-from models.core.meter import TimeSignature
+from models.core.chords import loop_hints, parse_chord_loop
+from models.core.meter import TimeSignature, bar_length
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest, Steering
 from models.core.settings import Settings
@@ -66,12 +67,19 @@ def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any]
             (``[sampling] candidates``); either ``None``: no deadline.
     """
     s = settings.sampling
+    steering = steering or Steering()
+    chords = settings.interaction.chords
+    if chords.strip():  # a chord loop: its chords for the bars asked for
+        steering = dataclasses.replace(
+            steering, chord_strength=settings.interaction.chord_strength,
+            chords=loop_hints(parse_chord_loop(chords), start_beat=start_beat, bars=bars,
+                              bar_length=bar_length(time_signature)))
     return GenerateRequest(
         seed=tuple(seed), start_beat=start_beat, bars=bars,
         time_signature=(time_signature[0], time_signature[1]), style=style,
         sampling=s.sampling_params(temperature),
         constraints=s.constraints(style_pitch_range(settings, facts)),
-        steering=steering or Steering(),
+        steering=steering,
         candidates=s.candidates_for(now_beat=now_beat, start_beat=start_beat, bpm=bpm))
 
 

@@ -43,7 +43,7 @@ from engine.grammar import VocabularyMasks
 from engine.model import LoadedModel
 from engine.prompt import build_prompt
 from engine.sampling import log_prob, sample
-from engine.steering import BarDensity, pitch_bias, steer
+from engine.steering import BarDensity, ChordBias, pitch_bias, steer
 from models.core.exceptions import EngineError
 from models.core.notes import LEAD, Note
 from models.core.protocol.messages import GenerateRequest, SamplingParams
@@ -157,6 +157,7 @@ class StyleDecoder:
                          grammar=prompt.grammar, end_bar=prompt.end_bar,
                          max_tokens=self.settings.max_tokens_per_bar * request.bars)
         gen.pitch_bias = pitch_bias(self.vocab, request.steering)
+        gen.chords = ChordBias.of(self.vocab, request.steering)
         if lead:
             if not self.vocab.role:
                 raise EngineError("a lead line to accompany needs a model with role tokens")
@@ -360,7 +361,13 @@ class StyleDecoder:
         forcing = gen.forcing
         token = forcing.next_forced(gen.grammar) if forcing is not None else None
         if token is None:
-            logits, allowed = steer(gen.logits, gen.grammar.allowed(), bias=gen.pitch_bias,
+            bias = gen.pitch_bias
+            if gen.chords is not None:
+                detok = gen.grammar.detok
+                chord = gen.chords.at(detok.time + detok.offset)
+                if chord is not None:
+                    bias = chord if bias is None else bias + chord
+            logits, allowed = steer(gen.logits, gen.grammar.allowed(), bias=bias,
                                     density=gen.density, bar_id=self.tokenizer.bar_id,
                                     eos_id=self.tokenizer.eos_id)
             token = sample(logits, gen.request.sampling, gen.rng, allowed)

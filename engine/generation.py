@@ -17,7 +17,7 @@ from engine.critic import CallProfile
 from engine.forcing import LeadForcing
 from engine.grammar import Grammar
 from engine.sampling import make_rng
-from engine.steering import BarDensity
+from engine.steering import BarDensity, ChordBias
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest
 
@@ -60,6 +60,7 @@ class Generation:
         # Steering (engine.steering): the pitch bias is built once per request by the
         # decoder; the density state follows the answer bar by bar.
         self.pitch_bias: np.ndarray | None = None
+        self.chords: ChordBias | None = None  # chord hints, by the next note's beat
         self.density: BarDensity | None = None
         # A known lead line written into the stream between sampled accompaniment
         # (engine.forcing; offline harmonization), or None.

@@ -12,14 +12,17 @@ note outright (except the floor below):
   more, so the answer is about as busy as the call;
 - **floor**: a bar may not end (``Bar``) before it holds ``min_notes`` notes, and the answer
   may not end early (``EOS``) at all, as long as the grammar leaves anything else to play:
-  no near-silent answer to a real call (an answer of one note then ``EOS`` was one).
+  no near-silent answer to a real call (an answer of one note then ``EOS`` was one);
+- **chords**: with chord hints, a pitch outside the chord hinted at the note's onset loses
+  ``chord_strength`` (the model knows no chords; this leans it onto given changes).
 
 All of it is written by hand: no library steers a token sampler this way. Costs one
-vector add per step (the pitch bias is built once per request).
+vector add per step (the pitch bias is built once per request, a chord's once per hint).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +51,47 @@ def pitch_bias(vocab: VocabularyMasks, steering: Steering) -> np.ndarray | None:
         values -= steering.register_strength * beyond / 12.0
     bias[is_pitch] = values
     return bias
+
+
+# Beats compare on the 1/12-beat grid; this absorbs float rounding.
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ChordBias:
+    """The pitch bias of each chord hint, looked up by the beat of the next note.
+
+    Attributes:
+        beats: where each hint starts (ascending).
+        biases: per hint, the logit bias per token ([V]: ``-strength`` on a ``Pitch``
+            outside the chord, 0 elsewhere), or ``None`` for "no chord".
+    """
+
+    beats: tuple[float, ...]
+    biases: tuple[np.ndarray | None, ...]
+
+    @classmethod
+    def of(cls, vocab: VocabularyMasks, steering: Steering) -> ChordBias | None:
+        """The biases of a request's hints, or ``None`` when it gives none (or strength 0)."""
+        if not steering.chords or steering.chord_strength <= 0:
+            return None
+        is_pitch = vocab.pitch >= 0
+        classes = vocab.pitch[is_pitch] % 12
+        biases = []
+        for hint in steering.chords:
+            if not hint.pitch_classes:
+                biases.append(None)
+                continue
+            bias = np.zeros(len(vocab.pitch), dtype=np.float32)
+            outside = ~np.isin(classes, hint.pitch_classes)
+            bias[np.flatnonzero(is_pitch)[outside]] = -steering.chord_strength
+            biases.append(bias)
+        return cls(tuple(h.beat for h in steering.chords), tuple(biases))
+
+    def at(self, beat: float) -> np.ndarray | None:
+        """The bias of the hint sounding at ``beat`` (``None`` before the first one)."""
+        index = bisect.bisect_right(self.beats, beat + _EPS) - 1
+        return self.biases[index] if index >= 0 else None
 
 
 @dataclass

@@ -51,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="first sampling seed")
     parser.add_argument("--config", type=Path, help="a config.toml merged over the defaults")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--chord-hints", action="store_true",
+                        help="give melodyd each POP909 song's labelled chords as hints "
+                             "(at [interaction] chord_strength), as a player would with "
+                             "--chords")
     parser.add_argument("--pop909", type=Path, metavar="DIR",
                         help="POP909 folder with songs/NNN/chord_midi.txt, for the chord "
                              "agreement of POP909 pieces (default: [data] data_root/pop909, "
@@ -140,6 +144,27 @@ def _piano_part(song_dir: Path, first: float, end: float) -> list[Note]:
                  n.role) for n in notes if first <= n.onset < end]
 
 
+def segment_hints(segment: Segment, root: Path | None, bars: int) -> tuple[Any, ...]:
+    """The POP909 labels of a segment's bars as chord hints on its timeline (``N``: a hint
+    of no chord), or none when its song has no labels."""
+    from models.analysis.chords import pop909_song_dir, read_song_chords  # noqa: PLC0415
+    from models.core.meter import bar_length  # noqa: PLC0415
+    from models.core.protocol.messages import ChordHint  # noqa: PLC0415
+
+    song = pop909_song_dir(segment.piece, root) if root and segment.piece else None
+    if song is None:
+        return ()
+    end = segment.first + bars * bar_length(segment.time_signature)
+    hints: list[ChordHint] = []
+    for span in read_song_chords(song).window(segment.first, end).spans:
+        hint = ChordHint(round(span.start, 6), tuple(sorted(span.pitch_classes)))
+        if hints and hint.beat <= hints[-1].beat:  # a zero-length span: the later wins
+            hints[-1] = hint
+        else:
+            hints.append(hint)
+    return tuple(hints)
+
+
 def chord_figures(segments: list[Segment], made: list[list[Note]], root: Path | None,
                   bars: int) -> dict[str, Any] | None:
     """Chord agreement with POP909's labels over the segments whose song has them.
@@ -202,11 +227,13 @@ def run(args: argparse.Namespace) -> int:
     chord_rows: list[dict[str, Any]] = []
     for style in styles:
         real_pairs, made_pairs, bar_seconds = [], [], []
-        for number, (lead, real, signature, _, _) in enumerate(segments.get(style, [])):
+        for number, segment in enumerate(segments.get(style, [])):
+            lead, real, signature = segment.lead, segment.accompaniment, segment.time_signature
+            hints = segment_hints(segment, root, args.bars) if args.chord_hints else ()
             started = time.perf_counter()
             made = harmonize(decoder, lead, settings=settings, style=style,
                              time_signature=signature, seed=args.seed + 100 * number,
-                             bars=args.bars)
+                             bars=args.bars, chords=hints)
             bar_seconds.append((time.perf_counter() - started) / args.bars)
             real_pairs.append((lead, real))
             made_pairs.append((lead, made))

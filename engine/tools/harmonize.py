@@ -21,6 +21,7 @@ from engine.streams import vocabulary_pitch_range
 from models.core.exceptions import EngineError
 from models.core.meter import bar_length
 from models.core.notes import Note
+from models.core.protocol.messages import ChordHint
 from models.core.settings import Settings
 
 
@@ -37,9 +38,20 @@ def bar_count(melody: Sequence[Note], time_signature: tuple[int, int]) -> int:
     return max(1, math.ceil(max((n.end for n in melody), default=length) / length - 1e-9))
 
 
+def hints_between(chords: Sequence[ChordHint], start: float,
+                  end: float) -> tuple[ChordHint, ...]:
+    """The hints sounding in ``[start, end)``: the one in force at ``start`` (moved to it)
+    and those that begin inside."""
+    before = [h for h in chords if h.beat <= start + 1e-9]
+    inside = tuple(h for h in chords if start + 1e-9 < h.beat < end - 1e-9)
+    if before:
+        return (ChordHint(start, before[-1].pitch_classes), *inside)
+    return inside
+
+
 def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settings,
               style: str, time_signature: tuple[int, int], seed: int | None = None,
-              bars: int | None = None,
+              bars: int | None = None, chords: Sequence[ChordHint] = (),
               on_bar: Callable[[int], None] | None = None) -> list[Note]:
     """The accompaniment of ``melody`` (onsets >= 0), bar by bar from bar 0.
 
@@ -51,6 +63,9 @@ def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settin
         time_signature: the melody's time signature.
         seed: sampling seed of the first bar (bar ``i`` uses ``seed + i``), or ``None``.
         bars: how many bars (default: up to the melody's last note).
+        chords: chord hints on the melody's timeline (ascending beats), e.g. a song's
+            labelled chords; each bar gets those sounding in it, at ``[interaction]
+            chord_strength``, instead of the ``[interaction] chords`` loop.
         on_bar: called with each finished bar's index (progress).
 
     Raises:
@@ -80,6 +95,10 @@ def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settin
             settings, style=style, facts=facts, temperature=settings.sampling.temperature,
             lead=lead, own=own, recent_lead=this_bar or lead[-8:], heard=heard,
             time_signature=time_signature, start_beat=start, bars=1)
+        if chords:
+            request = dataclasses.replace(request, steering=dataclasses.replace(
+                request.steering, chords=hints_between(chords, start, end),
+                chord_strength=settings.interaction.chord_strength))
         if seed is not None:
             request = dataclasses.replace(
                 request, sampling=dataclasses.replace(request.sampling, seed=seed + bar))

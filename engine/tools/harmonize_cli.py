@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bars", type=int, help="accompany only the first N bars")
     parser.add_argument("--seed", type=int, help="sampling seed (same seed, same output)")
     parser.add_argument("--temperature", type=float, help="sampling temperature")
+    parser.add_argument("--chords", metavar='"C G Am F"',
+                        help="a chord loop, one chord a bar from the melody's first bar "
+                             "([interaction] chords): the accompaniment leans onto it")
     parser.add_argument("--config", type=Path,
                         help="a config.toml merged over the defaults ([interaction] "
                              "accompany_*, [sampling])")
@@ -52,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from models.core.settings import load_settings  # noqa: PLC0415
     from models.data.midifile import read_midi, write_midi  # noqa: PLC0415
 
-    overrides = {} if args.temperature is None else {"sampling": {"temperature":
-                                                                   args.temperature}}
+    overrides: dict[str, dict[str, object]] = {
+        "sampling": {"temperature": args.temperature},
+        "interaction": {"chords": args.chords}}
     settings = load_settings(args.config, overrides)
     model, style = model_and_style(args.model, args.style, settings.engine)
     midi = read_midi(args.melody)

@@ -8,10 +8,8 @@ of every beat in its first column. Both count seconds of the song's MIDI file, s
 map turns them into the beats (quarter notes from the file's start) that melodyd's tokens
 count (a dataset piece's note at tick ``t`` sits at beat ``t / ticks_per_quarter``).
 
-Written by hand: no library installed here reads this label format as such (music21's
-``harmony.ChordSymbol`` reads lead-sheet symbols such as ``F#m7``, not ``F#:min7`` with
-degree inversions; the ``harte`` package is not installed), and the table of qualities
-below is a few lines.
+The labels' pitch classes come from ``models.core.chords`` (one table of qualities for
+these labels and for the chord symbols a musician types).
 
 **Chord agreement**: at each beat of the song (``beat_midi.txt``), a little after the beat
 (``SAMPLE_DELAY``, so that a note quantized onto the 1/12-beat grid just after it counts),
@@ -28,99 +26,13 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from models.core.chords import chord_pitch_classes
 from models.core.notes import Note
-
-NO_CHORD = "N"
-
-# Semitones above the root of each quality POP909 uses (all of them, with their counts
-# over the 909 songs: maj 60 k, min 38 k, sus2 5.7 k, min7 5.1 k, maj7 3.2 k, sus4 2.8 k,
-# 7 1.6 k, sus4(b7) 1.2 k, maj6 723, dim 640, hdim7 207, aug 178, min6 58, dim7 56,
-# minmaj7 36), and a few more of Harte's shorthands.
-QUALITIES: dict[str, tuple[int, ...]] = {
-    "maj": (0, 4, 7),
-    "min": (0, 3, 7),
-    "dim": (0, 3, 6),
-    "aug": (0, 4, 8),
-    "sus2": (0, 2, 7),
-    "sus4": (0, 5, 7),
-    "sus4(b7)": (0, 5, 7, 10),
-    "7": (0, 4, 7, 10),
-    "maj7": (0, 4, 7, 11),
-    "min7": (0, 3, 7, 10),
-    "minmaj7": (0, 3, 7, 11),
-    "dim7": (0, 3, 6, 9),
-    "hdim7": (0, 3, 6, 10),
-    "maj6": (0, 4, 7, 9),
-    "min6": (0, 3, 7, 9),
-    "9": (0, 4, 7, 10, 2),
-    "maj9": (0, 4, 7, 11, 2),
-    "min9": (0, 3, 7, 10, 2),
-    "5": (0, 7),
-    "1": (0,),
-}
-
-# Harte's scale degrees (an inversion's bass, ``/3``, ``/b7``...): semitones above the root.
-DEGREES = {"1": 0, "2": 2, "3": 4, "4": 5, "5": 7, "6": 9, "7": 11, "9": 2, "11": 5, "13": 9}
-
-_NOTE_NAMES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-_ROOT = re.compile(r"^([A-G])([#b]*)$")
-_DEGREE = re.compile(r"^([#b]*)(\d+)$")
 
 # How far after a beat the accompaniment is read (beats): more than half of the tokens'
 # 1/12-beat grid, so a note the tokenizer moved just after the beat is still "on" it.
 SAMPLE_DELAY = 1 / 12
 _EPS = 1e-6
-
-
-def _accidentals(text: str) -> int:
-    return text.count("#") - text.count("b")
-
-
-def pitch_class(name: str) -> int:
-    """The pitch class (0 = C) of a note name such as ``C``, ``F#``, ``Bb``.
-
-    Raises:
-        ValueError: not a note name.
-    """
-    match = _ROOT.match(name)
-    if not match:
-        raise ValueError(f"not a note name: {name!r}")
-    return (_NOTE_NAMES[match.group(1)] + _accidentals(match.group(2))) % 12
-
-
-def degree_interval(degree: str) -> int:
-    """Semitones above the root of a Harte degree such as ``3``, ``b7``, ``#5``.
-
-    Raises:
-        ValueError: not a degree.
-    """
-    match = _DEGREE.match(degree)
-    if not match or match.group(2) not in DEGREES:
-        raise ValueError(f"not a scale degree: {degree!r}")
-    return (DEGREES[match.group(2)] + _accidentals(match.group(1))) % 12
-
-
-def chord_pitch_classes(label: str) -> frozenset[int]:
-    """The pitch classes of a chord label: root plus its quality's intervals, plus the bass.
-
-    ``B:maj`` -> {11, 3, 6}; ``C:maj/7`` -> {0, 4, 7, 11} (the bass B is a tone of what
-    sounds); ``N`` (no chord) -> the empty set. A root without a quality is a major triad.
-
-    Raises:
-        ValueError: an unknown root, quality or degree.
-    """
-    label = label.strip()
-    if label in (NO_CHORD, "X", ""):
-        return frozenset()
-    root_text, _, rest = label.partition(":")
-    quality, _, bass = (rest or "maj").partition("/")
-    if quality not in QUALITIES:
-        raise ValueError(f"unknown chord quality {quality!r} in {label!r}")
-    root = pitch_class(root_text)
-    tones = {(root + step) % 12 for step in QUALITIES[quality]}
-    if bass:
-        tones.add((root + degree_interval(bass)) % 12)
-    return frozenset(tones)
 
 
 @dataclasses.dataclass(frozen=True)

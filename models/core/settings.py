@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from models.core.chords import parse_chord_loop
 from models.core.exceptions import ConfigError, ProtocolError
 from models.core.meter import parse_time_signature
 from models.core.paths import default_config_path
@@ -217,6 +218,16 @@ class InteractionSettings:
     accompany_density: float = setting(1.5, low=0.1, high=8.0)
     accompany_key_strength: float = setting(0.5, low=0.0, high=20.0)
     accompany_polyphony: int = setting(4, low=0, high=16)
+    chords: str = setting("")
+    chord_strength: float = setting(3.0, low=0.0, high=20.0)
+
+    def check(self) -> None:
+        """Reject a chord loop the engine could not be given (``models.core.chords``)."""
+        if self.chords.strip():
+            try:
+                parse_chord_loop(self.chords)
+            except ValueError as err:
+                raise ConfigError(f"[interaction] chords: {err}") from err
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,3 +93,24 @@ def test_a_prompt_cut_to_fit_keeps_its_first_bar_from_request_to_request(decoder
                for (total, _), (following, _) in itertools.pairwise(figures[3:7]))
     share = [reused / total for total, reused in figures[5:]]
     assert sum(s > 0.5 for s in share) >= len(share) - 3, figures
+
+
+def test_a_chord_loop_gives_each_requested_bar_its_chord():
+    """[interaction] chords reaches the engine as one hint per bar asked for, whichever
+    mode asks (accompany requests are built on the answers' request)."""
+    settings = Settings()
+    settings = dataclasses.replace(settings, interaction=dataclasses.replace(
+        settings.interaction, chords="C G Am F", chord_strength=4.0))
+    request = accompaniment_request(
+        settings, style="pop", facts={"roles": True}, temperature=1.0,
+        lead=_melody(0, 4), own=[], recent_lead=_melody(0, 4), heard=Steering(),
+        time_signature=(4, 4), start_beat=20.0, bars=2)
+    steering = request.steering
+    assert steering.chord_strength == 4.0
+    assert [(h.beat, h.pitch_classes) for h in steering.chords] == [
+        (20.0, (2, 7, 11)), (24.0, (0, 4, 9))]  # bars 5 and 6: G, Am
+    plain = accompaniment_request(
+        Settings(), style="pop", facts={"roles": True}, temperature=1.0,
+        lead=_melody(0, 4), own=[], recent_lead=_melody(0, 4), heard=Steering(),
+        time_signature=(4, 4), start_beat=20.0, bars=2)
+    assert plain.steering.chords == () and plain.steering.chord_strength == 0.0

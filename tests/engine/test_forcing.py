@@ -8,7 +8,7 @@ import pytest
 
 from engine.decoder import StyleDecoder
 from engine.model import load_model
-from engine.tools.harmonize import harmonize
+from engine.tools.harmonize import harmonize, hints_between
 from models.core.accompaniment import (
     MIN_ROOM,
     accompaniment_constraints,
@@ -17,7 +17,13 @@ from models.core.accompaniment import (
 )
 from models.core.exceptions import EngineError
 from models.core.notes import Note
-from models.core.protocol.messages import Constraints, GenerateRequest, SamplingParams, Steering
+from models.core.protocol.messages import (
+    ChordHint,
+    Constraints,
+    GenerateRequest,
+    SamplingParams,
+    Steering,
+)
 from models.core.settings import EngineSettings, InteractionSettings, Settings
 from models.core.streaming import StreamingDetokenizer
 from models.data.midifile import read_midi, write_midi
@@ -105,6 +111,31 @@ def test_harmonize_accompanies_bar_by_bar_under_the_melody(decoder):
     for note in notes:  # under the lowest melody note of its bar
         bar = [m.pitch for m in MELODY if int(m.onset // 4) == int(note.onset // 4)]
         assert not bar or note.pitch < min(bar)
+
+
+def test_each_bar_gets_the_chord_hints_sounding_in_it():
+    hints = (ChordHint(0.0, (0, 4, 7)), ChordHint(6.0, (5, 9, 0)), ChordHint(8.0, ()))
+    assert hints_between(hints, 0.0, 4.0) == (ChordHint(0.0, (0, 4, 7)),)
+    assert hints_between(hints, 4.0, 8.0) == (ChordHint(4.0, (0, 4, 7)), ChordHint(6.0, (5, 9, 0)))
+    assert hints_between(hints, 8.0, 12.0) == (ChordHint(8.0, ()),)
+    assert hints_between(hints[1:], 0.0, 4.0) == ()
+
+
+def test_harmonize_leans_onto_the_chords_it_is_given(decoder):
+    """Strong hints (C major, then F major from bar 2) put the random model's
+    accompaniment on each bar's chord tones; without hints it is not."""
+    hints = (ChordHint(0.0, (0, 4, 7)), ChordHint(8.0, (0, 5, 9)))
+
+    def on_chord(settings: Settings) -> float:
+        notes = harmonize(decoder, MELODY, settings=settings, style="pop",
+                          time_signature=(4, 4), seed=5, chords=hints)
+        assert notes
+        return sum(n.pitch % 12 in (hints[0] if n.onset < 8.0 else hints[1]).pitch_classes
+                   for n in notes) / len(notes)
+
+    strong = Settings(interaction=InteractionSettings(chord_strength=15.0))
+    off = Settings(interaction=InteractionSettings(chord_strength=0.0))
+    assert on_chord(strong) > 0.95 > on_chord(off)
 
 
 def test_melody_harmonize_writes_lead_and_accompaniment_tracks(tmp_path, tiny_conditioned_onnx,

@@ -10,10 +10,15 @@ import pytest
 from engine.decoder import StyleDecoder
 from engine.grammar import VocabularyMasks
 from engine.model import load_model
-from engine.steering import BarDensity, pitch_bias, steer
+from engine.steering import BarDensity, ChordBias, pitch_bias, steer
 from models.core import protocol
 from models.core.notes import Note
-from models.core.protocol.messages import GenerateRequest, SamplingParams, Steering
+from models.core.protocol.messages import (
+    ChordHint,
+    GenerateRequest,
+    SamplingParams,
+    Steering,
+)
 from models.core.settings import EngineSettings
 from models.core.tonality import Key, parse_key
 
@@ -125,7 +130,8 @@ def test_density_steering_sets_how_busy_each_bar_is_and_the_floor_fills_every_ba
 def test_steering_crosses_the_wire_and_back():
     steering = Steering(key=parse_key("Bb minor"), key_strength=2.5, register_center=64.5,
                         register_width=9, register_strength=1.0, notes_per_bar=6.0,
-                        density_strength=1.5, min_notes=2)
+                        density_strength=1.5, min_notes=2, chord_strength=4.0,
+                        chords=(ChordHint(8.0, (0, 4, 7)), ChordHint(10.5, ())))
     request = dataclasses.replace(
         GenerateRequest(seed=(), start_beat=4.0, style="s"), steering=steering)
     message = protocol.GenerateMessage(id="g", session="s", request=request)
@@ -139,10 +145,51 @@ def test_steering_crosses_the_wire_and_back():
 @pytest.mark.parametrize(("field", "value", "needle"), [
     ("key", "H major", "steering.key"), ("key", 5, "steering.key"),
     ("key_strength", -1, "steering.key_strength"), ("min_notes", 99, "steering.min_notes"),
-    ("keystrength", 1, "did you mean")])
+    ("keystrength", 1, "did you mean"),
+    ("chords", {"beat": 0}, "steering.chords must be a list"),
+    ("chords", [{"beat": 4, "pitch_classes": [0, 12]}], r"steering.chords\[0\].pitch_classes"),
+    ("chords", [{"beat": 4, "pitch_classes": [0]}, {"beat": 4, "pitch_classes": [2]}],
+     r"steering.chords\[1\].beat must be after"),
+    ("chords", [{"beat": -1, "pitch_classes": [0]}], r"steering.chords\[0\].beat"),
+    ("chords", [{"beat": 4}], r"steering.chords\[0\] needs beat and pitch_classes"),
+    ("chords", [{"beat": 4, "pitch_classes": [0], "root": 0}], "unknown field"),
+    ("chords", [{"beat": float(b), "pitch_classes": [0]} for b in range(257)], "at most 256"),
+    ("chord_strength", 21, "steering.chord_strength")])
 def test_bad_steering_is_refused_with_the_field_named(field, value, needle):
     frame = protocol.GenerateMessage(id="g", session="s", request=GenerateRequest(
         seed=(), start_beat=4.0, style="s")).to_json()
     frame["steering"] = {field: value}
     with pytest.raises(protocol.ProtocolError, match=needle):
         protocol.parse_request(frame)
+
+
+def test_a_chord_hint_biases_only_pitches_outside_it_from_its_beat(vocab):
+    steering = Steering(chord_strength=5.0,
+                        chords=(ChordHint(4.0, (0, 4, 7)), ChordHint(8.0, ())))
+    chords = ChordBias.of(vocab, steering)
+    assert chords is not None and chords.at(3.9) is None and chords.at(8.0) is None
+    bias = chords.at(4.0)
+    is_pitch = vocab.pitch >= 0
+    outside = is_pitch & ~np.isin(vocab.pitch % 12, (0, 4, 7))
+    assert np.all(bias[outside] == -5.0)
+    assert np.all(bias[~outside] == 0.0)  # chord tones and every other token untouched
+    assert chords.at(7.99) is bias
+    assert ChordBias.of(vocab, dataclasses.replace(steering, chord_strength=0.0)) is None
+    assert ChordBias.of(vocab, Steering()) is None
+
+
+def test_strong_chord_hints_put_each_bar_on_its_chord(model):
+    """C major for the answer's first bar, F# major for its second: the random model
+    plays each bar's chord tones (a note takes the chord of its onset)."""
+    c_major, f_sharp = (0, 4, 7), (1, 6, 10)
+    hints = (ChordHint(8.0, c_major), ChordHint(12.0, f_sharp))
+
+    def on_chord(steering: Steering) -> float:
+        notes = [n for answer in _answers(model, steering, range(6)) for n in answer]
+        assert notes
+        return float(np.mean([n.pitch % 12 in (c_major if n.onset < 12.0 else f_sharp)
+                              for n in notes]))
+
+    free = on_chord(Steering(chords=hints))  # strength 0: hints given, no bias
+    steered = on_chord(Steering(chords=hints, chord_strength=12.0))
+    assert steered > 0.95 > free

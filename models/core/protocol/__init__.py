@@ -28,6 +28,7 @@ from models.core.protocol.limits import (
 from models.core.protocol.messages import (
     CancelRequest,
     Candidates,
+    ChordHint,
     Constraints,
     DoneReply,
     ErrorReply,
@@ -62,6 +63,7 @@ __all__ = [
     "REQUEST_TYPES",
     "CancelRequest",
     "Candidates",
+    "ChordHint",
     "Constraints",
     "DoneReply",
     "ErrorReply",

@@ -20,6 +20,7 @@ from models.core.protocol.limits import (
     BPM_RANGE,
     MAX_BEAT,
     MAX_CANDIDATES,
+    MAX_CHORD_HINTS,
     MAX_ID_CHARS,
     MAX_POLYPHONY,
     MAX_READY_MS,
@@ -29,13 +30,21 @@ from models.core.protocol.limits import (
     MAX_TOP_K,
     TEMPERATURE_RANGE,
 )
-from models.core.protocol.messages import Candidates, Constraints, SamplingParams, Steering
+from models.core.protocol.messages import (
+    Candidates,
+    ChordHint,
+    Constraints,
+    SamplingParams,
+    Steering,
+)
 from models.core.tonality import parse_key
 
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "seed", "greedy")
 CONSTRAINT_FIELDS = ("pitch_min", "pitch_max", "scale", "max_polyphony", "role")
 STEERING_FIELDS = ("key", "key_strength", "register_center", "register_width",
-                   "register_strength", "notes_per_bar", "density_strength", "min_notes")
+                   "register_strength", "notes_per_bar", "density_strength", "min_notes",
+                   "chords", "chord_strength")
+CHORD_FIELDS = ("beat", "pitch_classes")
 CANDIDATE_FIELDS = ("n", "bpm", "ready_ms")
 MAX_STEERING_STRENGTH = 20.0
 MAX_MIN_NOTES = 32
@@ -286,6 +295,7 @@ def steering(value: Any) -> Steering:
     if per_bar is not None:
         per_bar = number(per_bar, "steering.notes_per_bar", 0.0, 256.0)
     return Steering(
+        chords=chord_hints(obj.get("chords", [])), chord_strength=strength("chord_strength"),
         key=key, key_strength=strength("key_strength"), register_center=center,
         register_width=number(obj.get("register_width", defaults.register_width),
                               "steering.register_width", 0.0, 127.0),
@@ -293,6 +303,38 @@ def steering(value: Any) -> Steering:
         density_strength=strength("density_strength"),
         min_notes=integer(obj.get("min_notes", defaults.min_notes), "steering.min_notes", 0,
                           MAX_MIN_NOTES))
+
+
+def chord_hints(value: Any) -> tuple[ChordHint, ...]:
+    """``steering.chords``: a list of ``{beat, pitch_classes}`` by ascending beat.
+
+    Raises:
+        ProtocolError: ``invalid``.
+    """
+    if not isinstance(value, list):
+        raise invalid(f"steering.chords must be a list of {{beat, pitch_classes}} "
+                      f"(received {short(value)})")
+    if len(value) > MAX_CHORD_HINTS:
+        raise invalid(f"steering.chords holds at most {MAX_CHORD_HINTS} hints "
+                      f"(received {len(value)})")
+    hints = []
+    for index, item in enumerate(value):
+        where = f"steering.chords[{index}]"
+        obj = json_object(item, where)
+        reject_unknown(obj, CHORD_FIELDS, f"{where}.")
+        if "beat" not in obj or "pitch_classes" not in obj:
+            raise invalid(f"{where} needs beat and pitch_classes")
+        beat = number(obj["beat"], f"{where}.beat", 0.0, MAX_BEAT)
+        if hints and beat <= hints[-1].beat:
+            raise invalid(f"{where}.beat must be after the previous hint's "
+                          f"({_beats(hints[-1].beat)}; received {_beats(beat)})")
+        classes = obj["pitch_classes"]
+        if not isinstance(classes, list) or len(classes) > 12:
+            raise invalid(f"{where}.pitch_classes must be a list of at most 12 pitch "
+                          f"classes 0-11 (received {short(classes)})")
+        values = sorted({integer(c, f"{where}.pitch_classes", 0, 11) for c in classes})
+        hints.append(ChordHint(beat, tuple(values)))
+    return tuple(hints)
 
 
 def candidates(value: Any) -> Candidates:

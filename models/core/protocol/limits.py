@@ -41,6 +41,8 @@ MAX_POLYPHONY = 16
 # Best-of-N: candidates decoded per bar of an answer (each is one more row of the batched
 # model call; 8 rows already cost the 2-core CPU about 4 rows' time, see docs/jam.md).
 MAX_CANDIDATES = 8
+# Chord hints in one request's steering: one a beat over MAX_BARS bars of 4/4 is plenty.
+MAX_CHORD_HINTS = 256
 # The tempo a deadline is reckoned at (``candidates.bpm``), and the furthest deadline.
 BPM_RANGE = (1.0, 1000.0)
 MAX_READY_MS = 3_600_000.0

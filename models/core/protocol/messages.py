@@ -101,6 +101,23 @@ class Constraints:
 
 
 @dataclass(frozen=True)
+class ChordHint:
+    """A chord the answer should sound from ``beat`` on (until the next hint).
+
+    Attributes:
+        beat: where the chord starts, on the request's timeline.
+        pitch_classes: its tones (0 = C), sorted; empty: no chord (no bias from here).
+    """
+
+    beat: float
+    pitch_classes: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The hint as an object of ``steering.chords``."""
+        return {"beat": self.beat, "pitch_classes": list(self.pitch_classes)}
+
+
+@dataclass(frozen=True)
 class Steering:
     """Soft biases that make an answer follow the call (``engine.steering``); all off by
     default, so a request without them samples the model as it is.
@@ -114,6 +131,9 @@ class Steering:
         notes_per_bar: the call's notes per bar (``None``: no density bias).
         density_strength: logit bias of moving on to the next bar, at full gap (0 = off).
         min_notes: a bar may not end before it holds this many notes (0 = no floor).
+        chords: chord hints by beat (ascending): pitches outside the chord sounding at a
+            note's onset lose ``chord_strength`` (none before the first hint).
+        chord_strength: logit penalty of a pitch outside the hinted chord (0 = off).
     """
 
     key: Key | None = None
@@ -124,6 +144,8 @@ class Steering:
     notes_per_bar: float | None = None
     density_strength: float = 0.0
     min_notes: int = 0
+    chords: tuple[ChordHint, ...] = ()
+    chord_strength: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The ``steering`` object."""
@@ -132,7 +154,9 @@ class Steering:
                 "register_width": self.register_width,
                 "register_strength": self.register_strength,
                 "notes_per_bar": self.notes_per_bar,
-                "density_strength": self.density_strength, "min_notes": self.min_notes}
+                "density_strength": self.density_strength, "min_notes": self.min_notes,
+                "chords": [hint.to_json() for hint in self.chords],
+                "chord_strength": self.chord_strength}
 
 
 @dataclass(frozen=True)

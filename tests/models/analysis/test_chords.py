@@ -10,13 +10,13 @@ import pytest
 from models.analysis.chords import (
     SongChords,
     chord_agreement,
-    chord_pitch_classes,
     parse_chord_lines,
     pop909_song_dir,
     read_song_chords,
     seconds_to_beats,
     transposed,
 )
+from models.core.chords import chord_pitch_classes
 from models.core.notes import Note
 
 # POP909 as this project's machines hold it (../shared/corpora from the project's root).

@@ -106,9 +106,11 @@ def test_no_did_you_mean_without_a_near_miss(tmp_path):
     ("[sampling]\npitch_min = 90\npitch_max = 60\n", ["pitch_min must be <= pitch_max",
                                                       "90 > 60"]),
     ("[engine]\nmax_message_bytes = 10\n", ["[engine] max_message_bytes", "10"]),
+    ("[interaction]\nchords = 'C G Hm'\n", ["[interaction] chords", "not a chord symbol",
+                                            "'Hm'"]),
 ], ids=["type", "range", "bool-for-number", "choice", "float-for-int", "int-for-bool",
         "int-for-string", "channel-zero", "not-a-list", "pitch-class", "pitch-order",
-        "message-bytes"])
+        "message-bytes", "chord-loop"])
 def test_bad_values_name_the_key_and_the_value(tmp_path, text, pieces):
     message = refusal(tmp_path, text)
     for piece in pieces:
