@@ -135,6 +135,21 @@ def test_refuses_what_it_cannot_carry_and_a_closed_client(pair):
 
 
 @needs_native
+def test_a_closed_client_refuses_every_call_that_needs_its_handle(pair):
+    """After close the C handle is freed memory: a call that passed it read (or wrote)
+    freed memory instead of raising."""
+    a, b, _ = pair
+    a.close()
+    for call in (lambda: a.list_ports(readable=True), lambda: a.connections(b.input_name),
+                 lambda: a.connect(b.output_name, b.input_name)):
+        with pytest.raises(BridgeError, match="closed"):
+            call()
+    assert not a.shut_down
+    assert a.dropped() == (0, 0)
+    assert b.output_name in b.list_ports(readable=True)  # only the closed one refuses
+
+
+@needs_native
 def test_open_ports_uses_one_client_and_connects_to_named_ports(jack_server):
     inbox = Inbox()
     daw = JackClient("fake-daw", "midi in", "midi out", callback=inbox)
