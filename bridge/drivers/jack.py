@@ -57,7 +57,7 @@ class _Api:
         c = ctypes
         self.open = _fn(lib.mm_open, c.c_void_p, [c.c_char_p, c.c_char_p, c.c_char_p, c.c_int,
                                                   c.c_uint32, c.c_char_p, c.c_size_t])
-        self.close = _fn(lib.mm_close, None, [c.c_void_p])
+        self.close = _fn(lib.mm_close, c.c_int, [c.c_void_p])
         self.drain = _fn(lib.mm_drain, c.c_int, [c.c_void_p, c.c_double])
         self.port_name = _fn(lib.mm_port_name, c.c_char_p, [c.c_void_p, c.c_int])
         self.connect = _fn(lib.mm_connect, c.c_int, [c.c_void_p, c.c_char_p, c.c_char_p])
@@ -273,7 +273,13 @@ class JackClient:
             logger.warning("MIDI input callback still busy; leaving the JACK client open")
             return
         # No Python runs in JACK's thread, so closing cannot deadlock against a callback.
-        self._api.close(self._handle)
+        if self._api.close(self._handle) != 0:
+            # A libjack thread is still inside the shutdown callback, which writes to the
+            # pipe: the C side kept its memory, and the pipe stays open (a closed fd number
+            # can be reused by any file, which would get the byte).
+            logger.warning("the JACK shutdown callback is still running; leaving the "
+                           "client's memory and wake-up pipe allocated")
+            return
         self._close_pipe()
 
     def _close_pipe(self) -> None:
