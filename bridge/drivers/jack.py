@@ -57,7 +57,7 @@ class _Api:
         c = ctypes
         self.open = _fn(lib.mm_open, c.c_void_p, [c.c_char_p, c.c_char_p, c.c_char_p, c.c_int,
                                                   c.c_uint32, c.c_char_p, c.c_size_t])
-        self.close = _fn(lib.mm_close, None, [c.c_void_p])
+        self.close = _fn(lib.mm_close, c.c_int, [c.c_void_p])
         self.drain = _fn(lib.mm_drain, c.c_int, [c.c_void_p, c.c_double])
         self.port_name = _fn(lib.mm_port_name, c.c_char_p, [c.c_void_p, c.c_int])
         self.connect = _fn(lib.mm_connect, c.c_int, [c.c_void_p, c.c_char_p, c.c_char_p])
@@ -134,7 +134,10 @@ class JackClient:
                               "C compiler present, or use python-rtmidi's JACK ports")
         self._api = api
         self._callback = callback
-        self._send_lock = threading.Lock()  # the C output ring has a single producer
+        # Held by every call that passes the C handle (and so by the output ring's single
+        # producer): close() sets _closed under it before the handle is freed, so no call
+        # can use freed memory; the reader thread is joined instead.
+        self._send_lock = threading.Lock()
         self._closed = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -157,22 +160,30 @@ class JackClient:
 
     # ------------------------------------------------------------------ ports
     def list_ports(self, *, readable: bool) -> list[str]:
-        """Full names of the MIDI ports we can read from (``readable``) or write to."""
-        return self._names(lambda buffer, size: self._api.list_ports(
-            self._handle, int(readable), buffer, size)) or []
+        """Full names of the MIDI ports we can read from (``readable``) or write to.
+
+        Raises:
+            BridgeError: the client is closed.
+        """
+        return self._names(lambda handle, buffer, size: self._api.list_ports(
+            handle, int(readable), buffer, size)) or []
 
     def connections(self, port: str) -> list[str] | None:
-        """Full names of the ports connected to ``port`` (any client's); None if it is gone."""
-        return self._names(lambda buffer, size: self._api.connections(
-            self._handle, port.encode(), buffer, size))
+        """Full names of the ports connected to ``port`` (any client's); None if it is gone.
 
-    @staticmethod
-    def _names(fill: Callable[[Any, int], int]) -> list[str] | None:
+        Raises:
+            BridgeError: the client is closed.
+        """
+        return self._names(lambda handle, buffer, size: self._api.connections(
+            handle, port.encode(), buffer, size))
+
+    def _names(self, fill: Callable[[Any, Any, int], int]) -> list[str] | None:
         """Call a C lister with a growing buffer; its lines, or None if it returned 0."""
         size = 4096
         while True:
             buffer = ctypes.create_string_buffer(size)
-            needed = fill(buffer, size)
+            with self._send_lock:
+                needed = fill(self._open_handle(), buffer, size)
             if needed == 0:
                 return None
             if needed <= size:
@@ -183,10 +194,24 @@ class JackClient:
         """Connect two ports by full name.
 
         Raises:
-            BridgeError: JACK refused (a name is wrong, or the types differ).
+            BridgeError: JACK refused (a name is wrong, or the types differ), or the
+                client is closed.
         """
-        if self._api.connect(self._handle, source.encode(), destination.encode()) != 0:
+        with self._send_lock:
+            result = self._api.connect(self._open_handle(), source.encode(),
+                                       destination.encode())
+        if result != 0:
             raise BridgeError(f"JACK could not connect {source!r} to {destination!r}")
+
+    def _open_handle(self) -> ctypes.c_void_p:
+        """The C handle, for a caller holding ``_send_lock``.
+
+        Raises:
+            BridgeError: the client is closed (its handle is freed memory).
+        """
+        if self._closed:
+            raise BridgeError("the JACK client is closed")
+        return self._handle
 
     # ------------------------------------------------------------------ output
     def send(self, message: mido.Message, when: float = 0.0) -> None:
@@ -200,9 +225,7 @@ class JackClient:
         """
         data = bytes(message.bytes())
         with self._send_lock:
-            if self._closed:
-                raise BridgeError("the JACK client is closed")
-            result = self._api.send(self._handle, data, len(data), when)
+            result = self._api.send(self._open_handle(), data, len(data), when)
         if result == -3:
             raise BridgeError("the JACK server has gone")
         if result == -2:
@@ -214,14 +237,16 @@ class JackClient:
     # ------------------------------------------------------------------ state
     @property
     def shut_down(self) -> bool:
-        """True once the JACK server has shut the client down."""
-        return not self._closed and bool(self._api.shut_down(self._handle))
+        """True once the JACK server has shut the client down (False once closed)."""
+        with self._send_lock:  # another thread's close() must not free the handle mid-call
+            return not self._closed and bool(self._api.shut_down(self._handle))
 
     def dropped(self) -> tuple[int, int]:
-        """Messages lost so far: (input, output)."""
-        if self._closed:
-            return (0, 0)
-        return (self._api.dropped(self._handle, 0), self._api.dropped(self._handle, 1))
+        """Messages lost so far: (input, output); (0, 0) once closed."""
+        with self._send_lock:
+            if self._closed:
+                return (0, 0)
+            return (self._api.dropped(self._handle, 0), self._api.dropped(self._handle, 1))
 
     def close(self) -> None:
         """Let queued output leave, deactivate and close the client, then stop the reader
@@ -248,7 +273,13 @@ class JackClient:
             logger.warning("MIDI input callback still busy; leaving the JACK client open")
             return
         # No Python runs in JACK's thread, so closing cannot deadlock against a callback.
-        self._api.close(self._handle)
+        if self._api.close(self._handle) != 0:
+            # A libjack thread is still inside the shutdown callback, which writes to the
+            # pipe: the C side kept its memory, and the pipe stays open (a closed fd number
+            # can be reused by any file, which would get the byte).
+            logger.warning("the JACK shutdown callback is still running; leaving the "
+                           "client's memory and wake-up pipe allocated")
+            return
         self._close_pipe()
 
     def _close_pipe(self) -> None:

@@ -135,6 +135,7 @@ typedef struct {
     _Atomic uint64_t in_dropped;   /* input lost: ring full or message too long */
     _Atomic uint64_t out_dropped;  /* output lost: JACK's port buffer was full */
     _Atomic int shut_down;         /* the server went away */
+    _Atomic int in_shutdown_cb;    /* a libjack thread is inside on_shutdown: mm_close waits */
     _Atomic uint64_t cycles;       /* process callbacks completed: mm_drain waits on it */
     /* JACK time minus CLOCK_MONOTONIC in nanoseconds, one value for input and output.
      * Written by the sending thread only (mm_send), read by the process thread. */
@@ -265,10 +266,17 @@ static int process(jack_nframes_t nframes, void *arg) {
     return 0;
 }
 
+/* Runs on a libjack thread (the process thread on its way out, or the notification
+ * thread). Once Python sees `shut_down` it may close the client while this still runs;
+ * libjack does not join a process thread that ended itself, so mm_close waits on
+ * `in_shutdown_cb` before freeing `c` (and before Python closes the pipe `notify` writes
+ * to). Nothing here touches `c` after the decrement. */
 static void on_shutdown(void *arg) {
     mm_client *c = arg;
+    atomic_fetch_add(&c->in_shutdown_cb, 1);
     atomic_store(&c->shut_down, 1);
     notify(c);
+    atomic_fetch_sub(&c->in_shutdown_cb, 1);
 }
 
 static void set_error(char *error, size_t error_size, const char *what) {
@@ -346,14 +354,34 @@ int mm_drain(mm_client *c, double timeout_s) {
     return 0;
 }
 
-/* Deactivate and close: after this returns the process callback never runs again. */
-void mm_close(mm_client *c) {
-    if (c == NULL) return;
-    if (!atomic_load(&c->shut_down)) {
-        jack_deactivate(c->client);
-        jack_client_close(c->client);
+/* How long mm_close waits for a shutdown callback in flight before it leaks the client
+ * rather than free memory a libjack thread is still using. */
+#define MM_SHUTDOWN_CB_WAIT_S 1.0
+
+/* Deactivate and close: after this returns no callback of ours runs again.
+ *
+ * Also after the server shut the client down: JACK requires jack_client_close then too
+ * (jack.h, jack_on_shutdown). Skipping it leaked the client's socket and left libjack
+ * holding the client, counted as open, with `c` (freed here) as its callbacks' argument;
+ * jack2's next jack_client_open in this process, ours or python-rtmidi's, then finds
+ * "server closed but clients still allocated" and closes and deletes every client it
+ * knows, live ones of other owners included, whose later jack_client_close is a double
+ * delete. On a dead server jack_client_close's requests fail harmlessly, and it still
+ * deactivates: it stops a process thread that a shutdown seen first by the notification
+ * thread left running.
+ * Returns 0 once `c` is freed, -1 if a shutdown callback still runs and `c` was left
+ * allocated (then its notify pipe must stay open too: the callback may still write). */
+int mm_close(mm_client *c) {
+    if (c == NULL) return 0;
+    if (!atomic_load(&c->shut_down)) jack_deactivate(c->client);
+    jack_client_close(c->client);
+    double end = monotonic_s() + MM_SHUTDOWN_CB_WAIT_S;
+    while (atomic_load(&c->in_shutdown_cb) != 0) {
+        if (monotonic_s() >= end) return -1; /* still inside on_shutdown: leak it */
+        sleep_us(100);
     }
     free(c);
+    return 0;
 }
 
 /* Full names of our ports ("client:port"); `which` 0 = input, 1 = output. */

@@ -7,6 +7,7 @@ of its frame, so timing is checked to the frame, not to the period.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -135,6 +136,21 @@ def test_refuses_what_it_cannot_carry_and_a_closed_client(pair):
 
 
 @needs_native
+def test_a_closed_client_refuses_every_call_that_needs_its_handle(pair):
+    """After close the C handle is freed memory: a call that passed it read (or wrote)
+    freed memory instead of raising."""
+    a, b, _ = pair
+    a.close()
+    for call in (lambda: a.list_ports(readable=True), lambda: a.connections(b.input_name),
+                 lambda: a.connect(b.output_name, b.input_name)):
+        with pytest.raises(BridgeError, match="closed"):
+            call()
+    assert not a.shut_down
+    assert a.dropped() == (0, 0)
+    assert b.output_name in b.list_ports(readable=True)  # only the closed one refuses
+
+
+@needs_native
 def test_open_ports_uses_one_client_and_connects_to_named_ports(jack_server):
     inbox = Inbox()
     daw = JackClient("fake-daw", "midi in", "midi out", callback=inbox)
@@ -191,16 +207,29 @@ def test_rtmidi_can_be_chosen(jack_server):
         opened.close()
 
 
+def _sockets() -> set[str]:
+    """This process's open sockets, as ``fd socket:[inode]``."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd is gone by now
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:"):
+                found.add(f"{fd} {target}")
+    return found
+
+
 @needs_native
 def test_server_going_away_is_reported(jack_server):
     private = JackServer(period=256)
     private.start()
     saved = jack_server.env()
     os.environ.update(private.env())
+    before = _sockets()
     try:
         client = JackClient("doomed", "in", "out")
     finally:
         os.environ.update(saved)
+    its_sockets = _sockets() - before
     try:
         private.stop()
         end = time.monotonic() + 10
@@ -211,6 +240,11 @@ def test_server_going_away_is_reported(jack_server):
             client.send(mido.Message("clock"))
     finally:
         client.close()
+    # Closing releases libjack's client too: one left open kept its server socket, and
+    # libjack's next client open in this process "cleaned up" every client it still
+    # knew, live ones of other owners included (whose own close then deleted it again).
+    assert its_sockets, "the JACK client opened no socket?"
+    assert not its_sockets & _sockets()
 
 
 @needs_native
