@@ -7,10 +7,12 @@ of its frame, so timing is checked to the frame, not to the period.
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import mido
@@ -65,9 +67,11 @@ def test_untimed_message_goes_out_in_the_next_period(pair, jack_server):
     a.send(mido.Message("control_change", control=123, value=0))
     (t, message), = inbox.wait(1)
     assert message.type == "control_change" and message.control == 123
-    # Stamped with its frame in the cycle that carried it: within a couple of periods
-    # (a loaded machine may delay the cycle, never the stamp before the send).
-    assert sent - jack_server.period_s <= t <= sent + 0.05
+    # Stamped with its frame in the cycle that carried it: within a couple of periods (a
+    # loaded machine may delay the cycle). The stamp is JACK's frame time mapped to the
+    # monotonic clock, and the dummy backend's clock slips on an xrun, so on a busy box
+    # the stamp may read a little before the send (CI saw 2.9 ms at a 1.3 ms period).
+    assert sent - 2 * jack_server.period_s - 0.003 <= t <= sent + 0.05
 
 
 @needs_native
@@ -207,8 +211,18 @@ def test_rtmidi_can_be_chosen(jack_server):
         opened.close()
 
 
-def _sockets() -> set[str]:
-    """This process's open sockets, as ``fd socket:[inode]``."""
+# Run in a child process: libjack keeps process-wide state that assumes one server, so a
+# client whose private server dies must not share the test process with the clients of
+# the session's server (python-rtmidi's and ours).
+_DOOMED_CLIENT = """
+import contextlib, json, os, sys, time
+import mido
+from bridge.drivers.jack import JackClient
+from bridge.jack_rig import JackServer
+from models.core.exceptions import BridgeError
+
+
+def sockets():
     found = set()
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):  # the listing's own fd is gone by now
@@ -218,33 +232,41 @@ def _sockets() -> set[str]:
     return found
 
 
+private = JackServer(period=256)
+private.start()
+os.environ.update(private.env())
+before = sockets()
+client = JackClient("doomed", "in", "out")
+its_sockets = sockets() - before
+private.stop()
+end = time.monotonic() + 10
+while not client.shut_down and time.monotonic() < end:
+    time.sleep(0.05)
+shut_down = client.shut_down
+try:
+    client.send(mido.Message("clock"))
+    refusal = None
+except BridgeError as err:
+    refusal = str(err)
+client.close()
+print(json.dumps({"shut_down": shut_down, "refusal": refusal,
+                  "opened": len(its_sockets), "left": len(its_sockets & sockets())}))
+"""
+
+
 @needs_native
 def test_server_going_away_is_reported(jack_server):
-    private = JackServer(period=256)
-    private.start()
-    saved = jack_server.env()
-    os.environ.update(private.env())
-    before = _sockets()
-    try:
-        client = JackClient("doomed", "in", "out")
-    finally:
-        os.environ.update(saved)
-    its_sockets = _sockets() - before
-    try:
-        private.stop()
-        end = time.monotonic() + 10
-        while not client.shut_down and time.monotonic() < end:
-            time.sleep(0.05)
-        assert client.shut_down
-        with pytest.raises(BridgeError, match="gone"):
-            client.send(mido.Message("clock"))
-    finally:
-        client.close()
+    result = subprocess.run([sys.executable, "-c", _DOOMED_CLIENT], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["shut_down"]
+    assert "gone" in (report["refusal"] or "")
     # Closing releases libjack's client too: one left open kept its server socket, and
-    # libjack's next client open in this process "cleaned up" every client it still
+    # libjack's next client open in that process "cleaned up" every client it still
     # knew, live ones of other owners included (whose own close then deleted it again).
-    assert its_sockets, "the JACK client opened no socket?"
-    assert not its_sockets & _sockets()
+    assert report["opened"], "the JACK client opened no socket?"
+    assert report["left"] == 0
 
 
 @needs_native
