@@ -219,7 +219,7 @@ class InteractionSettings:
     accompany_key_strength: float = setting(0.5, low=0.0, high=20.0)
     accompany_polyphony: int = setting(4, low=0, high=16)
     chords: str = setting("")
-    chord_strength: float = setting(3.0, low=0.0, high=20.0)
+    chord_strength: float = setting(6.0, low=0.0, high=20.0)
 
     def check(self) -> None:
         """Reject a chord loop the engine could not be given (``models.core.chords``)."""
