@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-root", type=Path, default=None,
                         help="built style datasets (<root>/<style>/manifest.json) for the "
                              "held-out openings and the classifier (default: music21's corpus)")
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="one dataset of several styles (its manifest names each "
+                             "piece's style, e.g. the conditioned model's): each style's "
+                             "openings and the classifier's real music come from its own "
+                             "pieces (instead of --data-root)")
     parser.add_argument("--mode", choices=("call",), default="call",
                         help="interaction mode played (call-and-response)")
     parser.add_argument("--config", metavar="FILE",
@@ -162,6 +167,7 @@ def run_jam(args: argparse.Namespace) -> dict[str, Any]:
     answer_bars = settings.interaction.response_bars
     real = load_real_music(list(decoders), call_bars=2, answer_bars=answer_bars,
                            openings=args.openings, data_root=args.data_root,
+                           dataset=args.data,
                            signatures=_signatures(settings))
     if HELD_OUT in families:
         for style, openings in real.openings.items():

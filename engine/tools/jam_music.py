@@ -236,11 +236,16 @@ def load_real_music(styles: Sequence[str], *, call_bars: int, answer_bars: int,
                     openings: int = 1, data_root: Path | None = None,
                     train_pieces: int = 16, test_pieces: int = 8,
                     signatures: Sequence[tuple[int, int]] | None = None,
-                    corpus: CorpusMusic | None = None) -> RealMusic:
+                    corpus: CorpusMusic | None = None,
+                    dataset: Path | None = None) -> RealMusic:
     """Held-out openings and a style classifier for ``styles``.
 
     ``signatures`` limits the openings to time signatures the models can encode (a 4/2
     Renaissance opening is refused by a vocabulary without 4/2).
+
+    ``dataset``: one dataset of several styles (its manifest names each piece's style,
+    e.g. the conditioned model's): every style's openings and segments come from its
+    pieces of that style; it takes precedence over ``data_root``.
 
     Styles without real music get no opening and no classifier class (logged).
 
@@ -253,20 +258,26 @@ def load_real_music(styles: Sequence[str], *, call_bars: int, answer_bars: int,
     source = "music21 corpus"
     for style in styles:
         directory = None if data_root is None else Path(data_root) / style
+        shared = dataset is not None
+        if shared:
+            directory = Path(dataset)
         if directory is not None and (directory / "manifest.json").is_file():
             from models.analysis.primes import dataset_prime  # noqa: PLC0415
             from models.analysis.style_classifier import dataset_segments  # noqa: PLC0415
 
-            source = f"datasets in {data_root}"
-            prime = dataset_prime(directory, style, call_bars)
+            source = f"the {style} pieces of {dataset}" if shared else f"datasets in {data_root}"
+            only = style if shared else None
+            prime = dataset_prime(directory, style, call_bars, only_style=shared)
             found[style] = [] if prime is None else [
                 Opening(style, prime.notes, prime.time_signature, prime.source)]
             train[style] = dataset_segments(directory, "train", answer_bars,
                                             max_per_piece=SEGMENTS_PER_PIECE,
-                                            max_segments=train_pieces * SEGMENTS_PER_PIECE)
+                                            max_segments=train_pieces * SEGMENTS_PER_PIECE,
+                                            style=only)
             test[style] = dataset_segments(directory, "test", answer_bars,
                                            max_per_piece=SEGMENTS_PER_PIECE,
-                                           max_segments=test_pieces * SEGMENTS_PER_PIECE)
+                                           max_segments=test_pieces * SEGMENTS_PER_PIECE,
+                                           style=only)
             continue
         corpus = corpus or CorpusMusic()
         try:

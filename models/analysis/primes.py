@@ -89,18 +89,23 @@ def _opening(piece: DecodedPiece, bars: int) -> tuple[list[Note], tuple[int, int
     return notes, piece.signatures[0]
 
 
-def dataset_prime(directory: str | Path, style: str, bars: int = 4) -> Prime | None:
-    """The opening of the first test-split piece of a dataset that fits (see module doc).
+def dataset_prime(directory: str | Path, style: str, bars: int = 4, *,
+                  only_style: bool = False) -> Prime | None:
+    """The opening of the first test-split piece of a dataset that fits (see module doc);
+    with ``only_style``, the first piece of ``style`` (a dataset of several styles).
 
     Raises:
         DataError: the dataset is missing or malformed.
     """
+    from models.analysis.style_classifier import style_sequences  # noqa: PLC0415
     from models.data.dataset import TokenDataset  # noqa: PLC0415 - keeps the module light
 
     data = TokenDataset(directory, "test")
     tokenizer = data.tokenizer
     names = data.manifest["splits"]["test"].get("pieces", [])
-    for index in range(len(data)):
+    order = (style_sequences(data.manifest, "test", style) if only_style
+             else range(len(data)))
+    for index in order:
         opening = _opening(decode_with_bars(np.asarray(data[index]), tokenizer), bars)
         if opening is None:
             continue

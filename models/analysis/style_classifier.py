@@ -138,14 +138,32 @@ def untransposed_sequences(manifest: dict[str, Any], split: str) -> list[int]:
     return indices
 
 
+def style_sequences(manifest: dict[str, Any], split: str, style: str) -> list[int]:
+    """Indices of a split's untransposed sequences whose piece is of ``style`` (the
+    manifest's ``pieces`` name each piece's style: a dataset of several styles)."""
+    info = manifest["splits"][split]
+    names = info.get("pieces", [])
+    styles = {name: (entry or {}).get("style") for name, entry in
+              manifest.get("pieces", {}).items()}
+    indices, position = [], 0
+    for name, shifts in zip(names, info.get("transpositions", [[0]] * len(names)),
+                            strict=False):
+        for shift in shifts:
+            if shift == 0 and styles.get(name) == style:
+                indices.append(position)
+            position += 1
+    return indices
+
+
 def dataset_segments(directory: str | Path, split: str, bars: int, *,
                      max_per_piece: int = 4, max_segments: int = 2000,
-                     seed: int = 0) -> list[Segment]:
+                     seed: int = 0, style: str | None = None) -> list[Segment]:
     """Segments of real music from one split of a built dataset.
 
     Pieces are visited in a seeded random order and each gives at most ``max_per_piece``
     evenly spread segments, so that long pieces do not dominate and a style's share
-    of the classifier's data does not depend on how long its pieces are.
+    of the classifier's data does not depend on how long its pieces are. ``style``: only
+    the pieces of that style (a dataset of several styles, such as the conditioned one).
 
     Raises:
         DataError: the dataset or split is missing or malformed.
@@ -155,7 +173,10 @@ def dataset_segments(directory: str | Path, split: str, bars: int, *,
     data = TokenDataset(directory, split)
     tokenizer = data.tokenizer
     infos = parse_vocabulary(tokenizer)
-    order = untransposed_sequences(data.manifest, split) or list(range(len(data)))
+    if style is not None:
+        order = style_sequences(data.manifest, split, style)
+    else:
+        order = untransposed_sequences(data.manifest, split) or list(range(len(data)))
     rng = np.random.default_rng(seed)
     rng.shuffle(order)
     segments: list[Segment] = []

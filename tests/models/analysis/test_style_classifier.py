@@ -14,6 +14,7 @@ from models.analysis.style_classifier import (
     decode_with_bars,
     feature_matrix,
     recall_by_class,
+    style_sequences,
 )
 from models.core.exceptions import DataError
 from models.core.notes import Note
@@ -95,3 +96,18 @@ def test_segments_follow_the_bar_grid() -> None:
 def test_a_classifier_needs_two_styles() -> None:
     with pytest.raises(DataError, match="at least two styles"):
         StyleClassifier(["only"])
+
+
+def test_a_dataset_of_several_styles_gives_each_style_its_own_pieces() -> None:
+    """The conditioned dataset holds every style: the classifier and the jam harness take
+    each style's untransposed sequences by the manifest's piece styles."""
+    manifest = {
+        "pieces": {"a.mid": {"style": "folk"}, "b.mid": {"style": "pop"},
+                   "c.mid": {"style": "folk"}, "d.mid": {}},
+        "splits": {"train": {"pieces": ["a.mid", "b.mid", "c.mid", "d.mid"],
+                             "transpositions": [[0, 2], [-1, 0], [0], [0]]}},
+    }
+    # Sequences: a+0 (0), a+2 (1), b-1 (2), b+0 (3), c+0 (4), d+0 (5).
+    assert style_sequences(manifest, "train", "folk") == [0, 4]
+    assert style_sequences(manifest, "train", "pop") == [3]
+    assert style_sequences(manifest, "train", "baroque") == []
