@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", choices=("call", "accompany"),
                         help="answer phrases (call) or play along (accompany)")
     parser.add_argument("--bars", type=int, help="length of an answer in bars")
+    parser.add_argument("--morph", metavar="STYLE",
+                        help="a second style of the same model to morph towards with the "
+                             "morph knob (CC 29; [interaction] morph_style)")
     parser.add_argument("--chords", metavar='"C G Am F"',
                         help="a chord loop, one chord a bar from the timeline's bar 0 "
                              "([interaction] chords): answers and accompaniment lean onto it")
@@ -80,7 +83,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "midi": {"backend": args.backend, "in_port": args.in_port, "out_port": args.out_port,
                  "connect_in": args.connect_in, "connect_out": args.connect_out},
         "clock": {"source": args.clock, "bpm": args.bpm, "time_signature": args.time_signature},
-        "interaction": {"mode": args.mode, "response_bars": args.bars, "chords": args.chords},
+        "interaction": {"mode": args.mode, "response_bars": args.bars, "chords": args.chords,
+                        "morph_style": args.morph},
         "sampling": {"temperature": args.temperature},
         "engine": {"connect": args.engine},
     }

@@ -16,12 +16,12 @@ class Control:
 
     Attributes:
         kind: ``"temperature"``, ``"length"``, ``"mode"``, ``"style"``, ``"key_lock"``,
-            ``"follow"``, ``"accompany_density"``, ``"accompany_key_strength"`` or
-            ``"panic"``.
+            ``"follow"``, ``"accompany_density"``, ``"accompany_key_strength"``,
+            ``"morph"`` or ``"panic"``.
         value: the new temperature (float), length in bars (int), mode name (str),
             style index (int), key lock on or off (bool), follow knob value 0-127 (int),
             the factor on the accompaniment's setting (float: 1.0 at the knob's centre),
-            or ``None`` for panic.
+            the morph amount (float 0-1), or ``None`` for panic.
     """
 
     kind: str
@@ -38,7 +38,7 @@ class ControlMap:
             ("mode", midi.cc_mode), ("style", midi.cc_style), ("key_lock", midi.cc_key_lock),
             ("follow", midi.cc_follow), ("accompany_density", midi.cc_accompany_density),
             ("accompany_key_strength", midi.cc_accompany_key_strength),
-            ("panic", midi.cc_panic))
+            ("morph", midi.cc_morph), ("panic", midi.cc_panic))
             if cc >= 0}
 
     def interpret(self, control: int, value: int, n_styles: int = 1) -> Control | None:
@@ -63,6 +63,8 @@ class ControlMap:
             return Control(kind, round(2.0 ** ((value - 64) / 32), 3))
         if kind == "accompany_key_strength":
             return Control(kind, round(value / 64, 3))  # 0 = the model's own harmony
+        if kind == "morph":
+            return Control(kind, round(value / 127, 3))  # 0 = the style, 1 = morph_style
         if kind == "style":
             return Control(kind, min(value * max(n_styles, 1) // 128, max(n_styles, 1) - 1))
         return Control(kind, None)

@@ -81,6 +81,7 @@ class Daemon:
         self.ear = Ear(inter)
         # Accompany mode's knobs: factors on their [interaction] settings (1.0 = as set).
         self.accompany_knobs = {"accompany_density": 1.0, "accompany_key_strength": 1.0}
+        self.morph_amount: float | None = None  # the morph knob, once turned
         self.scheduler = scheduler
         self.status = StatusLine()
         self._responses: dict[str, Response] = {}
@@ -190,6 +191,11 @@ class Daemon:
             self.ear.lock_key(bool(action.value))
         elif action.kind == "follow":
             self.ear.set_follow(int(action.value))
+        elif action.kind == "morph":
+            self.morph_amount = float(action.value)
+            if not self.settings.interaction.morph_style:
+                logger.warning("the morph knob needs a style to morph towards: set "
+                               "[interaction] morph_style or start with --morph STYLE")
         elif action.kind in self.accompany_knobs:
             self.accompany_knobs[action.kind] = float(action.value)
         elif action.kind == "style" and self.styles:
@@ -199,12 +205,15 @@ class Daemon:
     def _policy(self) -> CallResponsePolicy | AccompanyPolicy:
         return self.call if self.mode == "call" else self.accompany
 
-    def _accompany_settings(self) -> Settings:
-        """The settings with accompany mode's knobs applied to their ``[interaction]``
-        values (each kept within what the setting allows)."""
+    def _request_settings(self) -> Settings:
+        """The settings with the live knobs applied to their ``[interaction]`` values:
+        accompany mode's (each kept within what the setting allows) and the morph's."""
         inter = self.settings.interaction
-        turned = {name: clamp_to_setting(inter, name, getattr(inter, name) * factor)
-                  for name, factor in self.accompany_knobs.items()}
+        turned: dict[str, float] = {
+            name: clamp_to_setting(inter, name, getattr(inter, name) * factor)
+            for name, factor in self.accompany_knobs.items()}
+        if self.morph_amount is not None:
+            turned["morph_amount"] = self.morph_amount
         return dataclasses.replace(self.settings,
                                    interaction=dataclasses.replace(inter, **turned))
 
@@ -254,14 +263,15 @@ class Daemon:
             # bars can meet the accompaniment; the last bar alone let it climb into the
             # next bar's melody).
             request = accompaniment_request(
-                self._accompany_settings(), style=self.style, facts=facts,
+                self._request_settings(), style=self.style, facts=facts,
                 temperature=self.temperature, lead=self.seed.notes(beat, start=start),
                 own=own, recent_lead=player, heard=heard,
                 time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
                 bars=trigger.bars)
         else:
             request = generate_request(
-                self.settings, style=self.style, facts=facts, temperature=self.temperature,
+                self._request_settings(), style=self.style, facts=facts,
+                temperature=self.temperature,
                 seed=self.seed.notes(beat, own_until=trigger.own_until),
                 time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
                 bars=trigger.bars, steering=heard, now_beat=beat, bpm=self.clock.bpm)

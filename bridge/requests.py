@@ -21,7 +21,7 @@ from models.core.accompaniment import (
 from models.core.chords import loop_hints, parse_chord_loop
 from models.core.meter import TimeSignature, bar_length
 from models.core.notes import Note
-from models.core.protocol.messages import GenerateRequest, Steering
+from models.core.protocol.messages import GenerateRequest, Morph, Steering
 from models.core.settings import Settings
 
 
@@ -74,7 +74,11 @@ def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any]
             steering, chord_strength=settings.interaction.chord_strength,
             chords=loop_hints(parse_chord_loop(chords), start_beat=start_beat, bars=bars,
                               bar_length=bar_length(time_signature)))
+    inter = settings.interaction
+    morph = (Morph(inter.morph_style, inter.morph_amount)
+             if inter.morph_style and inter.morph_amount != 0 else None)
     return GenerateRequest(
+        morph=morph,
         seed=tuple(seed), start_beat=start_beat, bars=bars,
         time_signature=(time_signature[0], time_signature[1]), style=style,
         sampling=s.sampling_params(temperature),

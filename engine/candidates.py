@@ -68,10 +68,10 @@ class BestOfN:
 
         The request's ``candidates.n``, less while ``bar_tokens`` steps of that many rows
         (plus ``other_rows`` of other generations) would not end before the bar's
-        deadline; 1 for a generation with a forced lead line.
+        deadline; 1 for a generation with a forced lead line or a style morph.
         """
         wanted = gen.request.candidates
-        if wanted.n <= 1 or gen.forcing is not None:
+        if wanted.n <= 1 or gen.forcing is not None or gen.twin is not None:
             return 1
         if wanted.bpm is None or wanted.ready_ms is None:
             return wanted.n

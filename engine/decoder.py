@@ -25,6 +25,7 @@ generation into a bar's candidates, which ride in the same batched calls here.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -42,7 +43,7 @@ from engine.generation import Generation
 from engine.grammar import VocabularyMasks
 from engine.model import LoadedModel
 from engine.prompt import build_prompt
-from engine.sampling import log_prob, sample
+from engine.sampling import log_prob, log_softmax, sample
 from engine.steering import BarDensity, ChordBias, pitch_bias, steer
 from models.core.exceptions import EngineError
 from models.core.notes import LEAD, Note
@@ -167,6 +168,9 @@ class StyleDecoder:
                 or steering.min_notes > 0):
             gen.density = BarDensity.of(steering)
         tokens = prompt.tokens
+        if request.morph is not None and request.morph.amount != 0 and self.pool is not None:
+            gen.twin = self._twin(gen, request, context, len(tokens))
+            gen.morph_amount = request.morph.amount if gen.twin is not None else 0.0
         reuse, cache = self._reusable(session_key, tokens)
         new = tokens[reuse:]
         if self.pool is not None:
@@ -176,6 +180,8 @@ class StyleDecoder:
             chunk = (self.settings.prefill_chunk or len(new)) if prefill else 0
             if chunk:
                 gen.logits = self.prefill(gen, new[:chunk], reuse)
+                if gen.twin is not None:
+                    self._prefill_next(gen.twin)
             gen.prefill_rest = list(new[chunk:])
         else:
             logits, cache = self._run(np.asarray([new], dtype=np.int64), cache)
@@ -191,6 +197,36 @@ class StyleDecoder:
                      gen.id, len(tokens), reuse, prompt.start_bar, prompt.end_bar)
         return gen
 
+    def _twin(self, gen: Generation, request: GenerateRequest, context: int,
+              length: int) -> Generation | None:
+        """The twin of a morphing generation: the same request under the other style's
+        prompt, in a row of its own, its whole prompt still to run (in chunks)."""
+        assert request.morph is not None and self.pool is not None
+        other = dataclasses.replace(request, style=request.morph.style, morph=None)
+        prompt = build_prompt(self.tokenizer, self.vocab, other,
+                              max_tokens=max(8, context - context // 4),
+                              allow_eos=self.allow_eos)
+        if len(prompt.tokens) != length:  # one style token each: never expected
+            logger.warning("%s: the morph prompt has %d tokens, the answer's %d; no morph",
+                           gen.id, len(prompt.tokens), length)
+            return None
+        twin = Generation(f"{gen.id}/morph", gen.session_key, other, grammar=prompt.grammar,
+                          end_bar=prompt.end_bar, max_tokens=gen.max_tokens)
+        twin.slot = self.pool.acquire()
+        twin.prefill_rest = list(prompt.tokens)
+        return twin
+
+    def _logits(self, gen: Generation) -> np.ndarray:
+        """The distribution ``gen`` samples from: its own, or with a morph the weighted
+        geometric mean of its own and its twin's (log-probabilities blended, so the result
+        favours what both styles allow); a negative amount extrapolates away from the
+        twin's style (guidance)."""
+        twin = gen.twin
+        if twin is None or twin.logits is None:
+            return gen.logits
+        a = gen.morph_amount
+        return (1.0 - a) * log_softmax(gen.logits) + a * log_softmax(twin.logits)
+
     def step(self, generations: Sequence[Generation]) -> None:
         """Advance every running generation by one token with one batched model call.
 
@@ -199,9 +235,13 @@ class StyleDecoder:
         """
         began = time.perf_counter()
         active = [g for g in generations if not g.done]
-        prefilling = [g for g in active if g.prefill_rest]
+        prefilling = [g for g in active if g.prefill_rest
+                      or (g.twin is not None and g.twin.prefill_rest)]
         for gen in prefilling:
-            self._prefill_next(gen)
+            if gen.prefill_rest:
+                self._prefill_next(gen)
+            if gen.twin is not None and gen.twin.prefill_rest:
+                self._prefill_next(gen.twin)  # a morph's twin runs its prompt alongside
         # A generation that ran a prompt chunk this step waits for the next one to sample:
         # one step never costs more than one chunk per generation on top of the batch.
         chunked = {id(g) for g in prefilling}
@@ -227,7 +267,11 @@ class StyleDecoder:
         if waiting and running:
             self._slide_if_full(waiting)
         if running:
-            self._forward(running)
+            twins = [g.twin for g in running if g.twin is not None]
+            for gen in running:
+                if gen.twin is not None:
+                    gen.twin.pending = gen.pending  # the twin reads what its owner drew
+            self._forward(running + twins)
         for gen in active:
             if gen.branches is not None and all(b.done or b.parked for b in gen.branches):
                 assert self.best_of_n is not None  # only key/value models fork
@@ -367,7 +411,7 @@ class StyleDecoder:
                 chord = gen.chords.at(detok.time + detok.offset)
                 if chord is not None:
                     bias = chord if bias is None else bias + chord
-            logits, allowed = steer(gen.logits, gen.grammar.allowed(), bias=bias,
+            logits, allowed = steer(self._logits(gen), gen.grammar.allowed(), bias=bias,
                                     density=gen.density, bar_id=self.tokenizer.bar_id,
                                     eos_id=self.tokenizer.eos_id)
             token = sample(logits, gen.request.sampling, gen.rng, allowed)
@@ -402,6 +446,10 @@ class StyleDecoder:
         """Take a finished generation out of the batch and keep its cache for its session."""
         if gen in self._batch:
             self._unbatch()
+        if gen.twin is not None:  # only the answer's own cache is kept
+            if gen.twin.slot is not None:
+                self.pool.release(gen.twin.slot)
+            gen.twin = None
         if gen.slot is not None:
             gen.cache = self.pool.save(gen.slot)
             self.pool.release(gen.slot)

@@ -61,6 +61,10 @@ class Generation:
         # decoder; the density state follows the answer bar by bar.
         self.pitch_bias: np.ndarray | None = None
         self.chords: ChordBias | None = None  # chord hints, by the next note's beat
+        # Style morph: a twin generation that runs the same tokens under the other style's
+        # prompt in a row of its own (never sampled), and how much its distribution weighs.
+        self.twin: Generation | None = None
+        self.morph_amount = 0.0
         self.density: BarDensity | None = None
         # A known lead line written into the stream between sampled accompaniment
         # (engine.forcing; offline harmonization), or None.

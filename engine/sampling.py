@@ -102,6 +102,14 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
     return index if ids is None else int(ids[index])
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities of raw logits (float32, -inf stays -inf)."""
+    values = np.asarray(logits, dtype=np.float32)
+    top = values.max()
+    shifted = values - top
+    return shifted - np.log(np.exp(shifted).sum(dtype=np.float64)).astype(np.float32)
+
+
 def log_prob(logits: np.ndarray, token: int) -> float:
     """The log-probability of ``token`` under the model's own distribution (softmax of
     the raw logits: temperature 1, no masks or biases)."""

@@ -147,6 +147,12 @@ class Streams:
             raise ProtocolError("unknown_style", f"style {style!r} is not loaded "
                                 f"(loaded: {', '.join(self.decoders)})")
         check_pitch_range(style, decoder, message.request.constraints)
+        morph = message.request.morph
+        if morph is not None and (self.decoders.get(morph.style) is not decoder
+                                  or not decoder.tokenizer.style_slots):
+            raise ProtocolError("unsupported", f"morph.style {morph.style!r} is not a style "
+                                f"token of {style!r}'s model (a style-conditioned model "
+                                f"blends two of its own styles)")
         key = (identity, message.id)
         if key in self.running:
             raise ProtocolError("duplicate_id",

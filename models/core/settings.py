@@ -170,6 +170,7 @@ class MidiSettings:
     cc_follow: int = setting(26, low=-1, high=127)
     cc_accompany_density: int = setting(27, low=-1, high=127)
     cc_accompany_key_strength: int = setting(28, low=-1, high=127)
+    cc_morph: int = setting(29, low=-1, high=127)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,6 +221,8 @@ class InteractionSettings:
     accompany_polyphony: int = setting(4, low=0, high=16)
     chords: str = setting("")
     chord_strength: float = setting(6.0, low=0.0, high=20.0)
+    morph_style: str = setting("")
+    morph_amount: float = setting(0.0, low=-4.0, high=1.0)
 
     def check(self) -> None:
         """Reject a chord loop the engine could not be given (``models.core.chords``)."""

@@ -185,6 +185,7 @@ def test_a_request_the_engine_would_refuse_is_never_sent(router):
     (27, 64, "accompany_density", 1.0), (27, 0, "accompany_density", 0.25),
     (27, 96, "accompany_density", 2.0), (28, 64, "accompany_key_strength", 1.0),
     (28, 0, "accompany_key_strength", 0.0), (28, 127, "accompany_key_strength", 1.984),
+    (29, 0, "morph", 0.0), (29, 127, "morph", 1.0), (29, 64, "morph", 0.504),
 ], ids=str)
 def test_control_map(cc, value, kind, expected):
     control = ControlMap(MidiSettings()).interpret(cc, value, n_styles=3)

@@ -385,9 +385,9 @@ def test_accompany_knobs_scale_busyness_and_key_strength_within_the_settings_ran
     # The lead's three notes in one bar ask for twice accompany_density times three.
     assert steering["notes_per_bar"] == pytest.approx(2 * inter.accompany_density * 3)
     daemon.accompany_knobs["accompany_density"] = 1000.0
-    assert daemon._accompany_settings().interaction.accompany_density == 8.0  # its maximum
+    assert daemon._request_settings().interaction.accompany_density == 8.0  # its maximum
     daemon.accompany_knobs.update(accompany_density=1.0, accompany_key_strength=1.0)
-    assert daemon._accompany_settings().interaction == inter  # the centre: as set
+    assert daemon._request_settings().interaction == inter  # the centre: as set
 
 
 def test_accompany_with_a_model_without_roles_asks_as_before(rig):

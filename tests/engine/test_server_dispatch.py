@@ -42,6 +42,9 @@ def test_bad_messages_get_errors_and_the_engine_keeps_answering(start_server, co
         (generate("g", style, sampling={"temperature": "hot"}), "invalid"),
         (generate("g", "no-such-style"), "unknown_style"),
         (generate("g", style, time_signature=[7, 4]), "unsupported"),
+        # The tiny model has no style tokens: nothing to morph towards.
+        (generate("g", style, morph={"style": style, "amount": 0.5}), "unsupported"),
+        (generate("g", style, morph={"style": style, "amount": 2}), "invalid"),
         ({"v": 1, "type": "cancel", "id": "c", "target": "nothing"}, "not_found"),
     ]
     for message, code in cases:

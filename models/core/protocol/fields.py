@@ -28,12 +28,14 @@ from models.core.protocol.limits import (
     MAX_SEED_SPAN_BEATS,
     MAX_START_DISTANCE_BEATS,
     MAX_TOP_K,
+    MORPH_AMOUNT_RANGE,
     TEMPERATURE_RANGE,
 )
 from models.core.protocol.messages import (
     Candidates,
     ChordHint,
     Constraints,
+    Morph,
     SamplingParams,
     Steering,
 )
@@ -46,6 +48,7 @@ STEERING_FIELDS = ("key", "key_strength", "register_center", "register_width",
                    "chords", "chord_strength")
 CHORD_FIELDS = ("beat", "pitch_classes")
 CANDIDATE_FIELDS = ("n", "bpm", "ready_ms")
+MORPH_FIELDS = ("style", "amount")
 MAX_STEERING_STRENGTH = 20.0
 MAX_MIN_NOTES = 32
 NOTE_FIELDS = ("onset", "duration", "pitch", "velocity")
@@ -335,6 +338,21 @@ def chord_hints(value: Any) -> tuple[ChordHint, ...]:
         values = sorted({integer(c, f"{where}.pitch_classes", 0, 11) for c in classes})
         hints.append(ChordHint(beat, tuple(values)))
     return tuple(hints)
+
+
+def morph(value: Any) -> Morph:
+    """The ``morph`` object into ``Morph``.
+
+    Raises:
+        ProtocolError: ``invalid``.
+    """
+    obj = json_object(value, "morph")
+    reject_unknown(obj, MORPH_FIELDS, "morph.")
+    name = string(obj, "style", "morph.")
+    if not name:
+        raise invalid("morph.style must name a style")
+    return Morph(name, number(obj.get("amount"), "morph.amount", MORPH_AMOUNT_RANGE[0],
+                              MORPH_AMOUNT_RANGE[1]))
 
 
 def candidates(value: Any) -> Candidates:

@@ -43,6 +43,9 @@ MAX_POLYPHONY = 16
 MAX_CANDIDATES = 8
 # Chord hints in one request's steering: one a beat over MAX_BARS bars of 4/4 is plenty.
 MAX_CHORD_HINTS = 256
+# morph.amount: 0-1 blends towards the other style; below 0 pushes away from it (from the
+# "any" style: classifier-free guidance, the request's style made stronger).
+MORPH_AMOUNT_RANGE = (-4.0, 1.0)
 # The tempo a deadline is reckoned at (``candidates.bpm``), and the furthest deadline.
 BPM_RANGE = (1.0, 1000.0)
 MAX_READY_MS = 3_600_000.0

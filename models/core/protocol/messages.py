@@ -184,6 +184,29 @@ class Candidates:
 
 
 @dataclass(frozen=True)
+class Morph:
+    """A second style whose next-token distribution is blended with the request's.
+
+    The engine runs the answer's tokens under both style prompts (one more row of the
+    batch) and samples from the weighted geometric mean of the two distributions:
+    ``(1 - amount) * log p(style) + amount * log p(morph style)``.
+
+    Attributes:
+        style: the other style (a style token of the same model).
+        amount: 0 = the request's style only, 1 = the other style only; below 0 the
+            distribution moves away from the other style (with the model's unconditioned
+            style, "any": classifier-free guidance, the request's style made stronger).
+    """
+
+    style: str
+    amount: float
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``morph`` object."""
+        return {"style": self.style, "amount": self.amount}
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """One response to generate.
 
@@ -197,6 +220,7 @@ class GenerateRequest:
         constraints: musical limits.
         steering: soft biases towards the call's key, register and density.
         candidates: best-of-N per bar and the deadlines that bound N.
+        morph: a second style blended in (``None``: the request's style alone).
     """
 
     seed: tuple[Note, ...]
@@ -208,6 +232,7 @@ class GenerateRequest:
     constraints: Constraints = field(default_factory=Constraints)
     steering: Steering = field(default_factory=Steering)
     candidates: Candidates = field(default_factory=Candidates)
+    morph: Morph | None = None
 
     @property
     def bar_length(self) -> float:
@@ -276,7 +301,8 @@ class GenerateMessage:
             **({} if request.steering == Steering() else
                {"steering": request.steering.to_json()}),
             **({} if request.candidates == Candidates() else
-               {"candidates": request.candidates.to_json()}))
+               {"candidates": request.candidates.to_json()}),
+            **({} if request.morph is None else {"morph": request.morph.to_json()}))
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from models.core.protocol.messages import (
 
 _ENVELOPE = ("v", "type", "id")
 _GENERATE_FIELDS = ("session", "style", "seed", "time_signature", "start_beat", "bars",
-                    "sampling", "constraints", "steering", "candidates")
+                    "sampling", "constraints", "steering", "candidates", "morph")
 # No counter is anywhere near this; it only keeps a reply's ints within reason.
 _MAX_COUNT = 2**63 - 1
 
@@ -101,10 +101,11 @@ def parse_generate(obj: Mapping[str, Any], max_seed_notes: int = MAX_SEED_NOTES
     constraints = fields.constraints(obj.get("constraints", {}))
     steering = fields.steering(obj.get("steering", {}))
     candidates = fields.candidates(obj.get("candidates", {}))
+    morph = None if obj.get("morph") is None else fields.morph(obj["morph"])
     request = GenerateRequest(seed=notes, start_beat=start_beat, bars=bars,
                               time_signature=time_signature, style=style or "",
                               sampling=sampling, constraints=constraints, steering=steering,
-                              candidates=candidates)
+                              candidates=candidates, morph=morph)
     return GenerateMessage(id=request_id or "", session=session or "", request=request)
 
 
