@@ -21,8 +21,9 @@ from models.core.accompaniment import (
 from models.core.chords import loop_hints, parse_chord_loop
 from models.core.meter import TimeSignature, bar_length
 from models.core.notes import Note
+from models.core.protocol.limits import STYLE_ANY
 from models.core.protocol.messages import GenerateRequest, Morph, Steering
-from models.core.settings import Settings
+from models.core.settings import InteractionSettings, Settings
 
 
 def style_pitch_range(settings: Settings, facts: Mapping[str, Any]) -> tuple[int, int]:
@@ -74,17 +75,25 @@ def generate_request(settings: Settings, *, style: str, facts: Mapping[str, Any]
             steering, chord_strength=settings.interaction.chord_strength,
             chords=loop_hints(parse_chord_loop(chords), start_beat=start_beat, bars=bars,
                               bar_length=bar_length(time_signature)))
-    inter = settings.interaction
-    morph = (Morph(inter.morph_style, inter.morph_amount)
-             if inter.morph_style and inter.morph_amount != 0 else None)
     return GenerateRequest(
-        morph=morph,
+        morph=morph_of(settings.interaction, facts),
         seed=tuple(seed), start_beat=start_beat, bars=bars,
         time_signature=(time_signature[0], time_signature[1]), style=style,
         sampling=s.sampling_params(temperature),
         constraints=s.constraints(style_pitch_range(settings, facts)),
         steering=steering,
         candidates=s.candidates_for(now_beat=now_beat, start_beat=start_beat, bpm=bpm))
+
+
+def morph_of(interaction: InteractionSettings, facts: Mapping[str, Any]) -> Morph | None:
+    """The request's ``morph``: the morph towards ``morph_style`` when one is set, else
+    style guidance from the "any" style when ``style_guidance`` is above 1 and the model
+    has style tokens (``hello``'s ``style_tokens``), else none."""
+    if interaction.morph_style and interaction.morph_amount != 0:
+        return Morph(interaction.morph_style, interaction.morph_amount)
+    if interaction.style_guidance > 1 and STYLE_ANY in facts.get("style_tokens", ()):
+        return Morph(STYLE_ANY, 1.0 - interaction.style_guidance)
+    return None
 
 
 def accompaniment_request(settings: Settings, *, style: str, facts: Mapping[str, Any],

@@ -68,10 +68,11 @@ class BestOfN:
 
         The request's ``candidates.n``, less while ``bar_tokens`` steps of that many rows
         (plus ``other_rows`` of other generations) would not end before the bar's
-        deadline; 1 for a generation with a forced lead line or a style morph.
+        deadline (a morph's candidates take two rows each); 1 for a generation with a forced
+        lead line.
         """
         wanted = gen.request.candidates
-        if wanted.n <= 1 or gen.forcing is not None or gen.twin is not None:
+        if wanted.n <= 1 or gen.forcing is not None:
             return 1
         if wanted.bpm is None or wanted.ready_ms is None:
             return wanted.n
@@ -86,8 +87,9 @@ class BestOfN:
         # A bar entered mid-way (the answer's first) takes about its share of the tokens.
         share = min(1.0, max(0.0, bar_beat + request.bar_length - beat) / request.bar_length)
         tokens = max(1.0, self.bar_tokens * share)
+        rows_each = 2 if gen.twin is not None else 1
         for n in range(wanted.n, 1, -1):
-            if tokens * self.step_cost(n + other_rows) <= left:
+            if tokens * self.step_cost(n * rows_each + other_rows) <= left:
                 return n
         return 1
 
@@ -97,12 +99,15 @@ class BestOfN:
                and g.request.candidates.n > 1 and not g.prefill_rest]
         if not due:
             return
-        total = sum(1 if g.branches is None else len(g.branches) for g in active)
+        total = sum((1 if g.branches is None else len(g.branches))
+                    * (2 if g.twin is not None or (g.branches and g.branches[0].twin) else 1)
+                    for g in active)
         for gen in due:
-            n = self.candidates_for(gen, other_rows=total - 1)
+            own = 2 if gen.twin is not None else 1
+            n = self.candidates_for(gen, other_rows=total - own)
             if n > 1:
                 self.fork(gen, n)
-                total += n - 1
+                total += (n - 1) * own
 
     def fork(self, gen: Generation, n: int) -> None:
         """Split a generation at a bar start into ``n`` candidates of that bar.
@@ -131,8 +136,14 @@ class BestOfN:
             if index:
                 branch.slot = self.pool.acquire()
                 self.pool.copy_row(gen.slot, branch.slot)
+                if gen.twin is not None:  # a morph: each candidate reads into its own twin
+                    branch.twin = copy.copy(gen.twin)
+                    branch.twin.stream = list(gen.twin.stream)
+                    branch.twin.slot = self.pool.acquire()
+                    self.pool.copy_row(gen.twin.slot, branch.twin.slot)
             branches.append(branch)
-        gen.slot = None  # the first candidate holds it now
+        gen.slot = None  # the first candidate holds it now (and the twin, with a morph)
+        gen.twin = None
         gen.branches = branches
 
     def resolve(self, gen: Generation) -> None:
@@ -157,7 +168,9 @@ class BestOfN:
         for index, branch in enumerate(branches):
             if index != winner and branch.slot is not None:
                 self.pool.release(branch.slot)
-        for name in ("grammar", "density", "rng", "stream", "slot", "cache_len",
+            if index != winner and branch.twin is not None and branch.twin.slot is not None:
+                self.pool.release(branch.twin.slot)
+        for name in ("grammar", "density", "rng", "stream", "slot", "twin", "cache_len",
                      "next_position", "slid", "logits", "pending", "tokens", "log_prob",
                      "notes_emitted", "at_bar_start"):
             setattr(gen, name, getattr(chosen, name))

@@ -264,6 +264,7 @@ class StyleDecoder:
         # idle row whose cache is full, so such a row slides now (as its next step would).
         waiting = [b for g in active if g.branches is not None for b in g.branches
                    if (b.parked or b.done) and b.slot is not None]
+        waiting += [b.twin for b in waiting if b.twin is not None]
         if waiting and running:
             self._slide_if_full(waiting)
         if running:

@@ -192,7 +192,9 @@ class LoadedModel:
                 "positions_per_beat": self.tokenizer.settings.positions_per_beat,
                 "quantization": self.card.quantization, "training": self.card.training,
                 # Role tokens: accompany mode can ask for accompaniment under a lead.
-                "roles": self.tokenizer.has_roles}
+                "roles": self.tokenizer.has_roles,
+                # Style tokens: any two of them can be morphed (request.morph).
+                "style_tokens": sorted(self.tokenizer.style_slots)}
 
 
 def _check_io(path: Path, card: ModelCard, session: Any) -> None:

@@ -29,7 +29,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from engine.keys import CurveKeys
-from engine.streams import Streams, vocabulary_pitch_range
+from engine.streams import Streams, decoder_facts
 from models.core import protocol
 from models.core.exceptions import EngineError, MelodyError, ProtocolError
 from models.core.settings import EngineSettings
@@ -96,7 +96,7 @@ class EngineServer:
         self._auth: Any = None
         self.streams = Streams(self.decoders, self.settings, self._send)
         self._started = time.monotonic()
-        self._styles_facts = {name: _facts(d) for name, d in self.decoders.items()}
+        self._styles_facts = {name: decoder_facts(d) for name, d in self.decoders.items()}
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -308,15 +308,3 @@ class EngineServer:
 
 def _id_of(request: protocol.Request | None) -> str | None:
     return None if request is None else request.id
-
-
-def _facts(decoder: Any) -> dict[str, Any]:
-    """What ``hello`` tells about one style's model."""
-    model = getattr(decoder, "model", None)
-    facts = getattr(model, "facts", None)
-    result = dict(facts()) if facts is not None else {}
-    # The range ``constraints.pitch_min/pitch_max`` must stay in for this style.
-    pitches = vocabulary_pitch_range(decoder)
-    if pitches is not None:
-        result["pitch_min"], result["pitch_max"] = pitches
-    return result

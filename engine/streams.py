@@ -65,6 +65,19 @@ def _prefilling(stream: Stream) -> bool:
     return bool(getattr(stream.generation, "prefill_rest", None))
 
 
+def decoder_facts(decoder: Any) -> dict[str, Any]:
+    """What ``hello`` tells about one style's model (and what offline tools build their
+    requests from, as melodyd builds them from ``hello``)."""
+    model = getattr(decoder, "model", None)
+    facts = getattr(model, "facts", None)
+    result = dict(facts()) if facts is not None else {}
+    # The range ``constraints.pitch_min/pitch_max`` must stay in for this style.
+    pitches = vocabulary_pitch_range(decoder)
+    if pitches is not None:
+        result["pitch_min"], result["pitch_max"] = pitches
+    return result
+
+
 def vocabulary_pitch_range(decoder: Any) -> tuple[int, int] | None:
     """The pitches a style's vocabulary is meant to play (``[tokens] pitch_min/max``).
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from bridge.ear import Ear
 from bridge.requests import accompaniment_request
 from engine.decoder import StyleDecoder
-from engine.streams import vocabulary_pitch_range
+from engine.streams import decoder_facts
 from models.core.exceptions import EngineError
 from models.core.meter import bar_length
 from models.core.notes import Note
@@ -79,8 +79,7 @@ def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settin
     melody = quantize(melody, decoder.tokenizer.settings.positions_per_beat)
     if bars is None:
         bars = bar_count(melody, time_signature)
-    pitches = vocabulary_pitch_range(decoder)
-    facts = {} if pitches is None else {"pitch_min": pitches[0], "pitch_max": pitches[1]}
+    facts = decoder_facts(decoder)
     ear = Ear(settings.interaction)
     window = settings.interaction.seed_bars * length
     played: list[Note] = []

@@ -32,7 +32,7 @@ from bridge.policy import AccompanyPolicy, CallResponsePolicy, Trigger
 from bridge.requests import generate_request
 from bridge.seed import SeedWindow
 from engine.decoder import StyleDecoder
-from engine.streams import vocabulary_pitch_range
+from engine.streams import decoder_facts
 from models.analysis.music_stats import mean_pitch, rhythmic_similarity
 from models.core import protocol
 from models.core.meter import bar_length
@@ -376,8 +376,7 @@ def answer_call(decoder: StyleDecoder, style: str, call: Call, config: JamConfig
         record["error"] = "the policy never asked for an answer"
         return record
     requested = made[-1]  # earlier ones were cut off by the player's next note (barge-in)
-    pitches = vocabulary_pitch_range(decoder)
-    facts = {} if pitches is None else {"pitch_min": pitches[0], "pitch_max": pitches[1]}
+    facts = decoder_facts(decoder)
     request = request_for(requested, call, settings, style=style, facts=facts,
                           request_id=f"{call.name}/{repeat}")
     # A fresh session per answer: no cached prefix, the first answer of a jam (the

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.core.exceptions import MelodyError
-from models.core.tokenizer import STYLE_ANY
+from models.core.protocol.limits import STYLE_ANY
 
 HELP = "list the installed style models with their size, training data and metrics"
 

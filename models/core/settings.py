@@ -223,6 +223,7 @@ class InteractionSettings:
     chord_strength: float = setting(6.0, low=0.0, high=20.0)
     morph_style: str = setting("")
     morph_amount: float = setting(0.0, low=-4.0, high=1.0)
+    style_guidance: float = setting(1.0, low=1.0, high=5.0)
 
     def check(self) -> None:
         """Reject a chord loop the engine could not be given (``models.core.chords``)."""

@@ -53,6 +53,7 @@ import symusic
 from models.core.exceptions import ConfigError, TokenizerError
 from models.core.meter import parse_time_signature
 from models.core.notes import ANY, ROLES, Note
+from models.core.protocol.limits import STYLE_ANY
 from models.core.settings import TokensSettings, _build_section
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,6 @@ _MAX_TICK = 2**31 - 1
 # The MidiTok program standing for each role. "any" is 0 because MidiTok decodes notes
 # before any Program token as program 0; the order is the order of roles at one position.
 ROLE_PROGRAMS = {role: program for program, role in enumerate(ROLES)}
-STYLE_ANY = "any"  # the name of slot 0
 # The conditioning settings, left out of ``to_dict`` at their defaults so that the saved
 # configuration of an unconditioned vocabulary is exactly what it was before them.
 _CONDITIONING_DEFAULTS = {"style_slots": 0, "styles": (), "roles": False}

@@ -112,3 +112,26 @@ def test_a_morph_prefilled_in_chunks_by_the_server_plays_the_same(decoder, style
     gen = chunked_decoder.start("chunks-b", request, prefill=False)
     assert gen.twin is not None and len(gen.twin.prefill_rest) > 8
     assert chunked_decoder.decode_until_done([gen])[0] == at_once
+
+
+def test_best_of_n_forks_each_candidate_with_its_own_twin(decoder, styles):
+    """Every candidate of a morphing answer reads its tokens into a twin row of its own;
+    the winner's twin carries on, the others' rows come back."""
+    first, second = styles
+    free_before = len(decoder.pool._free)
+    request = GenerateRequest(seed=SEED, start_beat=4.0, bars=2, style=first,
+                              sampling=SamplingParams(seed=2), morph=Morph(second, 0.5),
+                              candidates=protocol.Candidates(3))
+    gen = decoder.start("forked", request)
+    saw_fork = False
+    while not gen.done:
+        decoder.step([gen])
+        if gen.branches is not None:
+            saw_fork = True
+            twins = [b.twin for b in gen.branches]
+            assert all(t is not None for t in twins)
+            assert len({t.slot for t in twins} | {b.slot for b in gen.branches}) == 6
+            for branch in gen.branches:
+                assert branch.twin.stream[2:] == branch.stream[2:]
+    assert saw_fork and gen.choices
+    assert len(decoder.pool._free) == free_before

@@ -43,6 +43,9 @@ MAX_POLYPHONY = 16
 MAX_CANDIDATES = 8
 # Chord hints in one request's steering: one a beat over MAX_BARS bars of 4/4 is plenty.
 MAX_CHORD_HINTS = 256
+# The style name of a style-conditioned model's unconditioned slot (slot 0, trained by
+# style dropout): a request may name it, and a morph from it is style guidance.
+STYLE_ANY = "any"
 # morph.amount: 0-1 blends towards the other style; below 0 pushes away from it (from the
 # "any" style: classifier-free guidance, the request's style made stronger).
 MORPH_AMOUNT_RANGE = (-4.0, 1.0)
