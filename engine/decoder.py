@@ -235,13 +235,10 @@ class StyleDecoder:
         """
         began = time.perf_counter()
         active = [g for g in generations if not g.done]
-        prefilling = [g for g in active if g.prefill_rest
-                      or (g.twin is not None and g.twin.prefill_rest)]
+        prefilling = [g for g in active if g.next_prompt()]
         for gen in prefilling:
-            if gen.prefill_rest:
-                self._prefill_next(gen)
-            if gen.twin is not None and gen.twin.prefill_rest:
-                self._prefill_next(gen.twin)  # a morph's twin runs its prompt alongside
+            # One chunk per generation and step: its own prompt's, then its twin's.
+            self._prefill_next(gen if gen.prefill_rest else gen.twin)
         # A generation that ran a prompt chunk this step waits for the next one to sample:
         # one step never costs more than one chunk per generation on top of the batch.
         chunked = {id(g) for g in prefilling}

@@ -100,6 +100,13 @@ class Generation:
         self._fork_tokens = 0
         self._fork_log_prob = 0.0
 
+    def next_prompt(self) -> list[int]:
+        """The prompt tokens the next chunk comes from: the answer's own, then (a morph)
+        its twin's; empty once both are in the cache."""
+        if self.prefill_rest:
+            return self.prefill_rest
+        return self.twin.prefill_rest if self.twin is not None else []
+
     @property
     def elapsed(self) -> float:
         """Seconds from the start to the end (or to now while running)."""

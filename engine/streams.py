@@ -60,9 +60,16 @@ class Stream:
         return self.identity, self.request_id
 
 
+def _next_prompt(stream: Stream) -> list[int]:
+    """The prompt tokens the stream's next chunk comes from (a morph's twin's too; decoder
+    doubles have none)."""
+    next_prompt = getattr(stream.generation, "next_prompt", None)
+    return next_prompt() if next_prompt is not None else []
+
+
 def _prefilling(stream: Stream) -> bool:
-    """Whether the stream's prompt still has chunks to run (decoder doubles have none)."""
-    return bool(getattr(stream.generation, "prefill_rest", None))
+    """Whether the stream's prompt still has chunks to run."""
+    return bool(_next_prompt(stream))
 
 
 def decoder_facts(decoder: Any) -> dict[str, Any]:
@@ -248,7 +255,7 @@ class Streams:
             return prefilling
         turns, tokens = [], 0
         for stream in prefilling:
-            size = min(chunk, len(stream.generation.prefill_rest))
+            size = min(chunk, len(_next_prompt(stream)))
             if turns and tokens + size > chunk:
                 break
             turns.append(stream)

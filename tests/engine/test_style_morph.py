@@ -135,3 +135,29 @@ def test_best_of_n_forks_each_candidate_with_its_own_twin(decoder, styles):
                 assert branch.twin.stream[2:] == branch.stream[2:]
     assert saw_fork and gen.choices
     assert len(decoder.pool._free) == free_before
+
+
+def test_a_morph_runs_one_prompt_chunk_per_step(decoder, styles):
+    """The server bounds the prompt tokens per step (other sessions wait for them): a
+    morphing answer runs its own prompt's chunks, then its twin's, one a step."""
+    first, second = styles
+    chunked = StyleDecoder(decoder.model, dataclasses.replace(decoder.settings,
+                                                              prefill_chunk=8),
+                           allow_eos=False)
+    request = GenerateRequest(seed=SEED, start_beat=4.0, bars=1, style=first,
+                              sampling=SamplingParams(seed=1), morph=Morph(second, 0.5))
+    gen = chunked.start("one-chunk", request, prefill=False)
+
+    def left() -> int:
+        return len(gen.prefill_rest) + len(gen.twin.prefill_rest)
+
+    total, steps = left(), 0
+    while left():
+        before = left()
+        chunked.step([gen])
+        steps += 1
+        assert 0 < before - left() <= 8
+        assert gen.tokens == 0  # nothing is sampled before both prompts are in
+    assert steps == -(-len(gen.stream) // 8) + -(-len(gen.twin.stream) // 8)
+    assert total == len(gen.stream) + len(gen.twin.stream)
+    chunked.cancel(gen)
