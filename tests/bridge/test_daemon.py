@@ -28,7 +28,9 @@ from bridge.listener import InputQueue
 from bridge.scheduler import Scheduler
 from models.core import protocol
 from models.core.notes import Note
+from models.core.protocol.messages import Steering
 from models.core.settings import Settings
+from models.core.tonality import parse_key
 
 BPM = 600.0  # 0.1 s per beat, 0.4 s per bar: the tests stay short
 
@@ -374,6 +376,10 @@ def test_accompany_knobs_scale_busyness_and_key_strength_within_the_settings_ran
     daemon, engine, _port, inputs, clock = rig
     _accompany(daemon, inputs)
     inter = daemon.settings.interaction
+    # What the ear hears depends on where the bar lines fall among the phrase's notes;
+    # a fixed hearing leaves only the knobs to vary.
+    heard = Steering(key=parse_key("C major"), key_strength=1.5, notes_per_bar=3.0)
+    daemon.ear.steering = lambda _notes, _bar_length: heard
     now = time.monotonic()
     inputs.put(now, mido.Message("control_change", control=27, value=96))  # twice as busy
     inputs.put(now, mido.Message("control_change", control=28, value=0))  # own harmony
@@ -382,7 +388,7 @@ def test_accompany_knobs_scale_busyness_and_key_strength_within_the_settings_ran
     assert wait_for(lambda: len(engine.of_type("generate")) >= 1)
     steering = engine.of_type("generate")[0]["steering"]
     assert steering["key_strength"] == 0.0
-    # The lead's three notes in one bar ask for twice accompany_density times three.
+    # Three notes a bar heard ask for twice accompany_density times three.
     assert steering["notes_per_bar"] == pytest.approx(2 * inter.accompany_density * 3)
     daemon.accompany_knobs["accompany_density"] = 1000.0
     assert daemon._request_settings().interaction.accompany_density == 8.0  # its maximum

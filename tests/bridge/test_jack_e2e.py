@@ -97,6 +97,34 @@ NATIVE = pytest.param("native", marks=pytest.mark.skipif(
     not jack.available(), reason="the native JACK client is not built"))
 
 
+def timing_problems(ons, answer_start: float, answer_end: float, *, first_tolerance: float,
+                    tolerance: float, beat_of, time_of, native: bool) -> list[str]:
+    """What is wrong with an answer's onsets (empty: nothing), for a timing test."""
+    problems = []
+    first = ons[0].t - answer_start
+    if abs(first) > first_tolerance:
+        problems.append(f"first onset {first * 1e3:.1f} ms from its bar line")
+    outside = [r.t for r in ons if not answer_start - tolerance <= r.t <= answer_end + tolerance]
+    if outside:
+        problems.append(f"{len(outside)} onsets outside the answer's bars")
+    errors = grid_errors([r.t for r in ons], beat_of, time_of)
+    # The dummy backend loses time on an xrun when the CPU is busy (DESIGN.md), which
+    # shifts the odd onset by a period or two; 90 % must be within the tolerance.
+    within = sum(e <= tolerance for e in errors) / len(errors)
+    if within < 0.9:
+        problems.append(f"{within:.0%} on the grid; worst {sorted(errors)[-5:]}")
+    # The scheduler's late-drop bound: nothing later is played, and JACK adds at most a
+    # period. (The distance to the nearest line could not show this: at 120 BPM it is
+    # never above 21 ms.)
+    lateness = grid_lateness([r.t for r in ons], beat_of, time_of)
+    if max(lateness) > LATE_DROP_S + tolerance:
+        problems.append(f"onsets past the late-drop bound: {sorted(lateness)[-5:]}")
+    if native and statistics.median(errors) > NATIVE_MEDIAN_S:
+        # On the frame, not on the next period's start (rtmidi's median is ~1 period).
+        problems.append(f"median grid error {statistics.median(errors) * 1e3:.2f} ms")
+    return problems
+
+
 @pytest.mark.parametrize("jack_client", [NATIVE, "rtmidi"])
 def test_answer_on_next_bar_on_grid_and_released(start_melodyd, probe_for, tiny_onnx_model,
                                                  jack_server, jack_client):
@@ -109,7 +137,10 @@ def test_answer_on_next_bar_on_grid_and_released(start_melodyd, probe_for, tiny_
     # on their frames, which only a native probe can see (rtmidi stamps on the period).
     probe = probe_for(native=jack_client == "native")
     origin, spb = daemon.origin, 0.5
+    period = jack_server.period_s
+    problems: list[str] = ["no answer with three onsets"]
     for _ in range(MAX_TRIES):
+        xruns = jack_server.xruns()
         start = next_bar_start(time.monotonic(), origin, spb)
         phrase_end = probe.play(PHRASE, start, spb)
         # Silence of 1 beat, then the answer starts on the next bar line.
@@ -119,28 +150,17 @@ def test_answer_on_next_bar_on_grid_and_released(start_melodyd, probe_for, tiny_
         answer_end = answer_start + 2 * 4 * spb
         assert wait_until(lambda end=answer_end: time.monotonic() > end + 0.5, 20)
         ons = note_ons(probe.messages(), since=phrase_end)
-        if len(ons) >= 3:
+        if len(ons) < 3:
+            continue  # a random model may end its piece after a note or two
+        problems = timing_problems(
+            ons, answer_start, answer_end, first_tolerance=period + SLACK_S,
+            tolerance=period + SLACK_S, beat_of=lambda t: (t - origin) / spb,
+            time_of=lambda b: origin + b * spb, native=jack_client == "native")
+        # An xrun during the answer moved the dummy server's clock under it: that
+        # measurement says nothing about melodyd, so it is taken again.
+        if not problems or jack_server.xruns() == xruns:
             break
-    assert len(ons) >= 3, daemon.log()
-    period = jack_server.period_s
-    assert abs(ons[0].t - answer_start) <= period + SLACK_S, (ons[0].t - answer_start)
-    assert all(answer_start - period <= r.t <= answer_end + period for r in ons)
-    errors = grid_errors([r.t for r in ons], lambda t: (t - origin) / spb,
-                         lambda b: origin + b * spb)
-    # The dummy backend loses time on an xrun when the CPU is busy (DESIGN.md), which
-    # shifts the odd onset by a period or two; 90 % must be within one period + slack,
-    # and every onset within the late-drop bound below.
-    within = sum(e <= period + SLACK_S for e in errors) / len(errors)
-    assert within >= 0.9, sorted(errors)[-5:]
-    # The scheduler's late-drop bound: nothing later is played, and JACK adds at most a
-    # period. (The distance to the nearest line could not show this: at 120 BPM it is
-    # never above 21 ms.)
-    lateness = grid_lateness([r.t for r in ons], lambda t: (t - origin) / spb,
-                             lambda b: origin + b * spb)
-    assert max(lateness) <= LATE_DROP_S + period + SLACK_S, sorted(lateness)[-5:]
-    if jack_client == "native":
-        # On the frame, not on the next period's start (rtmidi's median is ~1 period).
-        assert statistics.median(errors) <= NATIVE_MEDIAN_S, sorted(errors)
+    assert not problems, (problems, daemon.log()[-2000:])
     # Every note-on gets its note-off (a note may ring past the answer's last bar line,
     # by at most the longest duration, 8 beats).
     assert wait_until(lambda: sounding_after([r.message for r in probe.messages()]) == set(),
@@ -161,14 +181,18 @@ def test_follows_midi_clock_at_100_then_140_bpm(start_melodyd, probe_for, tiny_o
     # 14.8 ms at 100 BPM) that melodyd neither caused nor can see.
     probe = probe_for(native=jack.available())
     period = jack_server.period_s
+    # Tick arrival and note output each add up to one period of JACK jitter; the phase
+    # is fitted from the ticks' arrival times. Still well inside half a grid step
+    # (17.9 ms at 140 BPM).
+    tolerance = 2 * period + MIDI_CLOCK_SLACK_S
     probe.start_clock(100.0)
     for bpm in (100.0, 140.0):
         probe.set_tempo(bpm)
         spb = 60.0 / bpm
         time.sleep(2 * spb)  # more than a beat at the new tempo before the phrase
-        # A random model may end its piece after a note or two; play again until an
-        # answer has enough onsets to measure spacing.
+        problems: list[str] = ["no answer with three onsets"]
         for _ in range(MAX_TRIES):
+            xruns = jack_server.xruns()
             probe.clear()
             bar = math.ceil(probe.beat_at(time.monotonic() + 0.2) / 4)
             phrase_end = probe.play(PHRASE, probe.beat_time(bar * 4), spb)
@@ -177,20 +201,16 @@ def test_follows_midi_clock_at_100_then_140_bpm(start_melodyd, probe_for, tiny_o
             answer_end = probe.beat_time(answer_bar * 4 + 8)
             assert wait_until(lambda end=answer_end: time.monotonic() > end + 0.3, 30)
             ons = note_ons(probe.messages(), since=phrase_end)
-            if len(ons) >= 3:
+            if len(ons) < 3:
+                continue  # a random model may end its piece after a note or two
+            problems = timing_problems(
+                ons, answer_start, answer_end, first_tolerance=tolerance,
+                tolerance=tolerance, beat_of=probe.beat_at, time_of=probe.beat_time,
+                native=False)
+            # An xrun moved the dummy server's clock under the answer: measure again.
+            if not problems or jack_server.xruns() == xruns:
                 break
-        assert len(ons) >= 3, daemon.log()
-        # Tick arrival and note output each add up to one period of JACK jitter; the
-        # phase is fitted from tick arrival times stamped by a Python callback, whose
-        # wake-up on a loaded 2-core box adds a few ms more (CI once saw 8.6 ms at 140
-        # BPM). Still well inside half a grid step (17.9 ms at 140 BPM).
-        tolerance = 2 * period + MIDI_CLOCK_SLACK_S
-        assert abs(ons[0].t - answer_start) <= tolerance, (bpm, ons[0].t - answer_start)
-        errors = grid_errors([r.t for r in ons], probe.beat_at, probe.beat_time)
-        within = sum(e <= tolerance for e in errors) / len(errors)
-        assert within >= 0.9, (bpm, sorted(errors)[-5:])
-        # Onset spacing is in beats at this tempo: the answer spans at most 2 bars of it.
-        assert ons[-1].t - ons[0].t <= 8 * spb + tolerance
+        assert not problems, (bpm, problems, daemon.log()[-2000:])
         probe.clear()
     probe.stop_clock()  # the DAW stops: melodyd releases whatever still sounds
     # Explicit note-offs: CC 123 alone is not trusted.
@@ -481,7 +501,9 @@ def test_accompany_plays_under_the_melody_on_the_grid_and_stops_after_it(
     daemon = start_melodyd(["--model", str(tiny_conditioned_onnx), "--clock", "midi",
                             "--mode", "accompany"], config_text=config)
     daemon.wait_for_log("engine at .* is up")
-    probe = probe_for()
+    # Frame-placed ticks and frame stamps where the native client is built (see the MIDI
+    # clock test): python-rtmidi's wake-ups put 10-20 ms of the box's load into the grid.
+    probe = probe_for(native=jack.available())
     bpm = 120.0
     spb = 60.0 / bpm
     probe.start_clock(bpm)
@@ -499,7 +521,9 @@ def test_accompany_plays_under_the_melody_on_the_grid_and_stops_after_it(
     assert any(melody_start < r.t < last_line for r in ons)
     tolerance = 2 * jack_server.period_s + MIDI_CLOCK_SLACK_S
     errors = grid_errors([r.t for r in ons], probe.beat_at, probe.beat_time)
-    assert sum(e <= tolerance for e in errors) / len(errors) >= 0.9, sorted(errors)[-5:]
+    assert sum(e <= tolerance for e in errors) / len(errors) >= 0.9, (
+        sorted(errors)[-5:], [round(probe.beat_at(r.t) - first_bar, 3) for r in ons],
+        daemon.log()[-3000:])
     melody_onsets = [(melody_start + beat * spb, pitch) for beat, _d, pitch, _v in MELODY]
     doubled = [r for r in ons for t, pitch in melody_onsets
                if r.message.note == pitch and abs(r.t - t) <= tolerance]

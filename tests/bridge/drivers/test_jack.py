@@ -70,8 +70,9 @@ def test_untimed_message_goes_out_in_the_next_period(pair, jack_server):
     # Stamped with its frame in the cycle that carried it: within a couple of periods (a
     # loaded machine may delay the cycle). The stamp is JACK's frame time mapped to the
     # monotonic clock, and the dummy backend's clock slips on an xrun, so on a busy box
-    # the stamp may read a little before the send (CI saw 2.9 ms at a 1.3 ms period).
-    assert sent - 2 * jack_server.period_s - 0.003 <= t <= sent + 0.05
+    # the stamp may read before the send (2.9 and 28.6 ms were seen): what is checked is
+    # that the message went out at once, not placed at some later frame.
+    assert abs(t - sent) <= 0.05
 
 
 @needs_native
