@@ -32,10 +32,11 @@ from bridge.engine_child import stop_process
 from models.core.exceptions import BridgeError
 
 # A native probe queues each clock tick this long before it is due, on a client of its
-# own: like a DAW's, its ticks then land on their frames however late a loaded machine
-# wakes the thread that queues them (the notes' client would hold a note behind a tick
-# queued for later, so the ticks cannot share it).
-CLOCK_QUEUE_AHEAD_S = 0.05
+# own: like a DAW's, its ticks then land on their frames however late (up to this) a
+# loaded machine wakes the thread that queues them (the notes' client would hold a note
+# behind a tick queued for later, so the ticks cannot share it). Ticks queued past a
+# Stop arrive after it, where a MIDI clock follower ignores them.
+CLOCK_QUEUE_AHEAD_S = 0.2
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ class Probe:
         self._clock_lock = threading.Lock()
         self._clock_anchor = (0.0, 0, 0.5 / TICKS_PER_BEAT)  # (t, tick, seconds per tick)
         self._clock_next = 0  # the next tick the clock thread queues
+        self._clock_last_at = 0.0  # when the last queued tick is due
         self.clock_start: float | None = None  # wall time of tick 0 after Start
 
     def _list_ports(self) -> tuple[list[str], list[str]]:
@@ -307,12 +309,15 @@ class Probe:
         return (k + (t - t0) / spt) / TICKS_PER_BEAT
 
     def stop_clock(self) -> None:
-        """Stop sending ticks and send Stop."""
+        """Stop sending ticks and send Stop (after the ticks already queued, so none of
+        them can reach the next Start's timeline)."""
         self._clock_stop.set()
         if self._clock_thread is not None:
             self._clock_thread.join(2.0)
             self._clock_thread = None
-        self.send(mido.Message("stop"))
+        with self._clock_lock:
+            last = self._clock_last_at
+        self.send(mido.Message("stop"), at=max(last + 0.001, time.monotonic()))
 
     def _run_clock(self, tick: int = 0) -> None:
         clock = self._clock_client
@@ -321,6 +326,7 @@ class Probe:
                 t, k, spt = self._clock_anchor
                 at = t + (tick - k) * spt
                 self._clock_next = tick + 1
+                self._clock_last_at = at
             if clock is None:
                 self.send(mido.Message("clock"), at=at)
             else:
