@@ -3,7 +3,9 @@ behave the same through python-rtmidi, but this machine has only JACK)."""
 
 from __future__ import annotations
 
-import threading
+import json
+import subprocess
+import sys
 import time
 
 import mido
@@ -43,29 +45,50 @@ def test_messages_arrive_with_their_time_and_the_output_knows_its_jack_name(port
     assert name is not None and name.endswith(":rt out") and name.startswith("melodyd-")
 
 
-def test_closing_while_messages_pour_in_does_not_deadlock(ports):
+# Run in a child process: closing an rtmidi JACK input while JACK's thread delivers to it
+# is the riskiest thing python-rtmidi does with memory, and the torch-free CI job crashed
+# (segfault, abort) a few tests after this one; a child's crash fails this test only.
+_FLOOD_THEN_CLOSE = """
+import json, threading, time
+import mido
+from bridge.drivers.rtmidi import RtmidiOutput, open_rtmidi_ports, port_names
+
+got = threading.Event()
+opened = open_rtmidi_ports("jack", in_name="rt in", out_name="rt out", connect_in="",
+                           connect_out="", callback=lambda *_: got.set())
+(target,) = [n for n in port_names("jack")[1] if n.endswith(":rt in")]
+player = RtmidiOutput("jack", target, virtual=False)
+stop = threading.Event()
+
+
+def flood():
+    while not stop.is_set():
+        player.send(mido.Message("clock"))
+        time.sleep(0.0005)
+
+
+flooding = threading.Thread(target=flood, daemon=True)
+flooding.start()
+arrived = got.wait(20)
+closing = threading.Thread(target=opened.close, daemon=True)
+closing.start()
+closing.join(5.0)
+report = {"arrived": arrived, "deadlocked": closing.is_alive(),
+          "closed": opened.input.closed}
+stop.set()
+flooding.join(2.0)
+player.close()
+print(json.dumps(report), flush=True)
+"""
+
+
+def test_closing_while_messages_pour_in_does_not_deadlock(jack_server):
     """rtmidi's callback needs the GIL on JACK's thread while closing waits for that
     thread: the driver cancels the callback first."""
-    opened, inbox = ports
-    (target,) = [n for n in port_names("jack")[1] if n.endswith(":rt in")]
-    player = RtmidiOutput("jack", target, virtual=False)
-    stop = threading.Event()
-
-    def flood() -> None:
-        while not stop.is_set():
-            player.send(mido.Message("clock"))
-            time.sleep(0.0005)
-
-    flooding = threading.Thread(target=flood, daemon=True)
-    flooding.start()
-    try:
-        assert inbox.wait(20)
-        closing = threading.Thread(target=opened.close, daemon=True)
-        closing.start()
-        closing.join(5.0)
-        assert not closing.is_alive(), "closing the input deadlocked"
-        assert opened.input.closed
-    finally:
-        stop.set()
-        flooding.join(2.0)
-        player.close()
+    result = subprocess.run([sys.executable, "-c", _FLOOD_THEN_CLOSE], capture_output=True,
+                            text=True, timeout=90, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["arrived"], "no message reached the input"
+    assert not report["deadlocked"], "closing the input deadlocked"
+    assert report["closed"]
