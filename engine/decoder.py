@@ -42,6 +42,7 @@ from engine.forcing import LeadForcing
 from engine.generation import Generation
 from engine.grammar import VocabularyMasks
 from engine.model import LoadedModel
+from engine.pace import PrefillPace
 from engine.prompt import build_prompt
 from engine.sampling import log_prob, log_softmax, sample
 from engine.steering import BarDensity, ChordBias, pitch_bias, steer
@@ -99,6 +100,9 @@ class StyleDecoder:
         self._step_binding: BoundCall | None = None
         # Best-of-N needs rows to fork into: key/value models only.
         self.best_of_n = BestOfN(self.pool) if self.pool is not None else None
+        # Prompt chunks sized to a time budget from the measured cost of a prompt token.
+        self.pace = PrefillPace(self.settings.prefill_chunk,
+                                self.settings.prefill_chunk_ms / 1000.0)
 
     # ----------------------------------------------------------------- public API
     @property
@@ -177,7 +181,7 @@ class StyleDecoder:
             gen.slot = self.pool.acquire()
             if reuse:
                 self.pool.load(gen.slot, cache, reuse)
-            chunk = (self.settings.prefill_chunk or len(new)) if prefill else 0
+            chunk = self.pace.chunk(len(new)) if prefill else 0
             if chunk:
                 gen.logits = self.prefill(gen, new[:chunk], reuse)
                 if gen.twin is not None:
@@ -340,7 +344,9 @@ class StyleDecoder:
         slot = self._slot(gen)
         binding = BoundCall(self.model, self.pool, start=slot, stop=slot + 1, seq=len(tokens))
         binding.set_row(0, tokens, past)
+        began = time.perf_counter()
         binding.run()
+        self.pace.record(len(tokens), time.perf_counter() - began)
         self.pool.lengths[slot] = past + len(tokens)
         return binding.logits[0, -1].copy()  # not a view that keeps [seq, vocab] alive
 
@@ -530,7 +536,7 @@ class StyleDecoder:
     def _prefill_next(self, gen: Generation) -> None:
         """Run the next chunk of a generation's prompt into its row."""
         assert gen.slot is not None  # only pool models prefill in chunks
-        chunk = self.settings.prefill_chunk or len(gen.prefill_rest)
+        chunk = self.pace.chunk(len(gen.prefill_rest))
         tokens, gen.prefill_rest = gen.prefill_rest[:chunk], gen.prefill_rest[chunk:]
         gen.logits = self.prefill(gen, tokens, gen.cache_len)
         gen.stream.extend(tokens)

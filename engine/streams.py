@@ -214,8 +214,9 @@ class Streams:
         a style-conditioned model share its decoder and its batch).
 
         Streams whose prompt is still being prefilled take turns, the earliest request
-        first: per model and call, prompt chunks of at most ``prefill_chunk`` tokens in
-        all (the first one always runs; short prompts share a step), the others sitting
+        first: per model and call, prompt chunks of one step's budget in all (what
+        ``[engine] prefill_chunk_ms`` of prefill costs, at most ``prefill_chunk`` tokens;
+        the first one always runs; short prompts share a step), the others sitting
         this step out (their cache rows untouched), so a burst of long prompts costs the
         other sessions one chunk per loop iteration, not one per prompt.
         """
@@ -248,15 +249,19 @@ class Streams:
                 self._flush_safely(stream)
 
     def _prompt_turns(self, prefilling: list[Stream]) -> list[Stream]:
-        """The prefilling streams whose next chunks fit in one chunk's worth of tokens
-        (the earliest always), in start order."""
-        chunk = self.settings.prefill_chunk
-        if not chunk:
+        """The prefilling streams whose next chunks fit in one step's prompt budget (the
+        earliest always), in start order: chunks are sized by the decoder's pace (a time
+        budget per step, ``engine.pace``)."""
+        if not prefilling:
+            return []
+        pace = self.decoders[prefilling[0].style].pace
+        budget = pace.step_tokens
+        if not budget:
             return prefilling
         turns, tokens = [], 0
         for stream in prefilling:
-            size = min(chunk, len(_next_prompt(stream)))
-            if turns and tokens + size > chunk:
+            size = pace.chunk(len(_next_prompt(stream)))
+            if turns and tokens + size > budget:
                 break
             turns.append(stream)
             tokens += size

@@ -134,6 +134,7 @@ class EngineSettings:
     max_tokens_per_bar: int = setting(256, low=8, high=4096)
     max_cached_sessions: int = setting(64, low=1, high=4096)
     prefill_chunk: int = setting(64, low=0, high=65_536)
+    prefill_chunk_ms: float = setting(15.0, low=0.0, high=10_000.0)
     # The zmq service (see ``engine.server`` and docs/protocol.md).
     bind: str = setting("tcp://127.0.0.1:5757")
     curve_server_secret: str = setting("")

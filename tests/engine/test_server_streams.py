@@ -68,9 +68,9 @@ def test_sessions_of_one_style_share_one_step_per_iteration(start_server, contex
     real_step, real_iterate = decoder.step, server._iterate
     iteration = [0]
     # (iteration, batch size, generations decoding, prompts prefilling in the batch,
-    # prompt tokens those run)
-    chunk = server.settings.prefill_chunk
-    calls: list[tuple[int, int, int, int, int]] = []
+    # prompt tokens those run, the step's prompt budget)
+    pace = decoder.pace
+    calls: list[tuple[int, int, int, int, int, int]] = []
 
     def counting_iterate() -> None:
         iteration[0] += 1
@@ -81,7 +81,8 @@ def test_sessions_of_one_style_share_one_step_per_iteration(start_server, contex
                        for s in server.streams.running.values())
         calls.append((iteration[0], len(generations), decoding,
                       sum(bool(g.prefill_rest) for g in generations),
-                      sum(min(chunk, len(g.prefill_rest)) for g in generations)))
+                      sum(pace.chunk(len(g.prefill_rest)) for g in generations if g.prefill_rest),
+                      pace.step_tokens))
         real_step(generations)
 
     server._iterate, decoder.step = counting_iterate, counting_step
@@ -103,9 +104,10 @@ def test_sessions_of_one_style_share_one_step_per_iteration(start_server, contex
     assert len(iterations) == len(set(iterations)), "two steps in one loop iteration"
     # Every decoding generation is in every step; prompts take turns, at most one chunk
     # of tokens a step (these short ones share one).
-    assert all(batch - chunks == decoding for _, batch, decoding, chunks, _ in calls), \
+    assert all(batch - chunks == decoding for _, batch, decoding, chunks, *_ in calls), \
         "a generation was left out"
-    assert all(tokens <= chunk for *_, tokens in calls), "over a chunk of prompt in a step"
+    assert all(tokens <= budget for *_, tokens, budget in calls), \
+        "over a step's budget of prompt in a step"
     assert max(batch for _, batch, *_ in calls) >= 2, "no two sessions were ever batched"
     stats = client.ask({"v": 1, "type": "stats"})["styles"][style]
     assert stats["steps"] == len(calls) and stats["rows"] == sum(b for _, b, *_ in calls)
