@@ -38,7 +38,16 @@ from typing import Any
 
 from models.core.exceptions import DataError
 from models.data.roles import RULE_ALL_LEAD, RULE_ANY, RULE_FIRST_PART, RULE_VOICE_PIANO
-from models.data.scores import SCORE_SUFFIXES, Journal, Record, Unit, run_units, stamp, still_valid
+from models.data.scores import (
+    SCORE_SUFFIXES,
+    SCORE_WRITER_MUSIC21,
+    Journal,
+    Record,
+    Unit,
+    run_units,
+    stamp,
+    still_valid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +77,9 @@ class Collection:
         style: the style label of its pieces (the style model it feeds).
         rule: how its tracks get their roles (``models.data.roles.RULES``).
         licence: the licence of its scores.
+        score_writer: how a parsed score becomes MIDI: ``"music21"`` (its own writer, which
+            expands repeats) or ``"notes"`` (``models.data.score_notes``: one pass, as
+            notated; for scores too large for music21's writer, e.g. whole quartets).
     """
 
     name: str
@@ -77,6 +89,7 @@ class Collection:
     style: str = ""
     rule: str = RULE_ANY
     licence: str = MUSIC21_LICENCE
+    score_writer: str = SCORE_WRITER_MUSIC21
 
 
 # Style labels (bundled corpora keep the styles of models/pretrained/recipe.toml).
@@ -298,10 +311,15 @@ def bundled_cache() -> Cache:
 
 def _header(collection: Collection, extra: dict[str, Any]) -> dict[str, Any]:
     """What a converted collection depends on: another value means convert again."""
-    return {"format": INDEX_FORMAT, "converter_version": CONVERTER_VERSION,
-            "collection": collection.name, "tunes_per_file": collection.tunes_per_file,
-            "voices_as_tunes": collection.voices_as_tunes, "rule": collection.rule,
-            "style": collection.style, **extra}
+    header = {"format": INDEX_FORMAT, "converter_version": CONVERTER_VERSION,
+              "collection": collection.name, "tunes_per_file": collection.tunes_per_file,
+              "voices_as_tunes": collection.voices_as_tunes, "rule": collection.rule,
+              "style": collection.style, **extra}
+    # Named only when not music21's, so caches converted before the choice existed stay
+    # valid for the collections that still use it.
+    if collection.score_writer != SCORE_WRITER_MUSIC21:
+        header["score_writer"] = collection.score_writer
+    return header
 
 
 def read_index(cache: Cache, collection: Collection) -> dict[str, Any] | None:

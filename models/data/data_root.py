@@ -27,7 +27,12 @@ from models.core.exceptions import DataError
 from models.data.corpus import Cache, Collection, cache_dir, convert_cached, read_index
 from models.data.midifile import MIDI_SUFFIXES
 from models.data.roles import RULE_ANY, RULE_FIRST_PART, RULE_POP909, RULE_VOICE_PIANO
-from models.data.scores import SCORE_SUFFIXES, Unit
+from models.data.scores import (
+    SCORE_SUFFIXES,
+    SCORE_WRITER_MUSIC21,
+    SCORE_WRITER_NOTES,
+    Unit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +79,7 @@ class NamedCorpus:
         midi: the subfolder of MIDI files (music21 conversions of ``scores``, same
             relative paths, or the corpus's own MIDI files when it has no scores).
         style_of: the style of one piece from its source path, when it varies.
+        score_writer: how its parsed scores become MIDI (``Collection.score_writer``).
     """
 
     name: str
@@ -87,11 +93,12 @@ class NamedCorpus:
     scores: str | None = None
     midi: str | None = None
     style_of: Callable[[str], str] | None = None
+    score_writer: str = SCORE_WRITER_MUSIC21
 
     def collection(self) -> Collection:
         """The cache's view of this corpus."""
         return Collection(self.name, self.description, style=self.style, rule=self.rule,
-                          licence=self.licence)
+                          licence=self.licence, score_writer=self.score_writer)
 
 
 _NIFC = "Fryderyk Chopin Institute (NIFC)"
@@ -105,7 +112,9 @@ NAMED_CORPORA: dict[str, NamedCorpus] = {c.name: c for c in (
                 "OpenScore String Quartets: Haydn to Bartók (whole quartets)", "CC0 1.0",
                 "github.com/OpenScore/StringQuartets (commit 2c723a5)",
                 "OpenScore String Quartets", RULE_FIRST_PART, "romantic", scores="scores",
-                style_of=quartet_style),
+                # A whole quartet is one file: music21's MIDI writer takes 5+ minutes on
+                # one (quadratic tie stripping), the one-pass writer seconds.
+                style_of=quartet_style, score_writer=SCORE_WRITER_NOTES),
     NamedCorpus("chopin", "chopin-first-editions",
                 "Chopin first editions, op. 1-74 and posthumous works (kern)", "CC BY 4.0",
                 "github.com/pl-wnifc/humdrum-chopin-first-editions (commit 95dfb10)",
@@ -220,7 +229,8 @@ def _unit(corpus: NamedCorpus, rel: Path, path: Path, kind: str, out_root: Path)
     # The original score's size orders the work (a big quartet first), whatever is read.
     return {"source": source, "path": str(path), "kind": kind, "out_root": str(out_root),
             "midi": f"{corpus.name}/{rel.with_suffix('').as_posix()}", "rule": corpus.rule,
-            "style": style, "tunes_per_file": None, "voices_as_tunes": False, "size": size}
+            "style": style, "tunes_per_file": None, "voices_as_tunes": False, "size": size,
+            "score_writer": corpus.score_writer}
 
 
 def named_pieces(name: str, data_root: str | Path | None, jobs: int = 0, *,

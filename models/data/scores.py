@@ -28,14 +28,21 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+import symusic
+
 from models.core.exceptions import DataError
 from models.data.roles import normalize_score
+from models.data.score_notes import score_to_symusic
 
 logger = logging.getLogger(__name__)
 
 # Score formats music21 reads; .rntxt (roman-numeral analyses) and Finale files are not music.
 SCORE_SUFFIXES = (".mxl", ".xml", ".musicxml", ".krn", ".abc")
 JOURNAL_NAME = "journal.jsonl"
+# How a parsed score becomes MIDI (``Collection.score_writer``): music21's writer, or
+# ``models.data.score_notes`` (one pass over the notes, repeats as notated).
+SCORE_WRITER_MUSIC21 = "music21"
+SCORE_WRITER_NOTES = "notes"
 
 Unit = dict[str, Any]
 Record = dict[str, Any]
@@ -106,11 +113,14 @@ def _music21_midi(score: Any, partial: Path) -> bytes:
         partial.unlink(missing_ok=True)
 
 
-def _write_normalized(data: bytes, target: Path, rule: str, source: str) -> tuple[int, list[str]]:
-    """Normalize MIDI bytes by role into ``target`` (atomically); notes and roles."""
+def _write_normalized(data: bytes | symusic.Score, target: Path, rule: str,
+                      source: str) -> tuple[int, list[str]]:
+    """Normalize MIDI bytes (or a score) by role into ``target`` (atomically); notes and
+    roles."""
     from models.data.midifile import score_from_bytes  # noqa: PLC0415
 
-    score, roles = normalize_score(score_from_bytes(data, source), rule)
+    parsed = data if isinstance(data, symusic.Score) else score_from_bytes(data, source)
+    score, roles = normalize_score(parsed, rule)
     if not score.tracks:
         raise DataError("no notes")  # not worth a file: the dataset would skip it anyway
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +206,10 @@ def _convert_score(unit: Unit) -> list[Record]:
         target = out_root / midi
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            data = _music21_midi(score, target.with_name(target.name + ".m21"))
+            if unit.get("score_writer", SCORE_WRITER_MUSIC21) == SCORE_WRITER_NOTES:
+                data = score_to_symusic(score)
+            else:
+                data = _music21_midi(score, target.with_name(target.name + ".m21"))
             notes, roles = _write_normalized(data, target, unit["rule"], name)
             records.append(_record(unit, name, midi, notes, roles=roles))
         except Exception as err:  # same: record it and go on
