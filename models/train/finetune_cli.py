@@ -26,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--freeze", type=int, metavar="K",
                         help="freeze the embeddings and the lower K blocks "
                              "(default [train] freeze)")
+    parser.add_argument("--no-freeze", action="store_true",
+                        help="train every weight: continue a model on new or more data "
+                             "(e.g. the conditioned base on a larger build) instead of "
+                             "adapting it to one style")
     add_common_arguments(parser)
 
 
@@ -45,13 +49,19 @@ def run(args: argparse.Namespace) -> int:
     extra = {} if args.resume else {"steps": defaults.finetune_steps,
                                     "lr": defaults.finetune_lr}
     settings = load_train_settings(args, extra)
-    freeze = args.freeze if args.freeze is not None else settings.freeze
+    if args.no_freeze and args.freeze is not None:
+        raise ModelError("--freeze K and --no-freeze contradict each other; pass one")
+    freeze = None if args.no_freeze else (
+        args.freeze if args.freeze is not None else settings.freeze)
     request = RunRequest(data_dir=args.data, out_dir=args.out, resume=args.resume,
                          init_from=args.init_from, freeze=freeze, stop_at=args.stop_at,
                          progress=not args.no_progress)
     summary = train(settings, request)
     if summary["rank"] != 0:
         return 0
-    print(f"froze {summary['frozen']} parameter tensors (embeddings and "
-          f"{summary['freeze']} lower blocks)")
+    if summary["freeze"] is None:
+        print("trained every weight (--no-freeze)")
+    else:
+        print(f"froze {summary['frozen']} parameter tensors (embeddings and "
+              f"{summary['freeze']} lower blocks)")
     return report(summary, args.out)

@@ -176,6 +176,16 @@ def test_cli_train_fine_tune_eval_and_lr_find_end_to_end(corpus: Path, tmp_path:
     assert "froze" in capsys.readouterr().out
     state = read_checkpoint(tuned / "last.pt")
     assert state["step"] == 4 and state["train_config"]["freeze"] == 1
+    whole = tmp_path / "whole"
+    assert melody(["fine-tune", "--from", str(run / "best.pt"), "--no-freeze",
+                   "--steps", "2", "--out", str(whole), *common]) == 0
+    assert "trained every weight" in capsys.readouterr().out
+    base, continued = (read_checkpoint(p)["model"] for p in (run / "best.pt", whole / "last.pt"))
+    assert read_checkpoint(whole / "last.pt")["train_config"]["freeze"] is None
+    assert not torch.equal(base["wte.weight"], continued["wte.weight"]), "embeddings frozen"
+    assert melody(["fine-tune", "--from", str(run / "best.pt"), "--no-freeze", "--freeze",
+                   "1", "--out", str(tmp_path / "both"), *common]) == 2
+    assert "contradict" in capsys.readouterr().err
     assert melody(["eval", str(tuned / "best.pt"), "--data", str(corpus),
                    "--json", str(tmp_path / "eval.json"), "--threads", "1"]) == 0
     metrics = json.loads((tmp_path / "eval.json").read_text())
