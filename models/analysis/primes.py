@@ -96,7 +96,7 @@ def fur_elise_prime() -> Prime:
 
 def c_major_prime() -> Prime:
     """The plain C-major phrase: two bars of quarter notes in 4/4."""
-    return Prime("c_major", "a plain C-major phrase, C D E F | G E F C in quarter notes",
+    return Prime("c_major", "a plain C-major phrase, C D E F, G E F C in quarter notes",
                  tuple(c_major_notes()), C_MAJOR_SIGNATURE, C_MAJOR_BARS,
                  "models/analysis/plain_tunes.py (the jam harness's c_major call)")
 
