@@ -160,10 +160,15 @@ def _evaluate_style(model: Any, data: Path, style: str, config: Any, *, real: An
 
 def _any_baseline(model: Any, config: Any, real: Any, styles: list[str]) -> dict[str, Any]:
     """The neutral primes continued under "any style": how often each style is heard
-    without its token (what the token adds to fidelity)."""
+    without its token, prime by prime (what the token adds to fidelity)."""
     from tqdm import tqdm  # noqa: PLC0415
 
-    from engine.tools.conditioned_eval import NEUTRAL, fidelity, judge, verdict_counts  # noqa: PLC0415
+    from engine.tools.conditioned_eval import (  # noqa: PLC0415
+        KINDS,
+        fidelity_by_kind,
+        judge,
+        verdict_counts,
+    )
     from engine.tools.style_eval import generate_continuations  # noqa: PLC0415
     from models.analysis.primes import neutral_primes  # noqa: PLC0415
     from models.core.protocol.limits import STYLE_ANY  # noqa: PLC0415
@@ -172,10 +177,10 @@ def _any_baseline(model: Any, config: Any, real: Any, styles: list[str]) -> dict
         continuations = generate_continuations(model, neutral_primes(), config, bar.update,
                                                style=STYLE_ANY)
     verdicts = judge(real.classifier, continuations, config.bars)
-    counts = verdict_counts(continuations, verdicts, [NEUTRAL])
     classes = real.classifier.classes if real.classifier is not None else []
-    return {"verdicts": counts,
-            "fidelity": {s: fidelity(counts.get(s, 0), len(continuations), real.recall(s))
+    return {"verdicts": {kind: counts for kind in KINDS
+                         if (counts := verdict_counts(continuations, verdicts, [kind]))},
+            "fidelity": {s: fidelity_by_kind(s, continuations, verdicts, real.recall(s))
                          for s in styles if s in classes}}
 
 

@@ -198,7 +198,13 @@ def test_neutral_primes_and_own_openings_are_continued_and_judged(
     assert pop["fidelity"] == {} and pop["openings"] == []
     assert sum(pop["verdicts"][NEUTRAL].values()) == 3 * SAMPLES  # still heard as something
     assert any("no held-out" in note for note in pop["notes"])
-    assert set(results["any"]["fidelity"]) == {"baroque", "romantic"}
+    # The baseline: the same neutral primes under "any style", judged for every class.
+    baseline = results["any"]["fidelity"]
+    assert set(baseline) == {"baroque", "romantic"}
+    for style, kinds in baseline.items():
+        assert set(kinds) == {*NEUTRAL_PRIMES, NEUTRAL}
+        assert kinds[NEUTRAL]["continuations"] == 3 * SAMPLES
+        assert kinds[NEUTRAL]["recognised"] == results["any"]["verdicts"][NEUTRAL].get(style, 0)
 
 
 def test_held_out_lead_lines_are_accompanied(built: dict[str, Any]) -> None:
@@ -222,6 +228,8 @@ def test_the_page_and_the_json_are_written(built: dict[str, Any]) -> None:
     assert "![Für Elise continued in the romantic style](img/fur_elise_romantic.png)" in page
     assert (built["out"].parent / "img" / "fur_elise_romantic.mid").is_file()
     assert "`folk_tune`" in page and "`c_major`" in page
+    assert "The baseline prime by prime" in page
+    assert "**The style token's weight.**" in page  # the reading, from the held-out scores
     command = page.rstrip().splitlines()[-2]
     assert command.startswith("melody eval-styles --data ") and "--samples 2" in command
 
