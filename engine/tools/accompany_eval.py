@@ -244,9 +244,11 @@ def run(args: argparse.Namespace) -> int:
                                args.bars)
         if chords is not None:
             chord_rows.append({"style": style, **chords})
+        # Each piece's strong beats from its own metre (a 3/4 Lied has no mid-bar one).
+        meters = [segment.time_signature for segment in segments[style]]
         for source, pairs in (("real", real_pairs), ("melodyd", made_pairs)):
             row = {"style": style, "accompaniment": source,
-                   **accompaniment_figures(pairs),
+                   **accompaniment_figures(pairs, signatures=meters),
                    "chord_agreement": chords[source] if chords else None}
             if source == "melodyd":
                 row["bar_ms_mean"] = 1000 * sum(bar_seconds) / len(bar_seconds)

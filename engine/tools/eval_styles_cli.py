@@ -1,10 +1,16 @@
-"""``melody eval-styles``: evaluate every installed style model and write ``docs/styles.md``.
+"""``melody eval-styles``: evaluate melodyd's styles and write ``docs/styles.md``.
 
-For each style in ``models/pretrained/`` (or ``--models-dir``) with a dataset in
-``--data-root/<style>`` (the layout ``melody train-styles`` builds): held-out perplexity
-and accuracy, style fidelity judged by a classifier of real music, musical statistics
-next to real data, and the Für Elise continuation as MIDI and piano roll. See
-``engine.tools.style_eval`` for the measures and ``engine.tools.styles_report`` for the page.
+Two modes:
+
+- ``--data DIR`` (the shipped setup): the one style-conditioned model (``--model``, default
+  the installed ``any.onnx``), every style token in turn, on its own multi-style dataset;
+  see ``engine.tools.conditioned_run``.
+- ``--data-root DIR`` (the older one-model-per-style setup): for each style in
+  ``models/pretrained/`` (or ``--models-dir``) with a dataset in ``--data-root/<style>``
+  (the layout ``melody train-styles`` builds): held-out perplexity and accuracy, style
+  fidelity judged by a classifier of real music, musical statistics next to real data,
+  and the Für Elise continuation as MIDI and piano roll. See ``engine.tools.style_eval``
+  for the measures and ``engine.tools.styles_report`` for the page.
 """
 
 from __future__ import annotations
@@ -24,13 +30,33 @@ logger = logging.getLogger(__name__)
 
 # The dataset of the base model under --data-root (`melody train-styles` names it so).
 BASE_DATASET = "base"
-HELP = "evaluate the installed style models (perplexity, style fidelity, statistics) into a report"
+HELP = "evaluate the styles (perplexity, style fidelity, statistics) into a report"
+# Defaults that differ by mode: the conditioned model's fidelity is read per kind of
+# prime, so it needs more continuations per prime than the per-style models' pooled one.
+SAMPLES = {"conditioned": 8, "per-style": 4}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``melody eval-styles``."""
     parser.add_argument("--styles", default=None,
-                        help="comma-separated styles to evaluate (default: every installed one)")
+                        help="comma-separated styles to evaluate (default: every style token "
+                             "of the model with --data, else every installed model)")
+    parser.add_argument("--data", type=Path, default=None, metavar="DIR",
+                        help="the style-conditioned model's own dataset (its manifest names "
+                             "each piece's style, e.g. data/conditioned): evaluate that "
+                             "model's style tokens on it instead of per-style models")
+    parser.add_argument("--model", default=None, metavar="M.onnx",
+                        help="with --data: the style-conditioned model (default: the "
+                             "installed any.onnx)")
+    parser.add_argument("--openings", type=int, default=4,
+                        help="with --data: held-out openings of each style's own music "
+                             "continued under its token (default 4)")
+    parser.add_argument("--max-piece-tokens", type=int, default=2048,
+                        help="with --data: held-out tokens scored per piece, so the budget "
+                             "spans many pieces (default 2048; 0: whole pieces)")
+    parser.add_argument("--accompany-pieces", type=int, default=8,
+                        help="with --data: held-out lead lines accompanied per style whose "
+                             "pieces have lead and accompaniment (default 8; 0: none)")
     parser.add_argument("--models-dir", type=Path, default=None,
                         help="folder of <style>.onnx (default: the installed styles)")
     parser.add_argument("--data-root", type=Path, default=Path("runs/styles/data"),
@@ -41,8 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the Markdown report (default docs/styles.md); the JSON results "
                              "go beside it, the pictures and MIDI files into img/ beside it")
     parser.add_argument("--bars", type=int, default=8, help="bars per continuation (default 8)")
-    parser.add_argument("--samples", type=int, default=4,
-                        help="continuations per prime and style (default 4)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="continuations per prime and style (default "
+                             f"{SAMPLES['conditioned']} with --data, else "
+                             f"{SAMPLES['per-style']})")
     parser.add_argument("--max-eval-tokens", type=int, default=50_000,
                         help="held-out tokens scored per style (default 50000)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -52,7 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args: argparse.Namespace) -> None:
     limits = (("--bars", args.bars, 1, 64), ("--samples", args.samples, 1, 100),
-              ("--max-eval-tokens", args.max_eval_tokens, 0, 10_000_000))
+              ("--max-eval-tokens", args.max_eval_tokens, 0, 10_000_000),
+              ("--openings", args.openings, 0, 100),
+              ("--max-piece-tokens", args.max_piece_tokens, 0, 10_000_000),
+              ("--accompany-pieces", args.accompany_pieces, 0, 1000))
     for flag, value, low, high in limits:
         if not low <= value <= high:
             raise ToolError(f"{flag} must be within {low} and {high} (received {value})")
@@ -60,6 +91,21 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ToolError(f"--temperature must be within 0.05 and 5 (received {args.temperature})")
     if not 0.0 < args.top_p <= 1.0:
         raise ToolError(f"--top-p must be within 0 and 1 (received {args.top_p})")
+
+
+def _conditioned_command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces a ``--data`` run, for the report."""
+    words = ["melody", "eval-styles", "--data", str(args.data)]
+    if args.model:
+        words += ["--model", str(args.model)]
+    if args.styles:
+        words += ["--styles", args.styles]
+    words += ["-o", str(args.output), "--bars", str(args.bars), "--samples", str(args.samples),
+              "--openings", str(args.openings), "--max-eval-tokens", str(args.max_eval_tokens),
+              "--max-piece-tokens", str(args.max_piece_tokens), "--accompany-pieces",
+              str(args.accompany_pieces), "--temperature", str(args.temperature), "--top-p",
+              str(args.top_p), "--seed", str(args.seed)]
+    return shlex.join(words)
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -161,8 +207,17 @@ def _fidelity(classifier: Any, report: dict[str, Any], style: str, continuations
             "by_prime": {p: sum(v) / len(v) for p, v in by_prime.items()}}
 
 
-def _write_fur_elise(style: str, continuations: list[Any], img_dir: Path,
-                     doc_dir: Path) -> dict[str, str]:
+def write_fur_elise(style: str, continuations: list[Any], img_dir: Path, doc_dir: Path, *,
+                    title: str | None = None) -> dict[str, str]:
+    """The first Für Elise continuation of a style as MIDI and piano roll in ``img_dir``.
+
+    Returns:
+        ``midi`` and ``png`` relative to ``doc_dir``, ``midi_path`` as typed from the
+        working directory; empty when no continuation is of Für Elise.
+
+    Raises:
+        ToolError: matplotlib is missing.
+    """
     from models.analysis.pianoroll import draw_piano_roll  # noqa: PLC0415
     from models.data.midifile import CONTINUATION_MARKER, write_midi  # noqa: PLC0415
 
@@ -177,7 +232,7 @@ def _write_fur_elise(style: str, continuations: list[Any], img_dir: Path,
                       markers=[(prime.length, CONTINUATION_MARKER)])
     png = draw_piano_roll([*prime.notes, *first.notes], img_dir / f"fur_elise_{style}.png",
                           split_beat=prime.length, bar_length=prime.bar_length,
-                          title=f"Für Elise continued by the {style} model",
+                          title=title or f"Für Elise continued by the {style} model",
                           width=1200, height=450)
     return {"midi": str(midi.relative_to(doc_dir)), "png": str(png.relative_to(doc_dir)),
             "midi_path": os.path.relpath(midi)}  # as typed from where the command ran
@@ -222,11 +277,21 @@ def run(args: argparse.Namespace) -> int:
     from models.analysis.primes import fixed_primes  # noqa: PLC0415
     from models.core.protocol.messages import SamplingParams  # noqa: PLC0415
 
+    mode = "conditioned" if args.data is not None else "per-style"
+    if args.samples is None:
+        args.samples = SAMPLES[mode]
     _check_args(args)
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    if mode == "conditioned":
+        from engine.tools.conditioned_run import run as run_conditioned  # noqa: PLC0415
+
+        config = EvalConfig(bars=args.bars, samples=args.samples,
+                            max_eval_tokens=args.max_eval_tokens, openings=args.openings,
+                            max_piece_tokens=args.max_piece_tokens, sampling=sampling)
+        return run_conditioned(args, config, _conditioned_command_line(args))
     models_dir, styles = _select_styles(args)
     config = EvalConfig(bars=args.bars, samples=args.samples, max_eval_tokens=args.max_eval_tokens,
-                        sampling=SamplingParams(temperature=args.temperature, top_p=args.top_p,
-                                                seed=args.seed))
+                        sampling=sampling)
     data_root: Path = args.data_root
     data = {s: data_root / s for s in styles if (data_root / s / "manifest.json").is_file()}
     for style in styles:
@@ -302,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
             entry["real"] = passage_stats(real[style]["test"], reference)
             entry["real"]["key_kept"] = key_kept_share(
                 real_key_pairs(data[style], config.prime_bars, config.bars))
-        entry["fur_elise"] = _write_fur_elise(style, continuations, img_dir, doc_dir)
+        entry["fur_elise"] = write_fur_elise(style, continuations, img_dir, doc_dir)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     json_path = args.output.with_suffix(".json")
     json_path.write_text(json.dumps(results, indent=1) + "\n")

@@ -54,6 +54,11 @@ class EvalConfig:
         train_per_piece: most segments taken from one train piece.
         test_per_piece: most segments taken from one test piece (more than for training:
             small styles have only a few test pieces, and every bar of them counts).
+        max_piece_tokens: held-out tokens scored per piece (0: no limit), so that the
+            budget is spread over many pieces instead of a few long ones.
+        openings: held-out openings of a style's own music continued under its token
+            (the style-conditioned model's "own idiom" primes).
+        batch: continuations decoded together (each holds a row of key/value cache).
         sampling: how continuation tokens are drawn (``seed`` is the first sample's seed).
     """
 
@@ -65,6 +70,9 @@ class EvalConfig:
     max_test_segments: int = 400
     train_per_piece: int = 8
     test_per_piece: int = 32
+    max_piece_tokens: int = 0
+    openings: int = 4
+    batch: int = 16
     sampling: SamplingParams = field(default_factory=lambda: SamplingParams(
         temperature=1.0, top_p=0.95, seed=0))
 
@@ -119,18 +127,86 @@ def heldout_metrics(model: LoadedModel, sequences: Sequence[np.ndarray], max_tok
             inputs, targets = window[:-1], window[1:]
             if len(targets) == 0:
                 continue
-            logits = model.forward(inputs).astype(np.float64)
-            top = logits.max(axis=1, keepdims=True)
-            log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
-            nll += float((log_z - logits[np.arange(len(targets)), targets]).sum())
-            correct += int((logits.argmax(axis=1) == targets).sum())
-            count += len(targets)
+            window_nll, window_correct = _score(model.forward(inputs).astype(np.float64),
+                                                targets)
+            nll, correct, count = nll + window_nll, correct + window_correct, count + len(targets)
             if progress is not None:
                 progress(len(targets))
             if count >= max_tokens:
                 break
         if count >= max_tokens:
             break
+    return _metrics(nll, correct, count, used)
+
+
+def heldout_metrics_with_head(model: LoadedModel, sequences: Sequence[np.ndarray],
+                              head: Sequence[int], max_tokens: int, *,
+                              max_piece_tokens: int = 0, opening: int = 0,
+                              progress: Progress | None = None) -> dict[str, Any]:
+    """Perplexity and accuracy of a style-conditioned model prompted as the engine prompts it.
+
+    Each sequence is ``BOS Style ...``: its own first two tokens are replaced by ``head``
+    (``BOS`` and the style token to score under: the piece's own, or slot 0 "any style"),
+    and every window starts with ``head``, as the engine's prompt keeps ``BOS Style`` when
+    its cache slides and as training windows do (``keep_heads``). The head is context,
+    never a prediction; every later token (``EOS`` included) is predicted once. At most
+    ``max_piece_tokens`` per sequence (0: all), then the next sequence, until ``max_tokens``.
+
+    Returns:
+        As :func:`heldout_metrics`, and with ``opening`` > 0 the same figures of the first
+        ``opening`` scored tokens of each piece under ``"opening"`` (where the piece has
+        said least about its style and the head most).
+
+    Raises:
+        ValueError: the head fills the model's context.
+    """
+    head_ids = np.asarray(head, dtype=np.int64)
+    per_window = model.context_length - len(head_ids) + 1  # targets one window predicts
+    if per_window < 1:
+        raise ValueError(f"a head of {len(head_ids)} tokens leaves no room in a context of "
+                         f"{model.context_length}")
+    nll, correct, count, used = 0.0, 0, 0, 0
+    first = [0.0, 0, 0]  # the openings' nll, correct, count
+    for sequence in sequences:
+        body = np.asarray(sequence, dtype=np.int64)[2:]
+        if max_piece_tokens:
+            body = body[:max_piece_tokens]
+        if len(body) == 0:
+            continue
+        used += 1
+        for start in range(0, len(body), per_window):
+            targets = body[start:start + per_window]
+            inputs = np.concatenate([head_ids, body[start:start + len(targets) - 1]])
+            # The head's last token predicts the window's first target.
+            logits = model.forward(inputs)[len(head_ids) - 1:].astype(np.float64)
+            window_nll, window_correct = _score(logits, targets)
+            nll, correct, count = nll + window_nll, correct + window_correct, count + len(targets)
+            if start < opening:
+                early = min(opening - start, len(targets))
+                early_nll, early_correct = _score(logits[:early], targets[:early])
+                first = [first[0] + early_nll, first[1] + early_correct, first[2] + early]
+            if progress is not None:
+                progress(len(targets))
+            if count >= max_tokens:
+                break
+        if count >= max_tokens:
+            break
+    metrics = _metrics(nll, correct, count, used)
+    if opening:
+        metrics["opening"] = {**_metrics(float(first[0]), int(first[1]), int(first[2]), used),
+                              "per_piece": opening}
+    return metrics
+
+
+def _score(logits: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+    """Summed negative log-likelihood of ``targets`` and how many are the argmax."""
+    top = logits.max(axis=1, keepdims=True)
+    log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    nll = float((log_z - logits[np.arange(len(targets)), targets]).sum())
+    return nll, int((logits.argmax(axis=1) == targets).sum())
+
+
+def _metrics(nll: float, correct: int, count: int, used: int) -> dict[str, Any]:
     if count == 0:
         return {"perplexity": None, "accuracy": None, "loss": None, "tokens": 0,
                 "sequences": used}
@@ -177,30 +253,39 @@ def base_train_pieces(data_root: Path, base_name: str = "base") -> set[str]:
 
 # ----------------------------------------------------------------- generation
 def generate_continuations(model: LoadedModel, primes: Sequence[Prime], config: EvalConfig,
-                           progress: Progress | None = None) -> list[Continuation]:
-    """``config.samples`` continuations of every prime, decoded together in one batch.
+                           progress: Progress | None = None, *,
+                           style: str | None = None) -> list[Continuation]:
+    """``config.samples`` continuations of every prime, decoded ``config.batch`` at a time.
+
+    ``style``: the style asked for (a style token of a conditioned model); default the
+    model's own.
 
     Raises:
         EngineError: a prime cannot be encoded for this model or the model fails.
     """
+    style = style or model.style
     decoder = StyleDecoder(model, allow_eos=False)
     base_seed = config.sampling.seed or 0
-    jobs = []
-    for prime in primes:
-        for sample in range(config.samples):
+    jobs = [(prime, sample) for prime in primes for sample in range(config.samples)]
+    size = max(1, config.batch) if config.batch else max(1, len(jobs))
+    continuations = []
+    for first in range(0, len(jobs), size):
+        gens = []
+        for prime, sample in jobs[first:first + size]:
             sampling = SamplingParams(temperature=config.sampling.temperature,
                                       top_k=config.sampling.top_k, top_p=config.sampling.top_p,
                                       min_p=config.sampling.min_p, seed=base_seed + sample)
             request = GenerateRequest(seed=prime.notes, start_beat=prime.length,
                                       bars=config.bars, time_signature=prime.time_signature,
-                                      style=model.style, sampling=sampling)
-            gen = decoder.start(f"{prime.name}/{sample}", request)
-            jobs.append((prime, sample, gen))
-    gens = [gen for _, _, gen in jobs]
-    outputs = decoder.decode_until_done(
-        gens, on_step=None if progress is None else lambda: progress(1))
-    return [Continuation(model.style, prime, sample, notes, gen.reason or "")
-            for (prime, sample, gen), notes in zip(jobs, outputs, strict=True)]
+                                      style=style, sampling=sampling)
+            gens.append(decoder.start(f"{style}/{prime.name}/{sample}", request))
+        outputs = decoder.decode_until_done(
+            gens, on_step=None if progress is None else lambda: progress(1))
+        for (prime, sample), gen, notes in zip(jobs[first:first + size], gens, outputs,
+                                               strict=True):
+            continuations.append(Continuation(style, prime, sample, notes, gen.reason or ""))
+            decoder.drop_session(f"{style}/{prime.name}/{sample}")
+    return continuations
 
 
 # ----------------------------------------------------------------- statistics
@@ -245,19 +330,24 @@ def key_kept_share(pairs: Sequence[tuple[Sequence[Note], Sequence[Note]]]) -> fl
     return sum(verdicts) / len(verdicts) if verdicts else None
 
 
-def real_key_pairs(data_dir: Path, prime_bars: int, bars: int,
-                   limit: int = 200) -> list[tuple[list[Note], list[Note]]]:
+def real_key_pairs(data_dir: Path, prime_bars: int, bars: int, limit: int = 200, *,
+                   style: str | None = None) -> list[tuple[list[Note], list[Note]]]:
     """(opening, what follows) of real held-out pieces: how often real music keeps its key.
+
+    ``style``: only that style's pieces (a dataset of several styles).
 
     Raises:
         DataError: the dataset is missing or malformed.
     """
+    from models.analysis.style_classifier import style_sequences  # noqa: PLC0415
     from models.data.dataset import TokenDataset  # noqa: PLC0415
 
     data = TokenDataset(data_dir, "test")
     tokenizer = data.tokenizer
+    indices = (np.arange(len(data)) if style is None
+               else np.asarray(style_sequences(data.manifest, "test", style), dtype=int))
     pairs = []
-    for index in np.random.default_rng(0).permutation(len(data)):  # every collection
+    for index in np.random.default_rng(0).permutation(indices):  # every collection
         piece = decode_with_bars(np.asarray(data[index]), tokenizer)
         if len(piece.bar_starts) < prime_bars + bars // 2:
             continue

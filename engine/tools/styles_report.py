@@ -14,15 +14,18 @@ from typing import Any
 FIDELITY_AIM = 0.8
 
 
-def _num(value: Any, fmt: str = "{:.2f}") -> str:
+def num(value: Any, fmt: str = "{:.2f}") -> str:
+    """A number in ``fmt``, or a dash when there is none."""
     return "–" if value is None else fmt.format(value)
 
 
-def _pct(value: Any) -> str:
-    return _num(value, "{:.0%}")
+def pct(value: Any) -> str:
+    """A share as a whole percentage, or a dash."""
+    return num(value, "{:.0%}")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A Markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
@@ -40,11 +43,11 @@ def _model_section(styles: dict[str, Any]) -> list[str]:
     for name, style in styles.items():
         facts = style.get("facts", {})
         model = f"{facts.get('arch', '?')} {facts.get('layers', '?')}×{facts.get('width', '?')}"
-        rows.append((f"`{name}`", _num(facts.get("size_mb"), "{:.1f} MB"), model,
+        rows.append((f"`{name}`", num(facts.get("size_mb"), "{:.1f} MB"), model,
                      facts.get("quantization", "–"), facts.get("corpus") or "–",
-                     _num(facts.get("train_pieces"), "{}"), _num(facts.get("val_perplexity")),
-                     _pct(facts.get("val_accuracy"))))
-    return _table(("style", "size", "model", "quantization", "trained on", "train pieces",
+                     num(facts.get("train_pieces"), "{}"), num(facts.get("val_perplexity")),
+                     pct(facts.get("val_accuracy"))))
+    return table(("style", "size", "model", "quantization", "trained on", "train pieces",
                    "val ppl", "val acc"), rows)
 
 
@@ -52,10 +55,10 @@ def _heldout_section(styles: dict[str, Any]) -> list[str]:
     rows = []
     for name, style in styles.items():
         held = style.get("heldout") or {}
-        rows.append((f"`{name}`", _num(held.get("perplexity")), _pct(held.get("accuracy")),
-                     _num(held.get("tokens"), "{:,}"), _num(style.get("heldout_pieces"), "{}"),
-                     _num(style.get("heldout_excluded"), "{}")))
-    return _table(("style", "perplexity", "accuracy", "tokens scored", "pieces",
+        rows.append((f"`{name}`", num(held.get("perplexity")), pct(held.get("accuracy")),
+                     num(held.get("tokens"), "{:,}"), num(style.get("heldout_pieces"), "{}"),
+                     num(style.get("heldout_excluded"), "{}")))
+    return table(("style", "perplexity", "accuracy", "tokens scored", "pieces",
                    "test pieces left out (seen by the base model)"), rows)
 
 
@@ -64,9 +67,9 @@ def _fidelity_section(results: dict[str, Any]) -> list[str]:
     rows = []
     for name, style in styles.items():
         fid = style.get("fidelity") or {}
-        rows.append((f"`{name}`", _pct(fid.get("generated")), _num(fid.get("judged"), "{}"),
-                     _pct(fid.get("real")), _verdict(fid)))
-    lines = _table(("style", "continuations recognised as the style", "continuations judged",
+        rows.append((f"`{name}`", pct(fid.get("generated")), num(fid.get("judged"), "{}"),
+                     pct(fid.get("real")), _verdict(fid)))
+    lines = table(("style", "continuations recognised as the style", "continuations judged",
                     "real held-out music recognised", "ratio (aim ≥ 0.8)"), rows)
     classifier = results.get("classifier") or {}
     classes = classifier.get("classes") or []
@@ -74,7 +77,7 @@ def _fidelity_section(results: dict[str, Any]) -> list[str]:
     if classes and confusion:
         lines += ["", "Confusion of the classifier on real held-out segments (rows: true style, "
                   "columns: predicted):", ""]
-        lines += _table(("true \\ predicted", *classes),
+        lines += table(("true \\ predicted", *classes),
                         [(c, *row) for c, row in zip(classes, confusion, strict=True)])
     by_prime = [(name, style["fidelity"].get("by_prime") or {}) for name, style in
                 styles.items() if style.get("fidelity")]
@@ -83,14 +86,14 @@ def _fidelity_section(results: dict[str, Any]) -> list[str]:
         lines += ["", "Continuations recognised as the model's own style, by prime (**bold**: "
                   "the prime from the model's own style). A continuation follows its prime's "
                   "texture, so a foreign prime pulls the judgement towards the prime's style:", ""]
-        lines += _table(("model \\ prime", *(f"`{p}`" for p in primes)),
+        lines += table(("model \\ prime", *(f"`{p}`" for p in primes)),
                         [(f"`{name}`", *(_own(name, p, shares.get(p)) for p in primes))
                          for name, shares in by_prime])
     predicted = [(name, style["fidelity"].get("predicted") or {}) for name, style in
                  styles.items() if style.get("fidelity")]
     if classes and predicted:
         lines += ["", "What the generated continuations were recognised as:", ""]
-        lines += _table(("model \\ judged as", *classes),
+        lines += table(("model \\ judged as", *classes),
                         [(f"`{name}`", *(counts.get(c, 0) for c in classes))
                          for name, counts in predicted])
     return lines
@@ -98,7 +101,7 @@ def _fidelity_section(results: dict[str, Any]) -> list[str]:
 
 def _own(style: str, prime: str, share: float | None) -> str:
     """A by-prime share, bold on the prime cut from the style's own test pieces."""
-    text = _pct(share)
+    text = pct(share)
     return f"**{text}**" if prime == f"{style}_test" else text
 
 
@@ -107,19 +110,19 @@ def _stats_section(styles: dict[str, Any]) -> list[str]:
     for name, style in styles.items():
         gen, real = style.get("generated") or {}, style.get("real") or {}
         rows.append((f"`{name}`",
-                     f"{_num(gen.get('pc_distance'))} / {_num(real.get('pc_distance'))}",
-                     f"{_pct(gen.get('key_kept'))} / {_pct(real.get('key_kept'))}",
-                     f"{_num(gen.get('density'))} / {_num(real.get('density'))}",
-                     f"{_num(gen.get('polyphony'))} / {_num(real.get('polyphony'))}",
-                     _num(gen.get("empty"), "{}")))
-    return _table(("style (generated / real)", "pitch-class distance", "key kept",
+                     f"{num(gen.get('pc_distance'))} / {num(real.get('pc_distance'))}",
+                     f"{pct(gen.get('key_kept'))} / {pct(real.get('key_kept'))}",
+                     f"{num(gen.get('density'))} / {num(real.get('density'))}",
+                     f"{num(gen.get('polyphony'))} / {num(real.get('polyphony'))}",
+                     num(gen.get("empty"), "{}")))
+    return table(("style (generated / real)", "pitch-class distance", "key kept",
                    "notes per beat", "polyphony", "empty continuations"), rows)
 
 
 def _primes_section(primes: list[dict[str, Any]]) -> list[str]:
     rows = [(f"`{p['name']}`", p["title"], f"{p['time_signature'][0]}/{p['time_signature'][1]}",
              p["bars"], p["notes"], p["source"]) for p in primes]
-    return _table(("prime", "what", "metre", "bars", "notes", "source"), rows)
+    return table(("prime", "what", "metre", "bars", "notes", "source"), rows)
 
 
 def _fur_elise_section(results: dict[str, Any]) -> list[str]:

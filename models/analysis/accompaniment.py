@@ -91,13 +91,23 @@ def doubling(lead: Sequence[Note], accompaniment: Sequence[Note]) -> tuple[int, 
 
 
 def accompaniment_figures(pairs: Sequence[tuple[Sequence[Note], Sequence[Note]]],
-                          time_signature: tuple[int, int] = (4, 4)) -> dict[str, Any]:
-    """The figures over (lead, accompaniment) pairs, pooled note by note and beat by beat."""
+                          time_signature: tuple[int, int] = (4, 4), *,
+                          signatures: Sequence[tuple[int, int]] | None = None,
+                          ) -> dict[str, Any]:
+    """The figures over (lead, accompaniment) pairs, pooled note by note and beat by beat.
+
+    ``signatures``: each pair's own time signature (where its strong beats are); without
+    it, every pair is in ``time_signature``.
+    """
+    if signatures is not None and len(signatures) != len(pairs):
+        raise ValueError(f"one time signature per pair: {len(pairs)} pairs, "
+                         f"{len(signatures)} signatures")
+    meters = list(signatures) if signatures is not None else [time_signature] * len(pairs)
     good = counted = same = same_class = acc_notes = lead_notes = 0
     poly: list[int] = []
     span: list[int] = []
-    for lead, accompaniment in pairs:
-        g, c = consonance(lead, accompaniment, time_signature)
+    for (lead, accompaniment), meter in zip(pairs, meters, strict=True):
+        g, c = consonance(lead, accompaniment, meter)
         good, counted = good + g, counted + c
         p, s = per_beat_texture(accompaniment)
         poly += p

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from models.analysis.accompaniment import (
     accompaniment_figures,
     consonance,
@@ -39,3 +41,13 @@ def test_doubling_counts_the_same_pitch_at_the_same_onset() -> None:
     assert doubling(LEAD, accompaniment) == (1, 2)
     figures = accompaniment_figures([(LEAD, accompaniment)])
     assert figures["doubling"] == 1 / 3 and figures["notes_per_lead_note"] == 1.5
+
+
+def test_each_pair_s_strong_beats_follow_its_own_metre() -> None:
+    lead = [Note(0.0, 6.0, 74, 90)]
+    clash = [Note(2.0, 1.0, 63, 70)]  # a minor ninth under D5, on beat 3 of the bar
+    # 4/4: beat 3 (beat 2.0 from 0) is the mid-bar strong beat; 3/4 has none there.
+    assert accompaniment_figures([(lead, clash)])["consonance"] == 0.0
+    assert accompaniment_figures([(lead, clash)], signatures=[(3, 4)])["consonance"] is None
+    with pytest.raises(ValueError, match="one time signature per pair"):
+        accompaniment_figures([(lead, clash)], signatures=[])
