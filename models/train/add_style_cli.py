@@ -21,10 +21,11 @@ the installed model rather than over it, because:
 - the installed model stays exactly what shipped (and what its card measured), and removing
   the style is deleting one file; a read-only installation works too;
 - with the default ``--freeze all`` the new file's weights differ from its base's in NAME's
-  embedding row only, so every old style plays exactly as the base plays it, whichever of the
-  two files the engine serves it from; ``--freeze K`` also adapts the upper blocks (closer to
-  the folder, at the cost of every other style drifting towards it), which is the other
-  reason not to overwrite the shared model;
+  embedding row only (whose other use, the Style token's output logit, the engine's grammar
+  never samples), so every old style plays exactly as the base plays it, whichever of the
+  two files the engine serves it from; ``--freeze K`` also adapts the upper blocks (measured:
+  worse on a held-out part of the folder, and every other style drifting towards it), the
+  other reason not to overwrite the shared model;
 - it costs one more model file (11 MiB int8 for the shipped size) per added style. To
   gather several new styles in one model, add the next one with ``--base`` the previous
   one's checkpoint (``WORK/run/best.pt``): it takes the next slot after the previous one.

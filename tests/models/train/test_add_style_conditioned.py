@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +241,40 @@ def test_running_again_skips_every_finished_step(
     assert add_style(tiny_conditioned_checkpoint, folder, work, styles) == 0
     assert [path.stat().st_mtime_ns for path in outputs[:2]] == stamps[:2]
     assert read_card(model).style_slots[NAME] == SLOT
+
+
+def test_an_interrupted_fine_tune_resumes_and_only_the_new_token_learns(
+        base: Path, folder: Path, tmp_path: Path, capsys, caplog) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    vocabulary = work / "tokenizer.json"
+    vocabulary.write_text(json.dumps(read_checkpoint(base)["tokenizer"]))
+    assert melody(["data", "build", "--source", str(folder), "--out", str(work / "data"),
+                   "--tokenizer", str(vocabulary), "--style", NAME, "--jobs", "1",
+                   "--no-progress"]) == 0
+    # The fine-tune of an earlier add-style, stopped after 2 of its 4 steps.
+    assert melody(["fine-tune", "--from", str(base), "--data", str(work / "data"),
+                   "--freeze", "all", "--out", str(work / "run"), "--steps", "4",
+                   "--stop-at", "2", "--eval-every", "2", "--batch-size", "2",
+                   "--threads", "1", "--lr", "1e-2", "--no-progress"]) == 0
+    assert read_checkpoint(work / "run" / "last.pt")["step"] == 2
+    capsys.readouterr()
+    with caplog.at_level("INFO", logger="models.train.recipe_cli"):
+        assert add_style(base, folder, work, tmp_path / "styles") == 0
+    steps = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"data {NAME}: already done") for m in steps)
+    assert any(m.startswith(f"fine-tune {NAME}:") and "--resume" in m for m in steps)
+    # The loss before fine-tuning is the interrupted run's step 0.
+    assert re.search(r"validation loss on your pieces: \d+\.\d{4} before, \d+\.\d{4} after",
+                     capsys.readouterr().out)
+    tuned = read_checkpoint(work / "run" / "last.pt")
+    assert tuned["step"] == 4
+    assert tuned["train_config"]["new_styles"] == {NAME: MelodyTokenizer.from_dict(
+        tuned["tokenizer"]).style_ids[SLOT]}
+    assert tuned["init_data"]["corpora"] == BASE_DATA["corpora"]
+    before = read_checkpoint(base)["model"]["wte.weight"]
+    row = tuned["train_config"]["new_styles"][NAME]
+    others = [i for i in range(before.shape[0]) if i != row]
+    assert torch.equal(tuned["model"]["wte.weight"][others], before[others])
+    assert not torch.equal(tuned["model"]["wte.weight"][row], before[row])
+    assert read_card(tmp_path / "styles" / f"{NAME}.onnx").training["step"] == 4
