@@ -84,12 +84,14 @@ def training_summary(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 
     ``corpus``, ``pieces`` and ``tokens`` describe its own dataset; ``corpora`` and
     ``licences`` everything its weights learned from, a fine-tune's base model included
-    (``sources`` lists the datasets, the base's first).
+    (a fine-tune's card adds ``sources``, the datasets, the base's first; other cards stay
+    as they were before it existed).
     """
     data = checkpoint.get("data") or {}
     # models.train.batches.manifest_summary keeps pieces and tokens per split.
     splits = data.get("splits") if isinstance(data.get("splits"), Mapping) else {}
     sources = model_sources(checkpoint)
+    lineage = {"sources": sources["sources"]} if checkpoint.get("init_data") else {}
     return {
         "corpus": data.get("source"),
         "pieces": data.get("pieces") or {name: info.get("pieces")
@@ -100,7 +102,7 @@ def training_summary(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
         # Corpus -> licence and pieces, and every licence: a shipped model names its sources.
         "corpora": sources["corpora"],
         "licences": sources["licences"],
-        "sources": sources["sources"],
+        **lineage,
         "metrics": dict(checkpoint.get("metrics") or {}),
         "step": checkpoint.get("step"),
     }
