@@ -28,6 +28,7 @@ from models.core.model_card import (
     kv_cache_names,
     rnn_state_names,
 )
+from models.train.checkpoint import model_sources
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +80,18 @@ def context_length(arch: str, model_config: Mapping[str, Any],
 
 
 def training_summary(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
-    """Corpus, pieces, tokens, manifest hash, validation metrics and step of a checkpoint."""
+    """Corpus, pieces, tokens, manifest hash, validation metrics and step of a checkpoint.
+
+    ``corpus``, ``pieces`` and ``tokens`` describe its own dataset; ``corpora`` and
+    ``licences`` everything its weights learned from, a fine-tune's base model included
+    (a fine-tune's card adds ``sources``, the datasets, the base's first; other cards stay
+    as they were before it existed).
+    """
     data = checkpoint.get("data") or {}
     # models.train.batches.manifest_summary keeps pieces and tokens per split.
     splits = data.get("splits") if isinstance(data.get("splits"), Mapping) else {}
+    sources = model_sources(checkpoint)
+    lineage = {"sources": sources["sources"]} if checkpoint.get("init_data") else {}
     return {
         "corpus": data.get("source"),
         "pieces": data.get("pieces") or {name: info.get("pieces")
@@ -91,8 +100,9 @@ def training_summary(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
                                          for name, info in splits.items()},
         "manifest_hash": data.get("hash"),
         # Corpus -> licence and pieces, and every licence: a shipped model names its sources.
-        "corpora": dict(data.get("corpora") or {}),
-        "licences": list(data.get("licences") or []),
+        "corpora": sources["corpora"],
+        "licences": sources["licences"],
+        **lineage,
         "metrics": dict(checkpoint.get("metrics") or {}),
         "step": checkpoint.get("step"),
     }

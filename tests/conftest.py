@@ -104,6 +104,13 @@ def tiny_conditioned_onnx(tiny_model_dir: Path) -> Path:
     return _tiny_model("tiny-conditioned", tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def tiny_conditioned_checkpoint(tiny_model_dir: Path) -> Path:
+    """The checkpoint of ``tiny_conditioned_onnx`` (8 style slots, 3 named, roles); torch."""
+    pytest.importorskip("torch", reason="checkpoints are built with torch (the train extra)")
+    return make_tiny_models.build_checkpoint("tiny-conditioned", tiny_model_dir)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None],
                               ) -> Iterator[None]:

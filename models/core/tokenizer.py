@@ -264,12 +264,20 @@ class MelodyTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> MelodyTokenizer:
-        """Read a configuration written by ``save``."""
+        """Read a configuration written by ``save``.
+
+        Raises:
+            TokenizerError: the file cannot be read, or is no configuration this MidiTok
+                rebuilds (the message names the file).
+        """
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise TokenizerError(f"cannot read tokenizer configuration {path}: {err}") from err
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except TokenizerError as err:
+            raise TokenizerError(f"{path}: {err}") from err
 
     # ----------------------------------------------------------------- encoding
     @staticmethod

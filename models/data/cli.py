@@ -4,6 +4,7 @@
                       --out DIR [--data-root DIR] [--jobs N] [--monophonic]
                       [--transpose -5..6] [--val-fraction 0.1] [--seed 0]
                       [--convert-timeout S] [--config PATH]
+                      [--tokenizer FILE] [--style NAME]
     melody data corpora [--data-root DIR] [--convert] [--jobs N]
 
 SRC is a folder of MIDI / MusicXML / kern / ABC files, ``corpus:NAME`` (music21's bundled
@@ -13,7 +14,10 @@ under the data root plus ``corpus:all``. Several sources make one dataset; each 
 its style and roles, and its name is prefixed by its source (``lieder:...``).
 
 The style- and role-conditioned vocabulary of the one-model recipe is
-``--config models/pretrained/conditioned-tokens.toml``.
+``--config models/pretrained/conditioned-tokens.toml``. ``--tokenizer FILE`` builds with a
+saved vocabulary instead (``MelodyTokenizer.save``: a model's own, so that the dataset
+fine-tunes it), and ``--style NAME`` labels every piece with one style, which takes the
+next free style slot when the vocabulary does not name it yet (``melody add-style``).
 
 Defaults come from ``[data]`` (and ``[tokens]``) of config.toml; flags override them.
 """
@@ -70,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--test-fraction", type=float, help="fraction of pieces for test")
     build.add_argument("--seed", type=int, help="seed of the piece split")
     build.add_argument("--config", help="a config.toml merged over the defaults")
+    build.add_argument("--tokenizer", metavar="FILE",
+                       help="a saved tokenizer configuration (JSON) to build with instead "
+                            "of [tokens], e.g. the vocabulary of a model to fine-tune")
+    build.add_argument("--style", metavar="NAME",
+                       help="label every piece with this style (in place of its source's); "
+                            "a conditioned vocabulary gives it the next free style slot")
     build.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     corpora = sub.add_parser("corpora", help="list the named and bundled corpora")
@@ -97,9 +107,13 @@ def _build(args: argparse.Namespace) -> int:
     if args.transpose is not None:
         overrides["transpose_min"], overrides["transpose_max"] = parse_transpose(args.transpose)
     settings = load_settings(args.config, overrides={"data": overrides})
-    tokenizer = MelodyTokenizer(settings.tokens)
+    if args.tokenizer:
+        tokenizer = MelodyTokenizer.load(args.tokenizer)
+    else:
+        tokenizer = MelodyTokenizer(settings.tokens)
     manifest = build_dataset(args.source, args.out, settings.data, tokenizer,
-                             progress=not args.no_progress, exclude=args.exclude)
+                             progress=not args.no_progress, exclude=args.exclude,
+                             style=args.style)
     for line in format_skip_table(manifest):
         print(line)
     if len(manifest["sources"]) > 1:

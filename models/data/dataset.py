@@ -559,7 +559,8 @@ def data_table(pieces: Mapping[str, Mapping[str, Any]], kept: Mapping[str, Piece
 
 def build_dataset(source: str | Sequence[str], out: str | Path, settings: DataSettings,
                   tokenizer: MelodyTokenizer | None = None, *,
-                  progress: bool = True, exclude: Sequence[str] = ()) -> dict[str, Any]:
+                  progress: bool = True, exclude: Sequence[str] = (),
+                  style: str | None = None) -> dict[str, Any]:
     """Build a dataset folder from MIDI files and return its manifest.
 
     Args:
@@ -571,6 +572,8 @@ def build_dataset(source: str | Sequence[str], out: str | Path, settings: DataSe
         tokenizer: the vocabulary; ``[tokens]`` defaults when omitted.
         progress: show tqdm bars.
         exclude: sources to leave out (``all-corpora`` minus a corpus).
+        style: the style of every piece, in place of what its source says (``melody
+            add-style`` labels a user's folder with the new style's name this way).
 
     Raises:
         DataError: no source files, no piece survives the filters, or the output folder
@@ -585,6 +588,9 @@ def build_dataset(source: str | Sequence[str], out: str | Path, settings: DataSe
     source_text = ",".join(s["spec"] for s in found.sources)
     root = found.root
     resolve_seconds = time.monotonic() - started
+    if style is not None:
+        for name in found.meta:
+            found.meta[name]["style"] = style
     styles = {name: info.get("style") for name, info in found.meta.items()}
     if tokenizer.style_ids:
         # Before any worker starts, so every piece is encoded with the same slots.

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,11 +186,17 @@ def model_from_checkpoint(path: str | Path, dropout: float,
     return loaded.arch, config, model
 
 
-def freeze_lower(model: nn.Module, layers: int) -> list[str]:
+# ``--freeze all``: every parameter frozen (only a new style's token row learns, see
+# models.train.new_styles).
+FREEZE_ALL = "all"
+
+
+def freeze_lower(model: nn.Module, layers: int | str) -> list[str]:
     """Freeze the token embedding and the lowest ``layers`` blocks (or recurrent layers).
 
     The GPT's output head is tied to its embedding, so it stays frozen too: the upper
-    blocks learn to map the style into the shared token space.
+    blocks learn to map the style into the shared token space. ``layers`` ``"all"``
+    freezes every parameter, the final norm and an untied head included.
 
     Returns:
         The names of the frozen parameters.
@@ -197,6 +204,12 @@ def freeze_lower(model: nn.Module, layers: int) -> list[str]:
     Raises:
         ModelError: more layers asked for than the model has.
     """
+    if layers == FREEZE_ALL:
+        frozen = [name for name, param in model.named_parameters()]
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return frozen
+    assert isinstance(layers, int)  # "all" was handled above
     depth = model.config.n_layer
     if layers > depth:
         raise ModelError(f"--freeze {layers} exceeds the model's {depth} layers")
@@ -213,12 +226,17 @@ def freeze_lower(model: nn.Module, layers: int) -> list[str]:
     return frozen
 
 
-def make_optimizer(model: nn.Module, settings: TrainSettings, lr: float) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; no weight decay on biases, norms and gains."""
+def make_optimizer(model: nn.Module, settings: TrainSettings, lr: float,
+                   no_decay: Sequence[nn.Parameter] = ()) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; no weight decay on biases, norms and gains, nor on
+    ``no_decay`` (an embedding whose gradient is masked to a few rows: decay would shrink
+    the others)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if p.dim() >= 2],
+    exempt = {id(p) for p in no_decay}
+    groups = [{"params": [p for p in trainable if p.dim() >= 2 and id(p) not in exempt],
                "weight_decay": settings.weight_decay},
-              {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0}]
+              {"params": [p for p in trainable if p.dim() < 2 or id(p) in exempt],
+               "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(settings.beta1, settings.beta2))
 
 

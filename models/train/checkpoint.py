@@ -7,7 +7,8 @@ Keys: ``format`` ("melodyd-checkpoint"), ``version``, ``arch`` ("gpt", "lstm", "
 ``model_config`` (dict), ``tokenizer`` (the tokenizer's dict), ``data`` (dataset manifest
 summary), ``model`` (state dict), ``optimizer``, ``scheduler``, ``step``, ``metrics``,
 ``train_config``, ``rng`` (random generator states, for the record: an exact resume
-needs none, since every step reseeds from (seed, rank, step)).
+needs none, since every step reseeds from (seed, rank, step)); a fine-tune also keeps
+``init_data``, the sources of the checkpoint it started from (``model_sources``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,43 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return Checkpoint(path=Path(path), model=model, state=state)
 
 
+def _merge_corpora(*tables: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Corpus tables (name -> licence, pieces) added up; a name's licences joined."""
+    merged: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        for name, entry in (table or {}).items():
+            if not isinstance(entry, Mapping):
+                continue
+            into = merged.setdefault(name, {"licences": set(), "pieces": 0})
+            into["licences"].add(str(entry.get("licence") or "unknown"))
+            into["pieces"] += int(entry.get("pieces") or 0)
+    out = {}
+    for name, entry in sorted(merged.items()):
+        # "unknown" only when nothing better is known of the corpus.
+        licences = sorted(entry["licences"] - {"unknown"}) or ["unknown"]
+        out[name] = {"licence": "; ".join(licences), "pieces": entry["pieces"]}
+    return out
+
+
+def model_sources(state: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint's weights learned from: sources, corpora (licence, pieces), licences.
+
+    A fine-tune keeps (``init_data``) those of the checkpoint it started from, which this
+    merges with its own dataset's, so that a model card names the base model's corpora as
+    well as the fine-tuning folder's.
+    """
+    data = state.get("data") or {}
+    base = state.get("init_data") or {}
+    sources = [str(s) for s in base.get("sources") or [] if s]
+    if data.get("source") and str(data["source"]) not in sources:
+        sources.append(str(data["source"]))
+    licences = sorted({str(item) for item in [*(base.get("licences") or []),
+                                               *(data.get("licences") or [])]})
+    return {"sources": sources, "corpora": _merge_corpora(base.get("corpora") or {},
+                                                         data.get("corpora") or {}),
+            "licences": licences}
+
+
 def write_weights_only(source: str | Path, target: str | Path,
                        dtype: torch.dtype = torch.float16) -> Path:
     """Write a checkpoint's model for shipping: weights (as ``dtype``) and its description.
@@ -200,6 +239,7 @@ def write_weights_only(source: str | Path, target: str | Path,
     state = read_checkpoint(source)
     weights = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor
                for name, tensor in state["model"].items()}
-    keep = ("arch", "model_config", "tokenizer", "data", "step", "metrics", "train_config")
+    keep = ("arch", "model_config", "tokenizer", "data", "init_data", "step", "metrics",
+            "train_config")
     slim = {key: state[key] for key in keep if key in state}
     return save_checkpoint(target, {**slim, "model": weights, "weights_only": True})

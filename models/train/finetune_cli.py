@@ -18,13 +18,32 @@ logger = logging.getLogger(__name__)
 HELP = "fine-tune a checkpoint on a style's dataset with the lower blocks frozen"
 
 
+def freeze_value(text: str) -> int | str:
+    """A ``--freeze`` value: a number of lower blocks, or ``all`` (``freeze_lower``'s).
+
+    Raises:
+        argparse.ArgumentTypeError: neither a non-negative integer nor ``all``.
+    """
+    if text == "all":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of blocks or 'all' "
+                                         f"(received {text!r})")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``melody fine-tune`` (those of train, plus --from and --freeze)."""
     parser.add_argument("--from", dest="init_from", type=Path,
                         help="checkpoint to start from (e.g. RUN/best.pt); not needed "
                              "with --resume")
-    parser.add_argument("--freeze", type=int, metavar="K",
-                        help="freeze the embeddings and the lower K blocks "
+    parser.add_argument("--freeze", type=freeze_value, metavar="K",
+                        help="freeze the embeddings and the lower K blocks, or 'all' (only "
+                             "the token of a style new to the model learns) "
                              "(default [train] freeze)")
     parser.add_argument("--no-freeze", action="store_true",
                         help="train every weight: continue a model on new or more data "
@@ -62,6 +81,13 @@ def run(args: argparse.Namespace) -> int:
     if summary["freeze"] is None:
         print("trained every weight (--no-freeze)")
     else:
-        print(f"froze {summary['frozen']} parameter tensors (embeddings and "
-              f"{summary['freeze']} lower blocks)")
+        lower = ("every block" if summary["freeze"] == "all"
+                 else f"{summary['freeze']} lower blocks")
+        print(f"froze {summary['frozen']} parameter tensors (embeddings and {lower})")
+    for name, token in summary["new_styles"].items():
+        print(f"style {name!r} is new to the model: its token (id {token}) learned from "
+              f"\"any style\"")
+    if summary["start_val"] is not None:
+        print(f"val loss before fine-tuning {summary['start_val']['loss']:.4f} (perplexity "
+              f"{summary['start_val']['perplexity']:.2f})")
     return report(summary, args.out)

@@ -59,6 +59,8 @@ class Recipe:
         self.base: dict[str, Any] = raw["base"]
         self.finetune: dict[str, Any] = raw["finetune"]
         self.styles: dict[str, dict[str, Any]] = raw["styles"]
+        # `melody add-style` on a style-conditioned base: what differs from [finetune].
+        self.add_style: dict[str, Any] = raw.get("add_style", {})
         for name, style in self.styles.items():
             if "source" not in style:
                 raise ConfigError(f"recipe {path}: [styles.{name}] needs a source")
@@ -98,10 +100,12 @@ def train_flags(section: dict[str, Any], threads: int | None) -> list[str]:
     return flags
 
 
-def build_data(runner: Runner, name: str, source: str, transpose: str, out: Path) -> None:
-    """Build a dataset unless its manifest exists."""
+def build_data(runner: Runner, name: str, source: str, transpose: str, out: Path, *,
+               extra: list[str] | None = None) -> None:
+    """Build a dataset unless its manifest exists (``extra``: more ``data build`` flags)."""
     runner.step(f"data {name}", melody_command("data", "build", "--source", source,
-                                               "--out", str(out), "--transpose", transpose),
+                                               "--out", str(out), "--transpose", transpose,
+                                               *(extra or [])),
                 done=out / "manifest.json")
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from models.core.exceptions import ModelError
 from models.core.settings import TrainSettings
+from models.core.tokenizer import MelodyTokenizer
 from models.train.build import (
     Runtime,
     autocast_for,
@@ -41,8 +42,9 @@ from models.train.build import (
     setup_runtime,
     step_seed,
 )
-from models.train.checkpoint import build_model, read_checkpoint, save_checkpoint
+from models.train.checkpoint import build_model, model_sources, read_checkpoint, save_checkpoint
 from models.train.evaluation import MetricsLog, evaluate, lm_loss, plot_loss_curve
+from models.train.new_styles import learn_rows_only, new_style_rows, start_as_any
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,8 @@ class RunRequest:
         out_dir: the run directory.
         resume: continue from ``out_dir/last.pt``.
         init_from: a checkpoint whose weights start the run (fine-tuning).
-        freeze: freeze the embeddings and this many lower blocks (fine-tuning).
+        freeze: freeze the embeddings and this many lower blocks, or ``"all"``
+            (fine-tuning; a style new to the model still learns its token's row).
         stop_at: stop at this step as if interrupted (checkpoints saved; resume later).
         progress: show a progress bar.
     """
@@ -65,7 +68,7 @@ class RunRequest:
     out_dir: Path
     resume: bool = False
     init_from: Path | None = None
-    freeze: int | None = None
+    freeze: int | str | None = None
     stop_at: int | None = None
     progress: bool = True
 
@@ -150,9 +153,11 @@ class Trainer:
             model.load_state_dict(resume_state["model"])
             freeze = resume_state["train_config"].get("freeze")
         context = None
+        init_state = None
         if resume_state is None and request.init_from is not None:
             # The tokenizer must be known before the model: read the data first.
-            context = read_checkpoint(request.init_from)["model_config"]["context_length"]
+            init_state = read_checkpoint(request.init_from)
+            context = init_state["model_config"]["context_length"]
         elif resume_state is not None:
             context = self.model_config["context_length"]
         self.data = load_run_data(request.data_dir, context or self._size_context(), settings)
@@ -172,12 +177,36 @@ class Trainer:
                     settings, self.data.tokenizer["vocab_size"])
         self.freeze = freeze
         self.frozen = freeze_lower(model, freeze) if freeze is not None else []
+        # Styles the data names and the starting checkpoint does not (melody add-style),
+        # and the sources of that checkpoint, which this model's card must name too.
+        self.new_styles: dict[str, int] = {}
+        self.init_data: dict[str, Any] | None = None
+        if resume_state is not None:
+            self.new_styles = dict(resume_state["train_config"].get("new_styles") or {})
+            self.init_data = resume_state.get("init_data")
+        elif init_state is not None:
+            self.new_styles = new_style_rows(init_state["tokenizer"], self.data.tokenizer)
+            self.init_data = model_sources(init_state)
+            if self.new_styles:
+                start_as_any(model, list(self.new_styles.values()),
+                             MelodyTokenizer.from_dict(self.data.tokenizer).style_ids[0])
+        no_decay = []
+        if self.new_styles and any(name in self.frozen for name in ("wte.weight",
+                                                                    "embed.weight")):
+            no_decay.append(learn_rows_only(model, list(self.new_styles.values())))
+        if not any(param.requires_grad for param in model.parameters()):
+            raise ModelError(f"--freeze {freeze} leaves nothing to train (only a style new to "
+                             f"the model learns under 'all', and this dataset names none)")
+        for name, row in self.new_styles.items():
+            logger.info("style %r is new to the model: its token (id %d) starts as \"any "
+                        "style\" and learns%s", name, row,
+                        ", the rest of the embedding stays frozen" if no_decay else "")
         self.raw_model = model.to(self.runtime.device)
         self.model: nn.Module = self.raw_model
         if self.runtime.distributed:
             ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.optimizer = make_optimizer(self.raw_model, settings, settings.lr)
+        self.optimizer = make_optimizer(self.raw_model, settings, settings.lr, no_decay)
         self.scheduler = make_scheduler(self.optimizer, settings, settings.steps)
         self.autocast, needs_scaling = autocast_for(self.runtime.device, settings.precision)
         self.scaler = torch.amp.GradScaler("cuda") if needs_scaling else None
@@ -258,8 +287,10 @@ class Trainer:
                 "settings": dataclasses.asdict(self.settings),
                 "data_dir": str(self.request.data_dir),
                 "init_from": str(self.request.init_from) if self.request.init_from else None,
-                "freeze": self.freeze, "world_size": self.runtime.world_size},
+                "freeze": self.freeze, "new_styles": self.new_styles,
+                "world_size": self.runtime.world_size},
             "rng": _rng_states(),
+            **({"init_data": self.init_data} if self.init_data is not None else {}),
         }
 
     def evaluate_and_save(self) -> dict[str, float]:
@@ -311,6 +342,15 @@ class Trainer:
         tokens_per_step = s.batch_size * self.data.train.window * rt.world_size
         bar = tqdm(total=s.steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (self.request.progress and rt.is_main))
+        start_val = None
+        if self.step == 0 and self.request.init_from is not None:
+            # Where fine-tuning starts: the starting checkpoint on this validation split.
+            start_val = self.validate()
+            if rt.is_main:
+                self.log.write({"step": 0, "split": "val", **start_val})
+            logger.info("step 0: val loss %.4f, accuracy %.3f, perplexity %.2f (the starting "
+                        "checkpoint)", start_val["loss"], start_val["accuracy"],
+                        start_val["perplexity"])
         self.model.train()
         reason, metrics, losses, evaluated_at = "steps", {}, [], -1
         window_start, window_steps, rate = time.monotonic(), 0, 0.0
@@ -350,7 +390,7 @@ class Trainer:
         return {"step": self.step, "stopped": reason, "val": metrics,
                 "best_val_loss": self.best_val, "parameters": self.num_parameters,
                 "tokens_per_s": rate, "frozen": len(self.frozen), "freeze": self.freeze,
-                "rank": rt.rank}
+                "new_styles": self.new_styles, "start_val": start_val, "rank": rt.rank}
 
 
 def train(settings: TrainSettings, request: RunRequest) -> dict[str, Any]:

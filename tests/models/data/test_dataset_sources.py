@@ -267,6 +267,35 @@ def test_a_style_missing_from_the_config_takes_the_next_free_slot(
             assert manifest["pieces"][name]["roles"] == ["lead"]
 
 
+def test_the_cli_builds_with_a_saved_vocabulary_and_one_style_for_every_piece(
+        data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vocabulary = conditioned().with_styles(["fado"])  # a model's own: slot 8 is taken
+    vocabulary.save(tmp_path / "tokenizer.json")
+    # pop909 says its songs are pop; --style says every piece is klezmer.
+    assert main(["data", "build", "--source", "pop909", "--data-root", str(data_root),
+                 "--tokenizer", str(tmp_path / "tokenizer.json"), "--style", "klezmer",
+                 "--out", str(tmp_path / "out"), "--jobs", "1", "--no-progress"]) == 0
+    assert "9 klezmer" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    built = MelodyTokenizer.from_dict(manifest["tokenizer"])
+    assert built.fingerprint == vocabulary.fingerprint
+    assert built.style_slots == {**vocabulary.style_slots, "klezmer": 9}
+    assert {piece["style"] for piece in manifest["pieces"].values()} == {"klezmer"}
+    assert len(manifest["pieces"]) == POP_SONGS
+    for split in SPLITS:
+        for _, _, ids in sequences(tmp_path / "out", split):
+            assert ids[:2] == [built.bos_id, built.style_id("klezmer")]
+
+
+def test_an_unreadable_saved_vocabulary_is_one_line(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert main(["data", "build", "--source", str(tmp_path), "--tokenizer",
+                 str(tmp_path / "tokenizer.json"), "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'tokenizer.json'}: not a melodyd tokenizer configuration")
+
+
 # ----------------------------------------------------------------- naming the sources
 def test_source_lists_split_on_commas_and_keep_a_folder_whole(tmp_path: Path) -> None:
     odd = tmp_path / "a,b"

@@ -76,6 +76,14 @@ def test_add_style_without_a_base_names_the_path_and_the_remedy(tmp_path: Path,
     assert "melody train-styles" in err
 
 
+def test_add_style_refuses_any_which_names_the_shipped_model(tiny_checkpoint: Path,
+                                                             tmp_path: Path, capsys) -> None:
+    assert melody(["add-style", "any", "--source", str(tmp_path), "--base",
+                   str(tiny_checkpoint), "--out", str(tmp_path / "styles")]) == 2
+    assert "style name 'any' means \"no style\"" in capsys.readouterr().err
+    assert not (tmp_path / "styles").exists()
+
+
 def test_add_style_refuses_a_name_that_is_not_a_file_name(tmp_path: Path, capsys) -> None:
     assert melody(["add-style", "../evil", "--source", str(tmp_path)]) == 2
     assert "received '../evil'" in capsys.readouterr().err

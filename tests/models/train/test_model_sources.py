@@ -49,3 +49,29 @@ def test_the_card_names_the_corpora_and_licences_the_checkpoint_kept() -> None:
 def test_an_older_checkpoint_without_licences_still_exports() -> None:
     summary = training_summary({"data": {"source": "corpus:bach"}, "metrics": {}, "step": 1})
     assert summary["corpora"] == {} and summary["licences"] == []
+
+
+def test_a_fine_tune_names_its_base_s_corpora_too_down_a_chain() -> None:
+    from models.train.checkpoint import model_sources  # noqa: PLC0415
+
+    base = {"data": manifest_summary(MANIFEST)}
+    folder = {"source": "/home/me/midi", "licences": [],
+              "corpora": {"midi": {"licence": "unknown", "pieces": 4},
+                          "lieder": {"licence": "CC BY 4.0", "pieces": 1}}}
+    tuned = {"data": folder, "init_data": model_sources(base)}
+    again = {"data": {"source": "corpus:bach", "licences": ["public domain"],
+                      "corpora": {"bach": {"licence": "public domain", "pieces": 2}}},
+             "init_data": model_sources(tuned)}
+    summary = training_summary(again)
+    assert summary["corpus"] == "corpus:bach"
+    assert summary["sources"] == ["lieder,pop909", "/home/me/midi", "corpus:bach"]
+    assert summary["corpora"] == {
+        "bach": {"licence": "public domain", "pieces": 2},
+        # The same corpus name met twice: pieces added, both licences named.
+        "lieder": {"licence": "CC BY 4.0; CC0 1.0", "pieces": 3},
+        "midi": {"licence": "unknown", "pieces": 4},
+        "pop909": {"licence": "MIT (dataset); the songs are commercial Chinese pop",
+                   "pieces": 1},
+        "x": {"licence": "unknown", "pieces": 1},
+    }
+    assert summary["licences"] == sorted([*MANIFEST["licences"], "public domain"])

@@ -154,6 +154,18 @@ def test_fine_tuning_keeps_frozen_parameters_bit_identical(corpus: Path, tmp_pat
     assert any(name.startswith(upper) for name in changed), "the upper layers must train"
 
 
+def test_freezing_everything_without_a_new_style_is_refused(corpus: Path, tmp_path: Path,
+                                                            ) -> None:
+    from models.core.exceptions import ModelError  # noqa: PLC0415
+
+    train(settings(steps=2, eval_every=2), RunRequest(corpus, tmp_path / "base",
+                                                      progress=False))
+    with pytest.raises(ModelError, match="--freeze all leaves nothing to train"):
+        Trainer(settings(steps=2), RunRequest(corpus, tmp_path / "tuned", init_from=tmp_path
+                                              / "base" / "best.pt", freeze="all",
+                                              progress=False))
+
+
 def test_time_budget_stops_gracefully_with_checkpoints(corpus: Path, tmp_path: Path) -> None:
     summary = train(settings(steps=100_000, eval_every=1000, time_budget=0.0005),
                     RunRequest(corpus, tmp_path / "run", progress=False))
