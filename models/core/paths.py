@@ -13,7 +13,10 @@ from pathlib import Path
 # in a wheel).
 PACKAGES_ROOT = Path(__file__).resolve().parents[2]
 PRETRAINED_DIR = PACKAGES_ROOT / "models" / "pretrained"
-# The shipped base model's checkpoint, in the styles folder: where new styles start from.
+# The shipped checkpoints, in the styles folder. ``any.onnx``'s own (the style- and
+# role-conditioned model, fp16 weights): where `melody add-style` starts a new style token.
+CONDITIONED_CHECKPOINT_NAME = "conditioned.pt"
+# The earlier unconditioned small base: what `melody train-styles` builds and fine-tunes.
 BASE_CHECKPOINT_NAME = "base.pt"
 DEFAULT_RECIPE = PRETRAINED_DIR / "recipe.toml"
 

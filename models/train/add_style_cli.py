@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from models.core.exceptions import ConfigError, DataError, ModelError
+from models.core.paths import CONDITIONED_CHECKPOINT_NAME
 from models.core.protocol.limits import STYLE_ANY
 from models.train.finetune_cli import freeze_value
 from models.train.recipe_cli import (
@@ -68,6 +69,14 @@ HELP = ("train a new style from your own MIDI folder (a new style token of a con
 _STYLE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 
 
+def default_base(pretrained: Path | None = None) -> Path:
+    """The checkpoint a new style starts from when ``--base`` is not given: the shipped
+    conditioned model's (a new style token of it), else the old unconditioned base."""
+    folder = pretrained or PRETRAINED
+    conditioned = folder / CONDITIONED_CHECKPOINT_NAME
+    return conditioned if conditioned.is_file() else folder / BASE_CHECKPOINT
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``melody add-style``."""
     parser.add_argument("name", help="the style's name, e.g. avantgarde (then "
@@ -75,9 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
                         help="a folder of .mid/.midi files (searched recursively) or corpus:NAME")
     parser.add_argument("--base", type=Path, default=None,
-                        help=f"checkpoint to fine-tune (default: the shipped "
-                             f"models/pretrained/{BASE_CHECKPOINT}); a style-conditioned one "
-                             f"gets NAME as a new style token")
+                        help=f"checkpoint to start from (default: the shipped "
+                             f"models/pretrained/{CONDITIONED_CHECKPOINT_NAME}, any.onnx's "
+                             f"own, else {BASE_CHECKPOINT}); a style-conditioned one gets NAME "
+                             f"as a new style token")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the dataset, checkpoints and logs "
                              "(default runs/styles/NAME)")
@@ -197,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
     if not _STYLE_NAME.match(name):
         raise ConfigError(f"style name must be lowercase letters, digits, '-' or '_' "
                           f"(at most 40, received {name!r})")
-    base = args.base or PRETRAINED / BASE_CHECKPOINT
+    base = args.base or default_base()
     if not base.is_file():
         raise ModelError(f"base checkpoint not found: {base} (train one with "
                          f"`melody train-styles`, or pass --base RUN/best.pt)")

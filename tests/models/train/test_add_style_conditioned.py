@@ -278,3 +278,19 @@ def test_an_interrupted_fine_tune_resumes_and_only_the_new_token_learns(
     assert torch.equal(tuned["model"]["wte.weight"][others], before[others])
     assert not torch.equal(tuned["model"]["wte.weight"][row], before[row])
     assert read_card(tmp_path / "styles" / f"{NAME}.onnx").training["step"] == 4
+
+
+def test_the_default_base_is_the_shipped_conditioned_checkpoint_of_any_onnx(tmp_path: Path):
+    """`melody add-style NAME --source DIR` alone starts from any.onnx's own weights: the
+    shipped conditioned.pt has its architecture and vocabulary; without it, base.pt."""
+    from models.core.paths import CONDITIONED_CHECKPOINT_NAME, PRETRAINED_DIR  # noqa: PLC0415
+    from models.train.add_style_cli import default_base  # noqa: PLC0415
+
+    assert default_base() == PRETRAINED_DIR / CONDITIONED_CHECKPOINT_NAME
+    state = read_checkpoint(default_base())
+    card = load_model(PRETRAINED_DIR / "any.onnx", EngineSettings(intra_op_threads=1)).card
+    assert state["model_config"] == card.model_config
+    assert state["tokenizer"] == card.tokenizer
+    assert MelodyTokenizer.from_dict(state["tokenizer"]).style_slots["romantic"] == 7
+    (tmp_path / "base.pt").write_bytes(b"")
+    assert default_base(tmp_path) == tmp_path / "base.pt"
