@@ -99,8 +99,9 @@ def test_a_broken_score_gives_its_reason(name: str, error: str, tmp_path: Path) 
 
 def test_a_folder_of_scores_builds_and_skips_the_broken_ones(tmp_path: Path) -> None:
     source = tmp_path / "scores"
-    shutil.copytree(FIXTURES, source)
-    (source / "sub").mkdir()
+    (source / "sub").mkdir(parents=True)
+    for name in (*GOOD, *BROKEN):
+        shutil.copy(FIXTURES / name, source / name)
     shutil.copy(FIXTURES.parent / "fur_elise_opening.mid", source / "sub" / "elise.mid")
     manifest = build_dataset(str(source), tmp_path / "out", settings(), progress=False)
     kept = manifest["splits"]["train"]["pieces"]
