@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.tools.styles_report import FIDELITY_AIM, num, pct, table
+from engine.tools.styles_report import FIDELITY_AIM, fur_elise_section, num, pct, table
 
 # Column titles of the kinds of prime (``engine.tools.conditioned_eval.KINDS``).
 KIND_TITLES = {"fur_elise": "Für Elise", "c_major": "C-major phrase",
@@ -234,21 +234,6 @@ def _primes_section(results: dict[str, Any]) -> list[str]:
     return table(("prime", "what", "metre", "bars", "notes", "source"), rows)
 
 
-def _fur_elise_section(results: dict[str, Any]) -> list[str]:
-    lines = []
-    if results.get("fur_elise_prime_png"):
-        lines += [f"![Für Elise, the prime]({results['fur_elise_prime_png']})", ""]
-    for name, style in results["styles"].items():
-        pictures = style.get("fur_elise") or {}
-        if pictures.get("png"):
-            lines += [f"### `{name}`", "",
-                      f"![Für Elise continued in the {name} style]({pictures['png']})", "",
-                      f"MIDI: [{pictures['midi']}]({pictures['midi']}); listen with "
-                      f"`melody render {pictures.get('midi_path', pictures['midi'])} "
-                      f"-o fur_elise_{name}.wav`.", ""]
-    return lines
-
-
 def render_report(results: dict[str, Any]) -> str:
     """The Markdown page of an evaluation of the style-conditioned model."""
     config = results.get("config", {})
@@ -359,7 +344,7 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "The prime is blue, the continuation orange (first sample of each style).",
         "",
-        *_fur_elise_section(results),
+        *fur_elise_section(results),
     ]
     if caveats:
         lines += ["## Caveats", "", *caveats, ""]

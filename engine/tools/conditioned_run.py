@@ -12,7 +12,6 @@ primes and the accompaniment of held-out lead lines. Writes the JSON results and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -205,6 +204,7 @@ def run(args: argparse.Namespace, config: Any, command: str) -> int:
     from engine.tools.conditioned_report import render_report  # noqa: PLC0415
     from engine.tools.eval_styles_cli import portable_path  # noqa: PLC0415
     from engine.tools.styles_cli import model_facts  # noqa: PLC0415
+    from engine.tools.styles_report import write_page  # noqa: PLC0415
     from models.analysis.pianoroll import draw_piano_roll  # noqa: PLC0415
     from models.analysis.primes import neutral_primes  # noqa: PLC0415
     from models.core.protocol.limits import STYLE_ANY  # noqa: PLC0415
@@ -266,10 +266,5 @@ def run(args: argparse.Namespace, config: Any, command: str) -> int:
             model, data, accompanied, pieces=args.accompany_pieces, bars=config.bars,
             seed=config.sampling.seed or 0, progress=bar.update)
     results["seconds"]["accompaniment"] = round(time.monotonic() - started, 1)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    json_path = args.output.with_suffix(".json")
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
-    args.output.write_text(render_report(results))
-    print(args.output)
-    print(json_path)
+    write_page(args.output, results, render_report)
     return 0

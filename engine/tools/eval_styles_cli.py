@@ -16,7 +16,6 @@ Two modes:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -272,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         real_key_pairs,
     )
     from engine.tools.styles_cli import model_facts  # noqa: PLC0415
-    from engine.tools.styles_report import render_report  # noqa: PLC0415
+    from engine.tools.styles_report import render_report, write_page  # noqa: PLC0415
     from models.analysis.pianoroll import draw_piano_roll  # noqa: PLC0415
     from models.analysis.primes import fixed_primes  # noqa: PLC0415
     from models.core.protocol.messages import SamplingParams  # noqa: PLC0415
@@ -368,10 +367,5 @@ def run(args: argparse.Namespace) -> int:
             entry["real"]["key_kept"] = key_kept_share(
                 real_key_pairs(data[style], config.prime_bars, config.bars))
         entry["fur_elise"] = write_fur_elise(style, continuations, img_dir, doc_dir)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    json_path = args.output.with_suffix(".json")
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
-    args.output.write_text(render_report(results))
-    print(args.output)
-    print(json_path)
+    write_page(args.output, results, render_report)
     return 0

@@ -6,7 +6,9 @@ running the models again, and a test can check it on made-up numbers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 # The issue's aim: each style's output recognised as its own style at least this share of
@@ -125,7 +127,9 @@ def _primes_section(primes: list[dict[str, Any]]) -> list[str]:
     return table(("prime", "what", "metre", "bars", "notes", "source"), rows)
 
 
-def _fur_elise_section(results: dict[str, Any]) -> list[str]:
+def fur_elise_section(results: dict[str, Any]) -> list[str]:
+    """The prime's piano roll, then each style's continuation of it (roll, MIDI, how to
+    listen): the part of the page every evaluation shares."""
     lines = []
     prime_png = results.get("fur_elise_prime_png")
     if prime_png:
@@ -212,7 +216,7 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         "The prime is blue, the continuation orange (first sample of each style).",
         "",
-        *_fur_elise_section(results),
+        *fur_elise_section(results),
         *caveats,
         "## Reproduce",
         "",
@@ -222,3 +226,15 @@ def render_report(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def write_page(output: Path, results: dict[str, Any],
+               render: Callable[[dict[str, Any]], str]) -> None:
+    """Write an evaluation's page (``output``, Markdown by ``render``) and its JSON beside
+    it (same name, ``.json``), and print both paths."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    json_path = output.with_suffix(".json")
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    output.write_text(render(results))
+    print(output)
+    print(json_path)
