@@ -85,10 +85,16 @@ def _train_only_names(count: int) -> list[str]:
     raise AssertionError("no train-only names")
 
 
+# The tests on `built` run the whole command, whose report draws piano rolls with
+# matplotlib (the train extra): the mark keeps them out of the torch-free CI job.
+needs_train = pytest.mark.torch
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory, tiny_conditioned_onnx: Path,
           ) -> dict[str, Any]:
     """The tiny conditioned dataset (in the model's vocabulary) and the evaluation's results."""
+    pytest.importorskip("matplotlib", reason="the report draws piano rolls (the train extra)")
     tmp = tmp_path_factory.mktemp("eval_conditioned")
     files: dict[str, list[Path]] = {"baroque": [], "romantic": [], "pop": []}
     for i in range(PIECES):
@@ -125,6 +131,7 @@ def built(tmp_path_factory: pytest.TempPathFactory, tiny_conditioned_onnx: Path,
 
 
 # ----------------------------------------------------------------- the evaluation
+@needs_train
 def test_every_style_token_of_the_model_is_reported(built: dict[str, Any]) -> None:
     results = built["results"]
     assert list(results["styles"]) == ["baroque", "romantic", "pop"]
@@ -136,6 +143,7 @@ def test_every_style_token_of_the_model_is_reported(built: dict[str, Any]) -> No
         assert f"| `{style}` |" in built["page"]
 
 
+@needs_train
 def test_the_classifier_learns_the_manifest_s_styles(built: dict[str, Any]) -> None:
     classifier = built["results"]["classifier"]
     # pop has train pieces but no held-out ones: no yardstick, so no class.
@@ -149,6 +157,7 @@ def test_the_classifier_learns_the_manifest_s_styles(built: dict[str, Any]) -> N
     assert min(classifier["real_recall"].values()) >= 0.9, classifier
 
 
+@needs_train
 def test_held_out_tokens_are_scored_under_the_style_and_under_any(
         built: dict[str, Any]) -> None:
     vocab = built["model"].tokenizer.vocab_size
@@ -167,6 +176,7 @@ def test_held_out_tokens_are_scored_under_the_style_and_under_any(
     assert "heldout" not in built["results"]["styles"]["pop"]
 
 
+@needs_train
 def test_neutral_primes_and_own_openings_are_continued_and_judged(
         built: dict[str, Any]) -> None:
     results = built["results"]
@@ -207,6 +217,7 @@ def test_neutral_primes_and_own_openings_are_continued_and_judged(
         assert kinds[NEUTRAL]["recognised"] == results["any"]["verdicts"][NEUTRAL].get(style, 0)
 
 
+@needs_train
 def test_held_out_lead_lines_are_accompanied(built: dict[str, Any]) -> None:
     rows = built["results"]["accompaniment"]
     # Only romantic's pieces have a lead and an accompaniment (and held-out ones).
@@ -219,6 +230,7 @@ def test_held_out_lead_lines_are_accompanied(built: dict[str, Any]) -> None:
     assert real["polyphony_p95"] == 3
 
 
+@needs_train
 def test_the_page_and_the_json_are_written(built: dict[str, Any]) -> None:
     page = built["page"]
     for heading in ("## Held-out perplexity and accuracy", "## Style fidelity",
@@ -234,6 +246,7 @@ def test_the_page_and_the_json_are_written(built: dict[str, Any]) -> None:
     assert command.startswith("melody eval-styles --data ") and "--samples 2" in command
 
 
+@needs_train
 def test_a_dataset_of_another_vocabulary_is_refused(built: dict[str, Any], tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     other = tmp_path / "other"
@@ -247,6 +260,7 @@ def test_a_dataset_of_another_vocabulary_is_refused(built: dict[str, Any], tmp_p
     assert "another vocabulary" in capsys.readouterr().err
 
 
+@needs_train
 def test_a_style_the_model_lacks_is_named(built: dict[str, Any], tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["eval-styles", "--data", str(built["data"]), "--model", str(built["onnx"]),
@@ -256,6 +270,7 @@ def test_a_style_the_model_lacks_is_named(built: dict[str, Any], tmp_path: Path,
     assert "jazz" in err and "baroque" in err
 
 
+@needs_train
 def test_a_model_without_style_tokens_is_refused(built: dict[str, Any], tiny_onnx_model: Path,
                                                  tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
