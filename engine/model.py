@@ -31,7 +31,8 @@ _HOW_TO_MAKE = "make one from a checkpoint with `melody export`"
 
 
 def installed_styles(directory: Path | None = None) -> dict[str, Path]:
-    """The installed styles: name -> ONNX file, from ``models/pretrained/*.onnx``."""
+    """The installed styles: name -> ONNX file, from ``directory/*.onnx`` (default the
+    shipped ``models/pretrained``)."""
     directory = directory or PRETRAINED_DIR
     if not directory.is_dir():
         return {}
@@ -57,7 +58,8 @@ def resolve_model_path(model: str | Path | None = None, style: str | None = None
     if style not in styles:
         known = ", ".join(styles) or "none"
         raise EngineError(f"style {style!r} is not installed (installed: {known}); "
-                          f"add models/pretrained/{style}.onnx or pass --model PATH")
+                          f"add {directory or 'models/pretrained'}/{style}.onnx or pass "
+                          f"--model PATH")
     return styles[style]
 
 

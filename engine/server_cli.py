@@ -23,6 +23,7 @@ from engine.keys import CurveKeys, choose_security, make_keys
 from engine.server import EngineServer
 from models.core.commands import configure_logging, run_command
 from models.core.exceptions import EngineError
+from models.core.paths import styles_directory
 from models.core.settings import EngineSettings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,12 @@ def _style_names(values: list[str]) -> list[str]:
     return names
 
 
-def load_decoders(styles: list[str], models: list[str],
-                  settings: EngineSettings) -> dict[str, Any]:
+def load_decoders(styles: list[str], models: list[str], settings: EngineSettings,
+                  directory: Path | None = None) -> dict[str, Any]:
     """Load every requested model and build one decoder per style.
+
+    ``directory``: where installed styles are looked for (``[styles] directory``; default
+    the shipped ``models/pretrained``).
 
     Raises:
         EngineError: no style to serve, a style is not installed, a file is not a melodyd
@@ -90,19 +94,21 @@ def load_decoders(styles: list[str], models: list[str],
     from engine.decoder import StyleDecoder  # noqa: PLC0415
     from engine.model import installed_styles, load_model, resolve_model_path  # noqa: PLC0415
 
-    installed = installed_styles()
+    installed = installed_styles(directory)
     # A style with no file of its own may be played by an installed style-conditioned
     # model's token: load every installed file then, and check once they are loaded.
     by_token = [name for name in styles if name not in installed]
-    paths = [resolve_model_path(style=name) for name in styles if name in installed]
+    paths = [resolve_model_path(style=name, directory=directory) for name in styles
+             if name in installed]
     paths += [resolve_model_path(model=path) for path in models]
     if by_token:
         paths += [path for path in installed.values() if path not in paths]
     if not paths:
         paths = list(installed.values())
         if not paths:
-            raise EngineError("no style to serve: none is installed in models/pretrained/; "
-                              "pass --model PATH or --style NAME")
+            raise EngineError(f"no style to serve: none is installed in "
+                              f"{directory or 'models/pretrained'}/; pass --model PATH or "
+                              f"--style NAME")
     decoders: dict[str, Any] = {}
     conditioned: list[Any] = []
     for path in paths:
@@ -181,12 +187,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:20s} {path}")
         return 0
     overrides = {"engine": {"bind": args.bind, "provider": args.provider}}
-    settings = load_settings(args.config, overrides).engine
+    everything = load_settings(args.config, overrides)
+    settings = everything.engine
     keys = choose_security(settings.bind, _configured_keys(args, settings),
                            insecure=args.insecure, force_curve=args.curve)
     if keys is not None:
         keys.load()  # fail on bad keys before spending seconds loading models
-    decoders = load_decoders(_style_names(args.style), args.model, settings)
+    decoders = load_decoders(_style_names(args.style), args.model, settings,
+                             styles_directory(everything.styles.directory))
     server = EngineServer(decoders, settings, curve=keys)
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from models.core.exceptions import EngineError
 from models.core.meter import bar_length
 from models.core.notes import Note
+from models.core.paths import styles_directory
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,12 @@ def _positive(text: str) -> int:
     return value
 
 
-def model_and_style(model_path: str | None, style: str | None, settings: Any) -> tuple[Any, str]:
+def model_and_style(model_path: str | None, style: str | None, settings: Any,
+                    directory: Path | None = None) -> tuple[Any, str]:
     """The loaded model and the style it plays: ``--model``, ``--style`` or both.
 
-    ``--style`` alone names an installed file, or else a style an installed
+    ``--style`` alone names an installed file (in ``directory``, ``[styles] directory``;
+    default the shipped ``models/pretrained``), or else a style an installed
     style-conditioned model plays by token.
 
     Raises:
@@ -52,10 +55,10 @@ def model_and_style(model_path: str | None, style: str | None, settings: Any) ->
 
     if model_path is None and style is None:
         raise EngineError("give a model with --model M.onnx or an installed style with --style S")
-    installed = installed_styles()
+    installed = installed_styles(directory)
     if model_path is not None or style in installed:
-        model = load_model(resolve_model_path(model_path, None if model_path else style),
-                           settings)
+        model = load_model(resolve_model_path(model_path, None if model_path else style,
+                                              directory), settings)
         candidates = [model]
     else:
         candidates = [load_model(path, settings) for path in installed.values()]
@@ -168,8 +171,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.temperature <= 0:
         raise EngineError(f"--temperature must be above 0 (received {args.temperature})")
-    settings = load_settings(args.config).engine
-    model, style = model_and_style(args.model, args.style, settings)
+    everything = load_settings(args.config)
+    settings = everything.engine
+    model, style = model_and_style(args.model, args.style, settings,
+                                   styles_directory(everything.styles.directory))
     rng = random.Random(args.seed)
     tempo = 120.0
     if args.prime:
