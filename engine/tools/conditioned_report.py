@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.tools.styles_report import FIDELITY_AIM, fur_elise_section, num, pct, table
+from engine.tools.styles_report import (
+    FIDELITY_AIM,
+    confusion_section,
+    fur_elise_section,
+    num,
+    pct,
+    table,
+)
 
 # Column titles of the kinds of prime (``engine.tools.conditioned_eval.KINDS``).
 KIND_TITLES = {"fur_elise": "Für Elise", "c_major": "C-major phrase",
@@ -94,12 +101,7 @@ def _fidelity_section(results: dict[str, Any]) -> list[str]:
         lines += table(("heard as", *neutral_titles.values()), base_rows)
     classifier = results.get("classifier") or {}
     classes = classifier.get("classes") or []
-    confusion = classifier.get("confusion")
-    if classes and confusion:
-        lines += ["", "Confusion of the classifier on real held-out segments (rows: true style, "
-                  "columns: predicted; segments):", ""]
-        lines += table(("true \\ predicted", *classes),
-                       [(c, *row) for c, row in zip(classes, confusion, strict=True)])
+    lines += confusion_section(classifier, unit="segments")
     heard = [*classes, TOO_EMPTY]
     rows = []
     for name, style in styles.items():

@@ -75,12 +75,7 @@ def _fidelity_section(results: dict[str, Any]) -> list[str]:
                     "real held-out music recognised", "ratio (aim ≥ 0.8)"), rows)
     classifier = results.get("classifier") or {}
     classes = classifier.get("classes") or []
-    confusion = classifier.get("confusion")
-    if classes and confusion:
-        lines += ["", "Confusion of the classifier on real held-out segments (rows: true style, "
-                  "columns: predicted):", ""]
-        lines += table(("true \\ predicted", *classes),
-                        [(c, *row) for c, row in zip(classes, confusion, strict=True)])
+    lines += confusion_section(classifier)
     by_prime = [(name, style["fidelity"].get("by_prime") or {}) for name, style in
                 styles.items() if style.get("fidelity")]
     primes = sorted({p for _, shares in by_prime for p in shares})
@@ -125,6 +120,20 @@ def _primes_section(primes: list[dict[str, Any]]) -> list[str]:
     rows = [(f"`{p['name']}`", p["title"], f"{p['time_signature'][0]}/{p['time_signature'][1]}",
              p["bars"], p["notes"], p["source"]) for p in primes]
     return table(("prime", "what", "metre", "bars", "notes", "source"), rows)
+
+
+def confusion_section(classifier: dict[str, Any], unit: str = "") -> list[str]:
+    """The classifier's confusion on real held-out segments as a table (nothing when the
+    results hold none); ``unit`` names what the cells count."""
+    classes = classifier.get("classes") or []
+    confusion = classifier.get("confusion")
+    if not (classes and confusion):
+        return []
+    counted = f"; {unit}" if unit else ""
+    return ["", f"Confusion of the classifier on real held-out segments (rows: true style, "
+                f"columns: predicted{counted}):", "",
+            *table(("true \\ predicted", *classes),
+                   [(c, *row) for c, row in zip(classes, confusion, strict=True)])]
 
 
 def fur_elise_section(results: dict[str, Any]) -> list[str]:
