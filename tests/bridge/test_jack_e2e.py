@@ -467,22 +467,29 @@ def test_trading_bars_answers_on_the_bar_line_right_after_the_call(start_melodyd
     daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bpm", "120"],
                            config_text=config)
     daemon.wait_for_log("engine at .* is up")
-    probe = probe_for(native=False)
+    # Frame stamps where the native client is built: a loaded box delays python-rtmidi's
+    # wake-ups by tens of ms, which would read as a late answer.
+    probe = probe_for(native=jack.available())
     origin, spb = daemon.origin, 0.5
     call = [(float(beat), 0.95, 60 + 2 * (beat % 4), 90) for beat in range(8)]
+    period = jack_server.period_s
+    tolerance = period + SLACK_S + 0.02
+    ons, line = [], 0.0
     for _ in range(MAX_TRIES):
+        xruns = jack_server.xruns()
         start = next_bar_start(time.monotonic(), origin, spb)
         probe.play(call, start, spb)
         line = start + 8 * spb  # the call's second bar line
         assert wait_until(lambda end=line: time.monotonic() > end + 4 * 4 * spb, 20)
         ons = note_ons(probe.messages(), since=line - 2 * spb)
-        if ons:
+        # Play again if the random model ended its answer at once, or if an xrun moved the
+        # dummy server's clock under the answer (the other timing tests do the same).
+        if ons and (abs(ons[0].t - line) <= tolerance or jack_server.xruns() == xruns):
             break
     assert ons, daemon.log()
-    period = jack_server.period_s
-    # The answer's first note is on the line (rtmidi probe: up to a period late), where
-    # waiting for a beat of silence would have put it a whole bar later.
-    assert abs(ons[0].t - line) <= period + SLACK_S + 0.02, (ons[0].t - line)
+    # The answer's first note is on the line, where waiting for a beat of silence would
+    # have put it a whole bar later.
+    assert abs(ons[0].t - line) <= tolerance, (ons[0].t - line, daemon.log()[-3000:])
 
 
 # Four bars of melody (beats from the first bar line), all at or above C5: the
@@ -508,25 +515,31 @@ def test_accompany_plays_under_the_melody_on_the_grid_and_stops_after_it(
     spb = 60.0 / bpm
     probe.start_clock(bpm)
     time.sleep(2 * spb)
-    first_bar = math.ceil(probe.beat_at(time.monotonic() + 0.3) / 4) * 4
-    melody_start = probe.beat_time(first_bar)
-    probe.play(MELODY, melody_start, spb)
-    last_line = probe.beat_time(first_bar + 16)  # the bar line after the melody
-    quiet_from = probe.beat_time(first_bar + 16 + 4 * stop_bars)
-    assert wait_until(lambda: time.monotonic() > quiet_from + 4 * 4 * spb, 60)
-    ons = note_ons(probe.messages(), since=melody_start)
-    assert ons, daemon.log()
+    tolerance = 2 * jack_server.period_s + MIDI_CLOCK_SLACK_S
+    half_step = 60.0 / bpm / POSITIONS_PER_BEAT / 2
+    for _ in range(MAX_TRIES):
+        xruns = jack_server.xruns()
+        first_bar = math.ceil(probe.beat_at(time.monotonic() + 0.3) / 4) * 4
+        melody_start = probe.beat_time(first_bar)
+        probe.play(MELODY, melody_start, spb)
+        last_line = probe.beat_time(first_bar + 16)  # the bar line after the melody
+        quiet_from = probe.beat_time(first_bar + 16 + 4 * stop_bars)
+        assert wait_until(lambda end=quiet_from: time.monotonic() > end + 4 * 4 * spb, 60)
+        ons = note_ons(probe.messages(), since=melody_start)
+        assert ons, daemon.log()
+        errors = grid_errors([r.t for r in ons], probe.beat_at, probe.beat_time)
+        # On the grid: every onset nearer its own 1/12-beat line than the next one, and
+        # most within JACK's jitter. An xrun moves the dummy server's clock under a whole
+        # bar (CI has seen every onset of one bar 16-19 ms off by the same amount): then
+        # the melody is played again, as the call-and-response tests measure again.
+        on_grid = (max(errors) < half_step
+                   and sum(e <= tolerance for e in errors) / len(errors) >= 0.75)
+        if on_grid or jack_server.xruns() == xruns:
+            break
     assert all(r.t < quiet_from + LATE_DROP_S for r in ons), (
         [probe.beat_at(r.t) - first_bar for r in ons if r.t >= quiet_from], daemon.log())
     assert any(melody_start < r.t < last_line for r in ons)
-    tolerance = 2 * jack_server.period_s + MIDI_CLOCK_SLACK_S
-    errors = grid_errors([r.t for r in ons], probe.beat_at, probe.beat_time)
-    # On the grid: every onset nearer its own 1/12-beat line than the next one, and most
-    # within JACK's jitter. CI once saw one whole bar (4 of 20 onsets) 18.8 ms off, the
-    # same amount for each note of it: the clock's line, not the notes, moved for a bar
-    # (the call-and-response tests measure precise timing, and measure again on xruns).
-    half_step = 60.0 / bpm / POSITIONS_PER_BEAT / 2
-    assert max(errors) < half_step and sum(e <= tolerance for e in errors) / len(errors) >= 0.75, (
+    assert on_grid, (
         sorted(errors)[-5:], [round(probe.beat_at(r.t) - first_bar, 3) for r in ons],
         daemon.log()[-3000:])
     melody_onsets = [(melody_start + beat * spb, pitch) for beat, _d, pitch, _v in MELODY]
