@@ -144,7 +144,12 @@ class Daemon:
         if msg.type == "note_on" and msg.velocity > 0:
             self.seed.note_on(beat, msg.note, msg.velocity)
             if self._policy().on_player_note(beat) and self._answer is not None:
-                logger.info("barge-in: stopping response %s", self._answer)
+                response = self._responses.get(self._answer)
+                if response is not None and beat < response.start_beat:
+                    logger.info("the phrase goes on: dropping response %s, asked ahead of "
+                                "its silence", self._answer)
+                else:
+                    logger.info("barge-in: stopping response %s", self._answer)
                 self._end_request(self._answer)
                 self._answer = None
         else:

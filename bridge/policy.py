@@ -52,6 +52,14 @@ class CallResponsePolicy:
     silence as usual. Notes of the call's last moments (after the request, before the
     line) do not stop the answer; a note played into it does (barge-in).
 
+    Asking ahead (``request_ahead_beats`` > 0): the engine needs time, and more time buys
+    more candidates. When the silence would end less than ``request_ahead_beats`` before
+    the line the answer starts on, the request goes out that far ahead of the line anyway
+    (never before half the silence has passed), for the same start and the same seed: the
+    silence only confirms that no note came. If one does come before the silence is
+    complete, the phrase was not over: :meth:`on_player_note` says to stop the answer,
+    which has not sounded yet, and the phrase is answered after its real end.
+
     Attributes:
         silence_beats: beats with nothing held and nothing pressed that end a phrase.
         bars: response length in bars (a live control may change it).
@@ -60,11 +68,13 @@ class CallResponsePolicy:
         barge_in: whether playing during an answer stops it.
         trade_bars: the call's length when trading bars (0 = wait for silence).
         trade_lead_beats: how early the trading request goes out.
+        request_ahead_beats: how far before its line an answer is asked for, at least,
+            before its silence is complete (0 = only once it is).
     """
 
     def __init__(self, silence_beats: float, bars: int, start_on: str, bar_length: float,
                  barge_in: bool = True, *, trade_bars: int = 0,
-                 trade_lead_beats: float = 0.5) -> None:
+                 trade_lead_beats: float = 0.5, request_ahead_beats: float = 0.0) -> None:
         self.silence_beats = silence_beats
         self.bars = bars
         self.start_on = start_on
@@ -72,10 +82,15 @@ class CallResponsePolicy:
         self.barge_in = barge_in
         self.trade_bars = trade_bars
         self.trade_lead_beats = trade_lead_beats
+        self.request_ahead_beats = request_ahead_beats
         self._armed = False  # the player played since the last answer was triggered
         self._answer_start: float | None = None  # beat where the running answer starts
         self._answer_end: float | None = None  # beat where the running answer ends
         self._call_bar: int | None = None  # trading: the bar of the call's first note
+        # Asked ahead: the beat the phrase's silence completes (a note before it cancels
+        # the answer) and the trading call's bar then, to go on counting from.
+        self._asked_ahead: tuple[float, int | None] | None = None
+        self._lead_beats = 0.0  # the engine's lead at the last ``due``, for ``next_check``
 
     @classmethod
     def from_settings(cls, interaction: InteractionSettings,
@@ -84,7 +99,8 @@ class CallResponsePolicy:
         return cls(interaction.silence_beats, interaction.response_bars,
                    interaction.start_on, bar_length, interaction.barge_in,
                    trade_bars=interaction.trade_bars,
-                   trade_lead_beats=interaction.trade_lead_beats)
+                   trade_lead_beats=interaction.trade_lead_beats,
+                   request_ahead_beats=interaction.request_ahead_beats)
 
     @property
     def answering(self) -> bool:
@@ -94,7 +110,15 @@ class CallResponsePolicy:
     def on_player_note(self, beat: float | None = None) -> bool:
         """The player pressed a key (at ``beat``, if known). Returns whether the running
         answer must stop: a note before the answer's start (the call's tail, when trading)
-        does not stop it."""
+        does not stop it, unless the answer was asked ahead and the note comes before the
+        silence that ended the phrase was complete (the phrase goes on: ask again later)."""
+        if (self._asked_ahead is not None and self._answer_end is not None
+                and beat is not None and beat < self._asked_ahead[0] - EPS):
+            call_bar = self._asked_ahead[1]
+            self.cancel()
+            self._armed = True
+            self._call_bar = call_bar
+            return True
         if (self._answer_end is not None and beat is not None
                 and self._answer_start is not None and beat < self._answer_start - EPS):
             return False  # the end of the call, already answered
@@ -124,10 +148,33 @@ class CallResponsePolicy:
                 return self._trigger(start, self.trade_bars)
         if not self._armed or self._answer_end is not None or window.held_count:
             return None
-        if window.last_activity is None or now < window.last_activity + self.silence_beats - EPS:
+        if window.last_activity is None:
             return None
-        step = self.bar_length if self.start_on == "bar" else 1.0
-        return self._trigger(next_line(now + lead_beats, step), self.bars)
+        self._lead_beats = lead_beats
+        silence_end = window.last_activity + self.silence_beats
+        if now < self._ask_at(silence_end) - EPS:
+            return None
+        call_bar = self._call_bar
+        trigger = self._trigger(next_line(max(now, silence_end) + lead_beats, self._step),
+                                self.bars)
+        if now < silence_end - EPS:
+            self._asked_ahead = (silence_end, call_bar)
+        return trigger
+
+    @property
+    def _step(self) -> float:
+        """The grid an answer's start snaps to, in beats."""
+        return self.bar_length if self.start_on == "bar" else 1.0
+
+    def _ask_at(self, silence_end: float) -> float:
+        """The beat to ask for the answer to a phrase whose silence completes at
+        ``silence_end``: then, or ``request_ahead_beats`` before the line the answer will
+        start on if that is sooner, but not before half the silence."""
+        if self.request_ahead_beats <= 0:
+            return silence_end
+        line = next_line(silence_end + self._lead_beats, self._step)
+        ahead = line - self.request_ahead_beats
+        return max(silence_end - self.silence_beats / 2, min(silence_end, ahead))
 
     def _trigger(self, start: float, bars: int) -> Trigger:
         bar = math.floor(start / self.bar_length + EPS)
@@ -135,6 +182,7 @@ class CallResponsePolicy:
         self._answer_end = (bar + bars) * self.bar_length
         self._armed = False
         self._call_bar = None
+        self._asked_ahead = None
         return Trigger(start, bars)
 
     def next_check(self, window: SeedWindow, now: float) -> float | None:
@@ -147,7 +195,7 @@ class CallResponsePolicy:
             trade = (self._call_bar + self.trade_bars) * self.bar_length - self.trade_lead_beats
         if not self._armed or window.held_count or window.last_activity is None:
             return trade
-        silence = window.last_activity + self.silence_beats
+        silence = self._ask_at(window.last_activity + self.silence_beats)
         return silence if trade is None else min(silence, trade)
 
     def cancel(self) -> None:
@@ -155,6 +203,7 @@ class CallResponsePolicy:
         self._answer_end = None
         self._answer_start = None
         self._call_bar = None
+        self._asked_ahead = None
 
 
 class AccompanyPolicy:

@@ -208,7 +208,11 @@ def simulate(call: Call, settings: Settings, mode: str = "call",
         advance(beat)
         if press:
             window.note_on(beat, pitch, velocity)
-            policy.on_player_note(beat)  # a barge-in stops an answer the player talks over
+            # A barge-in stops an answer the player talks over; one asked ahead of a silence
+            # the player breaks is dropped before it sounds, as if never asked for.
+            if (policy.on_player_note(beat) and requests
+                    and requests[-1].trigger.start_beat > beat):
+                requests.pop()
         else:
             window.note_off(beat, pitch)
         ask(beat)

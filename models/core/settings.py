@@ -204,6 +204,7 @@ class InteractionSettings:
     barge_in: bool = setting(True)
     trade_bars: int = setting(0, low=0, high=16)
     trade_lead_beats: float = setting(0.5, low=0.0, high=4.0)
+    request_ahead_beats: float = setting(1.5, low=0.0, high=8.0)
     follow_dynamics: float = setting(0.7, low=0.0, high=1.0)
     status_interval_s: float = setting(1.0, low=0.0, high=60.0)
     key_follow: bool = setting(True)

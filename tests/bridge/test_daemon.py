@@ -224,6 +224,34 @@ def test_barge_in_cancels_and_releases(rig, engine_running):
         assert engine.of_type("cancel") == []
 
 
+def test_an_answer_asked_ahead_is_dropped_unheard_when_the_phrase_goes_on(rig, caplog):
+    """Asked for before the phrase's silence is complete, the answer is cancelled when the
+    player plays on within that silence: none of it sounds, and the longer phrase gets
+    the answer."""
+    daemon, engine, port, inputs, clock = rig
+    engine.hold_done = True  # the engine is still generating when the player plays on
+    # 8 beats of silence (0.8 s), asked for as early as may be: after half of it.
+    daemon.call.silence_beats = 8.0
+    daemon.call.request_ahead_beats = 8.0
+    with caplog.at_level("INFO"):
+        end = play_phrase(inputs, clock)
+        assert wait_for(lambda: engine.of_type("generate"))
+        first = engine.of_type("generate")[0]
+        now = time.monotonic()
+        assert clock.beat_at(now) < end + 8.0, "asked only after the silence"
+        inputs.put(now, mido.Message("note_on", note=67, velocity=90))
+        inputs.put(now + 0.02, mido.Message("note_off", note=67))
+        assert wait_for(lambda: engine.of_type("cancel"))
+    assert [c["target"] for c in engine.of_type("cancel")] == [first["id"]]
+    assert any("the phrase goes on" in r.getMessage() for r in caplog.records)
+    assert port.messages("note_on") == [] and daemon.scheduler.pending() == 0
+    assert wait_for(lambda: len(engine.of_type("generate")) == 2, 5.0)
+    second = engine.of_type("generate")[1]
+    assert [n["pitch"] for n in second["seed"]] == [60, 64, 67]
+    assert second["start_beat"] >= first["start_beat"]
+    assert wait_for(lambda: port.messages("note_on"), 5.0)
+
+
 def test_engine_loss_releases_and_recovers(rig):
     daemon, engine, port, inputs, clock = rig
     play_phrase(inputs, clock)

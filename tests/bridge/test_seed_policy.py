@@ -129,6 +129,81 @@ def test_call_barge_in():
     assert patient.on_player_note() is False and patient.answering
 
 
+def test_an_answer_is_asked_for_ahead_only_when_its_line_is_near():
+    window = SeedWindow(4, 4.0)
+    policy = CallResponsePolicy(1.0, 2, "bar", 4.0, request_ahead_beats=1.5)
+    play(window, [(0.0, 1.0, 60), (1.0, 1.0, 62), (2.0, 1.0, 64)])  # silence complete at 4
+    for _ in range(3):
+        policy.on_player_note()
+    assert policy.due(3.0, window, 0.1) is None
+    # The answer starts on the line at 8 (4 + the lead passes 4): the silence completes
+    # 4 beats before it, more than 1.5, so the request waits for the silence.
+    assert policy.next_check(window, 3.0) == pytest.approx(4.0)
+    assert policy.due(3.9, window, 0.1) is None
+    trigger = policy.due(4.0, window, 0.1)
+    assert trigger is not None and trigger.start_beat == 8.0
+
+
+def test_a_silence_ending_a_beat_before_the_line_is_answered_a_beat_and_a_half_ahead():
+    window = SeedWindow(4, 4.0)
+    policy = CallResponsePolicy(1.0, 2, "bar", 4.0, request_ahead_beats=1.5)
+    play(window, [(0.0, 1.0, 60), (1.0, 1.0, 62)])  # silence complete at 3, a beat before 4
+    policy.on_player_note()
+    # Without asking ahead the request goes out at 3, one beat (less the engine's time)
+    # before the answer's line at 4; asked ahead, at 2.5 (half the silence).
+    assert policy.next_check(window, 2.0) == pytest.approx(2.5)
+    assert policy.due(2.4, window, 0.1) is None
+    trigger = policy.due(2.5, window, 0.1)
+    assert trigger is not None and trigger.start_beat == 4.0
+    patient = CallResponsePolicy(1.0, 2, "bar", 4.0)
+    patient.on_player_note()
+    assert patient.next_check(window, 2.0) == pytest.approx(3.0)
+    assert patient.due(2.5, window, 0.1) is None
+    trigger = patient.due(3.0, window, 0.1)
+    assert trigger is not None and trigger.start_beat == 4.0
+
+
+def test_a_note_before_the_silence_is_complete_drops_the_answer_asked_ahead():
+    window = SeedWindow(4, 4.0)
+    policy = CallResponsePolicy(1.0, 2, "bar", 4.0, barge_in=False, request_ahead_beats=1.5)
+    play(window, [(0.0, 2.0, 60)])  # silence complete at 3
+    policy.on_player_note(0.0)
+    assert policy.due(2.5, window, 0.1) is not None  # asked ahead, for bar line 4
+    # The phrase goes on at 2.8: the answer is dropped before it sounds, even without
+    # barge-in, and the phrase is answered after its real end.
+    play(window, [(2.8, 0.5, 62)])
+    assert policy.on_player_note(2.8) is True
+    assert not policy.answering
+    # Its silence completes at 4.3, 3.7 beats before the line at 8: no need to ask ahead.
+    assert policy.due(4.2, window, 0.1) is None
+    trigger = policy.due(4.3, window, 0.1)
+    assert trigger is not None and trigger.start_beat == 8.0
+
+
+def test_a_note_after_the_silence_is_complete_keeps_the_answer_asked_ahead():
+    window = SeedWindow(4, 4.0)
+    policy = CallResponsePolicy(1.0, 2, "bar", 4.0, barge_in=False, request_ahead_beats=1.5)
+    play(window, [(0.0, 2.0, 60)])
+    policy.on_player_note(0.0)
+    assert policy.due(2.5, window, 0.1) is not None
+    # 3.5: the silence was complete at 3; the note is a pick-up before the answer's line.
+    assert policy.on_player_note(3.5) is False and policy.answering
+
+
+def test_a_trading_call_that_goes_on_after_an_early_ask_keeps_counting_its_bars():
+    window = SeedWindow(4, 4.0)
+    policy = CallResponsePolicy(1.0, 4, "bar", 4.0, trade_bars=2, trade_lead_beats=0.5,
+                                request_ahead_beats=1.5)
+    play(window, [(0.0, 2.0, 60)])
+    policy.on_player_note(0.0)  # the call starts in bar 0
+    assert policy.due(2.5, window, 0.1) is not None  # it seemed to stop: asked ahead
+    play(window, [(2.8, 4.0, 62)])
+    assert policy.on_player_note(2.8) is True
+    # Still the call of bar 0: answered on the line after its two bars.
+    trigger = policy.due(7.5, window, 0.1)
+    assert trigger is not None and trigger.start_beat == 8.0 and trigger.bars == 2
+
+
 def _trader() -> CallResponsePolicy:
     return CallResponsePolicy(1.0, 4, "bar", 4.0, trade_bars=2, trade_lead_beats=0.5)
 

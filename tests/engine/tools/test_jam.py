@@ -3,6 +3,7 @@ decoder, and the metrics that score them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import mido
@@ -117,6 +118,28 @@ def test_a_rest_inside_a_call_triggers_early_and_the_last_trigger_is_kept():
     made = simulate(gap, Settings())
     assert len(made) == 2  # the first answer is barged in on by the next note
     assert made[-1].trigger.start_beat == 12.0 and len(made[-1].seed) == 3
+
+
+def test_an_answer_asked_ahead_of_a_silence_the_call_breaks_is_never_made():
+    """A rest of just over half the silence before a bar line gets an answer asked ahead
+    (default ``request_ahead_beats``); the next note drops it unheard, so the harness keeps
+    only the answer to the whole call, as the daemon plays only that one."""
+    call = Call("rest", "test", (Note(0, 0.5, 60, 80), Note(1, 0.5, 62, 80),
+                                 Note(2, 0.4, 64, 80), Note(3, 0.5, 65, 80)))
+    (made,) = simulate(call, Settings())
+    assert made.beat == pytest.approx(8.5)  # after the count-in bar: 3.5 + 1 beat + 4
+    assert made.trigger.start_beat == 12.0 and len(made.seed) == 4
+    asked_after_the_silence = dataclasses.replace(Settings().interaction,
+                                                  request_ahead_beats=0.0)
+    (late,) = simulate(call, dataclasses.replace(Settings(), interaction=asked_after_the_silence))
+    assert late == made
+
+
+def test_a_call_ending_a_beat_before_the_line_is_asked_for_a_beat_and_a_half_ahead():
+    call = Call("short", "test", (Note(0, 0.5, 60, 80), Note(1, 1.0, 62, 80)))
+    (made,) = simulate(call, Settings())
+    # Silence complete at 4 + 2 + 1 = 7, a beat before the line at 8: asked at 6.5.
+    assert made.beat == pytest.approx(6.5) and made.trigger.start_beat == 8.0
 
 
 class _RecordingClient:
