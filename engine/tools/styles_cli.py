@@ -104,9 +104,14 @@ def source_lines(row: dict[str, Any]) -> list[str]:
     corpora = row.get("corpora") or {}
     if corpora:
         lines.append("  trained on: " + "; ".join(
-            f"{name} ({info.get('pieces', '?')} pieces, {info.get('licence', 'unknown')})"
+            f"{name} ({_pieces(info.get('pieces'))}, {info.get('licence', 'unknown')})"
             for name, info in corpora.items()))
     return lines
+
+
+def _pieces(count: Any) -> str:
+    """``1 piece``, ``12 pieces``, ``? pieces`` (a card without the count)."""
+    return "1 piece" if count == 1 else f"{'?' if count is None else count} pieces"
 
 
 def _cell(value: Any, fmt: str = "{}") -> str:

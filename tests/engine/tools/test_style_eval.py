@@ -157,6 +157,18 @@ def test_styles_lists_installed_models(setup: dict[str, Path], capsys) -> None:
     assert all(row["size_mb"] > 0 and row["quantization"] == "none" for row in listed)
 
 
+def test_styles_names_each_corpus_with_its_piece_count_and_licence() -> None:
+    from engine.tools.styles_cli import source_lines  # noqa: PLC0415
+
+    row = {"style": "any", "token_styles": ["folk"],
+           "corpora": {"webern": {"pieces": 1, "licence": "public domain"},
+                       "lieder": {"pieces": 1460, "licence": "CC0 1.0"}, "x": {}}}
+    assert source_lines(row) == [
+        "  any also plays, by style token: folk",
+        "  trained on: webern (1 piece, public domain); lieder (1460 pieces, CC0 1.0); "
+        "x (? pieces, unknown)"]
+
+
 def test_styles_reports_a_broken_model(tmp_path: Path, capsys) -> None:
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
     assert main(["styles", "--dir", str(tmp_path)]) == 1
