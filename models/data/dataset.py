@@ -49,39 +49,19 @@ from models.core.settings import DataSettings, TokensSettings
 from models.core.tokenizer import MelodyTokenizer
 from models.data.midifile import score_from_bytes, smf_bytes
 from models.data.roles import track_roles
-
-# The skip reasons, PieceResult and the folder walk live in models.data.sources; re-exported.
 from models.data.sources import (
-    CORPUS_PREFIX,
-    SKIP_BROKEN_LINK,
-    SKIP_DUPLICATE,
     SKIP_EMPTY,
     SKIP_EMPTY_BARS,
-    SKIP_LINK_LOOP,
-    SKIP_NOT_CONVERTED,
     SKIP_NOT_MIDI,
-    SKIP_NOT_MIDI_NAME,
-    SKIP_NOT_REGULAR,
     SKIP_PARSE,
     SKIP_POLYPHONIC,
     SKIP_TOO_LARGE,
     SKIP_TOO_MANY_TOKENS,
     SKIP_UNREADABLE,
     PieceResult,
-    Source,
     resolve_source,
     resolve_sources,
-    scan_folder,
 )
-
-# Re-exported for callers that import them from here.
-__all__ = [
-    "CORPUS_PREFIX", "SKIP_BROKEN_LINK", "SKIP_DUPLICATE", "SKIP_EMPTY", "SKIP_EMPTY_BARS",
-    "SKIP_LINK_LOOP", "SKIP_NOT_CONVERTED", "SKIP_NOT_MIDI", "SKIP_NOT_MIDI_NAME",
-    "SKIP_NOT_REGULAR", "SKIP_PARSE", "SKIP_POLYPHONIC", "SKIP_TOO_LARGE",
-    "SKIP_TOO_MANY_TOKENS", "SKIP_UNREADABLE", "PieceResult", "Source", "resolve_source",
-    "scan_folder",
-]
 
 logger = logging.getLogger(__name__)
 

@@ -19,16 +19,8 @@ from models.cli import main
 from models.core.exceptions import ConfigError, DataError
 from models.core.settings import DataSettings, load_settings
 from models.core.tokenizer import MelodyTokenizer
-from models.data import dataset
+from models.data import dataset, sources
 from models.data.dataset import (
-    SKIP_DUPLICATE,
-    SKIP_EMPTY,
-    SKIP_EMPTY_BARS,
-    SKIP_NOT_MIDI,
-    SKIP_PARSE,
-    SKIP_POLYPHONIC,
-    SKIP_TOO_LARGE,
-    SKIP_TOO_MANY_TOKENS,
     SPLITS,
     TokenDataset,
     build_dataset,
@@ -37,6 +29,16 @@ from models.data.dataset import (
     split_pieces,
 )
 from models.data.midifile import read_midi
+from models.data.sources import (
+    SKIP_DUPLICATE,
+    SKIP_EMPTY,
+    SKIP_EMPTY_BARS,
+    SKIP_NOT_MIDI,
+    SKIP_PARSE,
+    SKIP_POLYPHONIC,
+    SKIP_TOO_LARGE,
+    SKIP_TOO_MANY_TOKENS,
+)
 
 TPQ = 480
 
@@ -511,7 +513,7 @@ def test_midi_files_load_whatever_the_case_of_their_suffix(tmp_path: Path, name:
     assert len(read_midi(tmp_path / name).notes) == 12
     if not name.endswith(".rmi"):  # encode_file leaves RIFF unwrapping to load_score
         assert MelodyTokenizer().encode_file(tmp_path / name)[0] == MelodyTokenizer().bos_id
-    files, skipped = dataset.scan_folder(tmp_path)
+    files, skipped = sources.scan_folder(tmp_path)
     assert [f.name for f in files] == [name] and skipped == []
 
 
@@ -519,7 +521,7 @@ def test_a_link_is_reported_and_the_file_read_under_its_own_name(tmp_path: Path)
     write_midi(tmp_path / "z" / "real.mid", melody(1))
     (tmp_path / "a_link.mid").symlink_to("z/real.mid")
     (tmp_path / "a_folder").symlink_to("z")
-    files, skipped = dataset.scan_folder(tmp_path)
+    files, skipped = sources.scan_folder(tmp_path)
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["z/real.mid"]
     assert sorted((s.name, s.reason, s.detail) for s in skipped) == [
         ("a_folder", SKIP_DUPLICATE, "the same folder as z"),
@@ -530,7 +532,7 @@ def test_a_link_to_a_folder_outside_is_read(tmp_path: Path) -> None:
     write_midi(tmp_path / "elsewhere" / "tune.mid", melody(1))
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "linked").symlink_to(tmp_path / "elsewhere")
-    files, skipped = dataset.scan_folder(tmp_path / "src")
+    files, skipped = sources.scan_folder(tmp_path / "src")
     assert [f.relative_to(tmp_path / "src").as_posix() for f in files] == ["linked/tune.mid"]
     assert skipped == []
 
