@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from models.core.settings import DataSettings
-from models.data.dataset import SPLITS, TokenDataset, build_dataset
+from models.data.dataset import build_dataset
+from models.data.manifest import SPLITS, TokenDataset
 from models.data.sources import (
     SKIP_BROKEN_LINK,
     SKIP_DUPLICATE,

@@ -19,15 +19,9 @@ from models.cli import main
 from models.core.exceptions import ConfigError, DataError
 from models.core.settings import DataSettings, load_settings
 from models.core.tokenizer import MelodyTokenizer
-from models.data import dataset, sources
-from models.data.dataset import (
-    SPLITS,
-    TokenDataset,
-    build_dataset,
-    load_manifest,
-    parse_transpose,
-    split_pieces,
-)
+from models.data import dataset, sources, tokenize_pieces
+from models.data.dataset import build_dataset
+from models.data.manifest import SPLITS, TokenDataset, load_manifest
 from models.data.midifile import read_midi
 from models.data.sources import (
     SKIP_DUPLICATE,
@@ -39,6 +33,8 @@ from models.data.sources import (
     SKIP_TOO_LARGE,
     SKIP_TOO_MANY_TOKENS,
 )
+from models.data.splits import split_pieces
+from models.data.transpose import parse_transpose
 
 TPQ = 480
 
@@ -389,14 +385,14 @@ def test_flag_values_are_range_checked(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_an_unexpected_error_on_one_file_is_recorded(midi_folder: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    real = dataset.tokenize_file
+    real = tokenize_pieces.tokenize_file
 
     def flaky(path: Path, name: str, *args, **kwargs):
         if name == "set1/tune03.mid":
             raise ZeroDivisionError("a library bug")
         return real(path, name, *args, **kwargs)
 
-    monkeypatch.setattr(dataset, "tokenize_file", flaky)
+    monkeypatch.setattr(tokenize_pieces, "tokenize_file", flaky)
     manifest = build(midi_folder, tmp_path / "out")
     [entry] = manifest["skipped"][SKIP_PARSE]
     assert entry["file"] == "set1/tune03.mid" and "ZeroDivisionError" in entry["detail"]
@@ -466,7 +462,7 @@ def test_tokenize_file_refuses_without_raising(tmp_path: Path, name: str, data: 
                                                reason: str, detail: str) -> None:
     path = tmp_path / name
     path.write_bytes(data)
-    result = dataset.tokenize_file(path, name, MelodyTokenizer(), settings())
+    result = tokenize_pieces.tokenize_file(path, name, MelodyTokenizer(), settings())
     assert result.tokens is None
     assert result.reason == reason and detail in result.detail
 
@@ -500,10 +496,10 @@ def test_empty_bars_are_counted_exactly_on_the_tokens(midi_folder: Path,
 def test_leading_empty_bars_count(tmp_path: Path) -> None:
     tokenizer = MelodyTokenizer()
     path = write_midi(tmp_path / "late.mid", [(40.0 + b, 1.0, 60, 80) for b in range(8)])
-    result = dataset.tokenize_file(path, "late.mid", tokenizer, settings(max_empty_bars=9))
+    result = tokenize_pieces.tokenize_file(path, "late.mid", tokenizer, settings(max_empty_bars=9))
     assert result.reason == SKIP_EMPTY_BARS and result.detail.startswith("10 bars")
     ids = np.asarray(tokenizer.encode_file(path), dtype=np.uint16)
-    assert dataset.longest_empty_run(ids, tokenizer) == 10
+    assert tokenize_pieces.longest_empty_run(ids, tokenizer) == 10
 
 
 @pytest.mark.parametrize("name", ["a.Midi", "b.mId", "c.MID", "d.kar", "e.KAR", "f.rmi"])

@@ -17,7 +17,8 @@ from models.core.settings import DataSettings
 from models.data import scores
 from models.data.corpus import Cache, Collection, convert_cached, read_index
 from models.data.data_root import NAMED_CORPORA, named_summary, quartet_style
-from models.data.dataset import SPLITS, build_dataset, load_manifest
+from models.data.dataset import build_dataset
+from models.data.manifest import SPLITS, load_manifest
 from models.data.roles import (
     ACCOMPANIMENT,
     ANY,
