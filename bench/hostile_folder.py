@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from models.core.settings import DataSettings
-from models.data.dataset import (
+from models.data.dataset import build_dataset
+from models.data.manifest import SPLITS, TokenDataset
+from models.data.sources import (
     SKIP_BROKEN_LINK,
     SKIP_DUPLICATE,
     SKIP_EMPTY,
@@ -41,9 +43,6 @@ from models.data.dataset import (
     SKIP_NOT_REGULAR,
     SKIP_PARSE,
     SKIP_TOO_MANY_TOKENS,
-    SPLITS,
-    TokenDataset,
-    build_dataset,
 )
 
 # ----------------------------------------------------------------- raw MIDI bytes
@@ -115,7 +114,7 @@ def make_hostile_folder(root: str | Path) -> dict[str, str | None]:
 
     Returns:
         Each entry's name relative to ``root`` -> ``None`` when the piece must be kept,
-        else the skip reason (a ``models.data.dataset.SKIP_*`` value) it must be reported with.
+        else the skip reason (a ``models.data.sources.SKIP_*`` value) it must be reported with.
         Folders that are walked (``good/``, ``case/``) are not entries themselves.
 
     Links and the FIFO are left out where the platform has none.

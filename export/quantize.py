@@ -236,7 +236,7 @@ def dataset_windows(data_dir: str | Path, tokenizer: MelodyTokenizer,
         DataError: the dataset is missing or malformed, has no validation pieces, or was
             built with a different vocabulary than the model's.
     """
-    from models.data.dataset import TokenDataset  # noqa: PLC0415 - only for --int8
+    from models.data.manifest import TokenDataset  # noqa: PLC0415 - only for --int8
 
     dataset = TokenDataset(data_dir, "validation")
     if dataset.tokenizer.fingerprint != tokenizer.fingerprint:

@@ -17,8 +17,13 @@ from typing import Any
 
 from bench.hostile_folder import check_build, make_hostile_folder, melody, smf
 from models.core.settings import DataSettings
-from models.data.dataset import SKIP_EMPTY, SKIP_PARSE, SKIP_TOO_LARGE, SKIP_TOO_MANY_TOKENS
-from models.data.sources import printable_name
+from models.data.sources import (
+    SKIP_EMPTY,
+    SKIP_PARSE,
+    SKIP_TOO_LARGE,
+    SKIP_TOO_MANY_TOKENS,
+    printable_name,
+)
 
 # Entries whose names alone are hostile: a file system allows any bytes but "/" and NUL.
 NAME_HAZARDS = (b"bad\xffname.mid",)

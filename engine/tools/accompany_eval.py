@@ -86,7 +86,7 @@ def held_out_segments(data: Path, styles: list[str], pieces: int, bars: int,
     """Per style: (lead, accompaniment, time signature) of ``bars`` bars of test pieces."""
     from models.core.meter import bar_length  # noqa: PLC0415
     from models.core.streaming import StreamingDetokenizer  # noqa: PLC0415
-    from models.data.dataset import TokenDataset  # noqa: PLC0415
+    from models.data.manifest import TokenDataset  # noqa: PLC0415
 
     dataset = TokenDataset(data, "test")
     names = held_out_names(dataset.manifest)

@@ -99,7 +99,7 @@ def style_test_sequences(data_dir: str | Path, style: str, seed: int = 0) -> lis
     Raises:
         DataError: the dataset is missing or malformed.
     """
-    from models.data.dataset import TokenDataset  # noqa: PLC0415 - keeps imports light
+    from models.data.manifest import TokenDataset  # noqa: PLC0415 - keeps imports light
 
     data = TokenDataset(data_dir, "test")
     order = style_sequences(data.manifest, "test", style)

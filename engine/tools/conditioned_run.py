@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, config: Any, command: str) -> int:
     from models.analysis.pianoroll import draw_piano_roll  # noqa: PLC0415
     from models.analysis.primes import neutral_primes  # noqa: PLC0415
     from models.core.protocol.limits import STYLE_ANY  # noqa: PLC0415
-    from models.data.dataset import load_manifest  # noqa: PLC0415
+    from models.data.manifest import load_manifest  # noqa: PLC0415
 
     path = resolve_model_path(model=args.model) if args.model else resolve_model_path(
         style=STYLE_ANY)

@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _dataset_prime(data: str, bars: int, rng: random.Random) -> tuple[list[Note], tuple[int, int]]:
     """A few bars of a random validation piece, re-based to beat 0."""
-    from models.data.dataset import TokenDataset  # noqa: PLC0415 - only this path needs it
+    from models.data.manifest import TokenDataset  # noqa: PLC0415 - only this path needs it
 
     dataset = TokenDataset(data, "validation")
     if len(dataset) == 0:

@@ -7,7 +7,7 @@ Two sources, the first that is there:
   ``models.analysis.primes`` and real segments from ``models.analysis.style_classifier``;
 - otherwise music21's bundled corpora, converted piece by piece on demand by the
   project's own converter (``models.data.corpus.convert_source``) into ``<cache>/jam/``. A piece
-  is held out exactly as a dataset build would hold it out: ``models.data.dataset.split_pieces``
+  is held out exactly as a dataset build would hold it out: ``models.data.splits.split_pieces``
   over its MIDI name within its corpus (``bach/bwv1.6.mid``) with the ``[data]`` split
   settings, so an opening used as a call is a test piece the shipped models never met.
   Only small score files are read (``max_kb``), so a cold cache costs a minute, not the
@@ -129,7 +129,7 @@ class CorpusMusic:
                 logger.warning("ignoring the unreadable %s: %s", self._index_path, err)
 
     def _split(self, names: Sequence[str]) -> dict[str, str]:
-        from models.data.dataset import split_pieces  # noqa: PLC0415
+        from models.data.splits import split_pieces  # noqa: PLC0415
 
         parts = split_pieces(list(names), self.data.val_fraction, self.data.test_fraction,
                              self.data.seed)

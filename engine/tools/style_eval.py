@@ -224,7 +224,7 @@ def heldout_sequences(data_dir: Path, exclude: set[str]) -> tuple[list[np.ndarra
     Raises:
         DataError: the dataset is missing or malformed.
     """
-    from models.data.dataset import TokenDataset  # noqa: PLC0415 - keeps imports light
+    from models.data.manifest import TokenDataset  # noqa: PLC0415 - keeps imports light
 
     data = TokenDataset(data_dir, "test")
     names = data.manifest["splits"]["test"].get("pieces", [])
@@ -239,7 +239,7 @@ def heldout_sequences(data_dir: Path, exclude: set[str]) -> tuple[list[np.ndarra
 def base_train_pieces(data_root: Path, base_name: str = "base") -> set[str]:
     """Pieces the base model was trained on (empty when its dataset is not there)."""
     from models.core.exceptions import DataError  # noqa: PLC0415
-    from models.data.dataset import load_manifest  # noqa: PLC0415
+    from models.data.manifest import load_manifest  # noqa: PLC0415
 
     directory = data_root / base_name
     if not (directory / "manifest.json").is_file():
@@ -340,7 +340,7 @@ def real_key_pairs(data_dir: Path, prime_bars: int, bars: int, limit: int = 200,
         DataError: the dataset is missing or malformed.
     """
     from models.analysis.style_classifier import style_sequences  # noqa: PLC0415
-    from models.data.dataset import TokenDataset  # noqa: PLC0415
+    from models.data.manifest import TokenDataset  # noqa: PLC0415
 
     data = TokenDataset(data_dir, "test")
     tokenizer = data.tokenizer

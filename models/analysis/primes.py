@@ -132,7 +132,7 @@ def dataset_prime(directory: str | Path, style: str, bars: int = 4, *,
         DataError: the dataset is missing or malformed.
     """
     from models.analysis.style_classifier import style_sequences  # noqa: PLC0415
-    from models.data.dataset import TokenDataset  # noqa: PLC0415 - keeps the module light
+    from models.data.manifest import TokenDataset  # noqa: PLC0415 - keeps the module light
 
     data = TokenDataset(directory, "test")
     tokenizer = data.tokenizer
@@ -166,7 +166,7 @@ def style_openings(directory: str | Path, style: str, bars: int = 4, count: int 
         DataError: the dataset is missing or malformed.
     """
     from models.analysis.style_classifier import style_sequences  # noqa: PLC0415
-    from models.data.dataset import TokenDataset  # noqa: PLC0415 - keeps the module light
+    from models.data.manifest import TokenDataset  # noqa: PLC0415 - keeps the module light
 
     data = TokenDataset(directory, "test")
     tokenizer = data.tokenizer

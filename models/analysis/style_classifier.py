@@ -168,7 +168,7 @@ def dataset_segments(directory: str | Path, split: str, bars: int, *,
     Raises:
         DataError: the dataset or split is missing or malformed.
     """
-    from models.data.dataset import TokenDataset  # noqa: PLC0415 - keeps this module light to import
+    from models.data.manifest import TokenDataset  # noqa: PLC0415 - keeps this module light to import
 
     data = TokenDataset(directory, split)
     tokenizer = data.tokenizer

@@ -30,14 +30,11 @@ from typing import Any
 
 from models.core.settings import load_settings
 from models.core.tokenizer import MelodyTokenizer
-from models.data.dataset import (
-    SPLITS,
-    build_dataset,
-    format_data_table,
-    format_skip_table,
-    parse_transpose,
-)
+from models.data.data_tables import format_data_table, format_skip_table
+from models.data.dataset import build_dataset
+from models.data.manifest import SPLITS
 from models.data.sources import ALL_CORPORA
+from models.data.transpose import parse_transpose
 
 HELP = "build token datasets from MIDI/score folders or named corpora; list the corpora"
 

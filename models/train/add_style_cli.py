@@ -165,7 +165,7 @@ def _check_dataset(data: Path, name: str, slot: int) -> None:
     """The built dataset must give NAME the slot this run chose (a folder reused from
     another base would not)."""
     from models.core.tokenizer import MelodyTokenizer  # noqa: PLC0415
-    from models.data.dataset import load_manifest  # noqa: PLC0415
+    from models.data.manifest import load_manifest  # noqa: PLC0415
 
     built = MelodyTokenizer.from_dict(load_manifest(data)["tokenizer"]).style_slots
     if built.get(name) != slot:

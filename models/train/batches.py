@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from models.core.exceptions import DataError
-from models.data.dataset import TokenDataset
+from models.data.manifest import TokenDataset
 
 logger = logging.getLogger(__name__)
 

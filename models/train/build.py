@@ -24,7 +24,7 @@ from torch import nn
 from models.core.exceptions import DataError, ModelError, TokenizerError
 from models.core.settings import TrainSettings
 from models.core.tokenizer import MelodyTokenizer
-from models.data.dataset import TokenDataset
+from models.data.manifest import TokenDataset
 from models.train.batches import WindowBatches, manifest_summary, open_split, tokenizer_dict
 from models.train.checkpoint import build_model, load_checkpoint
 from models.train.gpt import GPT, gpt_config

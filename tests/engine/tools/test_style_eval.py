@@ -178,7 +178,7 @@ def test_styles_reports_a_broken_model(tmp_path: Path, capsys) -> None:
 @needs_train
 def test_fixed_primes_come_from_held_out_pieces(setup: dict[str, Path]) -> None:
     from models.analysis.primes import fixed_primes  # noqa: PLC0415
-    from models.data.dataset import load_manifest  # noqa: PLC0415
+    from models.data.manifest import load_manifest  # noqa: PLC0415
 
     primes = fixed_primes(setup["data"], styles=STYLES, bars=4)
     assert [p.name for p in primes] == ["fur_elise", "chorale_test", "tune_test"]

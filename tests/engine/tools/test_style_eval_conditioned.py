@@ -36,9 +36,11 @@ from models.cli import main
 from models.core.notes import Note
 from models.core.settings import DataSettings
 from models.data import dataset
-from models.data.dataset import build_dataset, load_manifest, split_pieces
+from models.data.dataset import build_dataset
+from models.data.manifest import load_manifest
 from models.data.midifile import write_midi
 from models.data.sources import Source
+from models.data.splits import split_pieces
 
 PIECES = 12
 BARS = 2

@@ -21,7 +21,8 @@ from models.core.notes import Note
 from models.core.settings import DataSettings
 from models.core.tokenizer import MelodyTokenizer
 from models.data.corpus import COLLECTIONS, convert_source, source_files
-from models.data.dataset import build_dataset, load_manifest
+from models.data.dataset import build_dataset
+from models.data.manifest import load_manifest
 
 pytest.importorskip("music21", reason="the bundled corpora need music21 (the train extra)")
 

@@ -30,7 +30,9 @@ from models.data.corpus import (
     load_index,
     source_files,
 )
-from models.data.dataset import SKIP_NOT_CONVERTED, SPLITS, TokenDataset, build_dataset
+from models.data.dataset import build_dataset
+from models.data.manifest import SPLITS, TokenDataset
+from models.data.sources import SKIP_NOT_CONVERTED
 
 pytest.importorskip("music21", reason="the bundled corpora come from music21 (train extra)")
 

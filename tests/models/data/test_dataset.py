@@ -19,8 +19,11 @@ from models.cli import main
 from models.core.exceptions import ConfigError, DataError
 from models.core.settings import DataSettings, load_settings
 from models.core.tokenizer import MelodyTokenizer
-from models.data import dataset
-from models.data.dataset import (
+from models.data import dataset, sources, tokenize_pieces
+from models.data.dataset import build_dataset
+from models.data.manifest import SPLITS, TokenDataset, load_manifest
+from models.data.midifile import read_midi
+from models.data.sources import (
     SKIP_DUPLICATE,
     SKIP_EMPTY,
     SKIP_EMPTY_BARS,
@@ -29,14 +32,9 @@ from models.data.dataset import (
     SKIP_POLYPHONIC,
     SKIP_TOO_LARGE,
     SKIP_TOO_MANY_TOKENS,
-    SPLITS,
-    TokenDataset,
-    build_dataset,
-    load_manifest,
-    parse_transpose,
-    split_pieces,
 )
-from models.data.midifile import read_midi
+from models.data.splits import split_pieces
+from models.data.transpose import parse_transpose
 
 TPQ = 480
 
@@ -387,14 +385,14 @@ def test_flag_values_are_range_checked(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_an_unexpected_error_on_one_file_is_recorded(midi_folder: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    real = dataset.tokenize_file
+    real = tokenize_pieces.tokenize_file
 
     def flaky(path: Path, name: str, *args, **kwargs):
         if name == "set1/tune03.mid":
             raise ZeroDivisionError("a library bug")
         return real(path, name, *args, **kwargs)
 
-    monkeypatch.setattr(dataset, "tokenize_file", flaky)
+    monkeypatch.setattr(tokenize_pieces, "tokenize_file", flaky)
     manifest = build(midi_folder, tmp_path / "out")
     [entry] = manifest["skipped"][SKIP_PARSE]
     assert entry["file"] == "set1/tune03.mid" and "ZeroDivisionError" in entry["detail"]
@@ -464,7 +462,7 @@ def test_tokenize_file_refuses_without_raising(tmp_path: Path, name: str, data: 
                                                reason: str, detail: str) -> None:
     path = tmp_path / name
     path.write_bytes(data)
-    result = dataset.tokenize_file(path, name, MelodyTokenizer(), settings())
+    result = tokenize_pieces.tokenize_file(path, name, MelodyTokenizer(), settings())
     assert result.tokens is None
     assert result.reason == reason and detail in result.detail
 
@@ -498,10 +496,10 @@ def test_empty_bars_are_counted_exactly_on_the_tokens(midi_folder: Path,
 def test_leading_empty_bars_count(tmp_path: Path) -> None:
     tokenizer = MelodyTokenizer()
     path = write_midi(tmp_path / "late.mid", [(40.0 + b, 1.0, 60, 80) for b in range(8)])
-    result = dataset.tokenize_file(path, "late.mid", tokenizer, settings(max_empty_bars=9))
+    result = tokenize_pieces.tokenize_file(path, "late.mid", tokenizer, settings(max_empty_bars=9))
     assert result.reason == SKIP_EMPTY_BARS and result.detail.startswith("10 bars")
     ids = np.asarray(tokenizer.encode_file(path), dtype=np.uint16)
-    assert dataset.longest_empty_run(ids, tokenizer) == 10
+    assert tokenize_pieces.longest_empty_run(ids, tokenizer) == 10
 
 
 @pytest.mark.parametrize("name", ["a.Midi", "b.mId", "c.MID", "d.kar", "e.KAR", "f.rmi"])
@@ -511,7 +509,7 @@ def test_midi_files_load_whatever_the_case_of_their_suffix(tmp_path: Path, name:
     assert len(read_midi(tmp_path / name).notes) == 12
     if not name.endswith(".rmi"):  # encode_file leaves RIFF unwrapping to load_score
         assert MelodyTokenizer().encode_file(tmp_path / name)[0] == MelodyTokenizer().bos_id
-    files, skipped = dataset.scan_folder(tmp_path)
+    files, skipped = sources.scan_folder(tmp_path)
     assert [f.name for f in files] == [name] and skipped == []
 
 
@@ -519,7 +517,7 @@ def test_a_link_is_reported_and_the_file_read_under_its_own_name(tmp_path: Path)
     write_midi(tmp_path / "z" / "real.mid", melody(1))
     (tmp_path / "a_link.mid").symlink_to("z/real.mid")
     (tmp_path / "a_folder").symlink_to("z")
-    files, skipped = dataset.scan_folder(tmp_path)
+    files, skipped = sources.scan_folder(tmp_path)
     assert [f.relative_to(tmp_path).as_posix() for f in files] == ["z/real.mid"]
     assert sorted((s.name, s.reason, s.detail) for s in skipped) == [
         ("a_folder", SKIP_DUPLICATE, "the same folder as z"),
@@ -530,7 +528,7 @@ def test_a_link_to_a_folder_outside_is_read(tmp_path: Path) -> None:
     write_midi(tmp_path / "elsewhere" / "tune.mid", melody(1))
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "linked").symlink_to(tmp_path / "elsewhere")
-    files, skipped = dataset.scan_folder(tmp_path / "src")
+    files, skipped = sources.scan_folder(tmp_path / "src")
     assert [f.relative_to(tmp_path / "src").as_posix() for f in files] == ["linked/tune.mid"]
     assert skipped == []
 

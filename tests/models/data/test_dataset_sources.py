@@ -14,8 +14,9 @@ from models.core.exceptions import DataError
 from models.core.settings import DataSettings, load_settings
 from models.core.streaming import StreamingDetokenizer
 from models.core.tokenizer import MelodyTokenizer
-from models.data import dataset
-from models.data.dataset import SPLITS, TokenDataset, build_dataset, split_pieces
+from models.data import dataset, splits
+from models.data.dataset import build_dataset
+from models.data.manifest import SPLITS, TokenDataset
 from models.data.sources import (
     ALL_CORPORA,
     SKIP_DUPLICATE,
@@ -23,6 +24,7 @@ from models.data.sources import (
     expand_sources,
     split_source_list,
 )
+from models.data.splits import split_pieces
 
 TPQ = 480
 CONDITIONED = Path(__file__).resolve().parents[3] / "models" / "pretrained" / \
@@ -183,8 +185,8 @@ def _seed_drawing_every_split(groups: list[list[str]]) -> int:
     the draws, so the test picks a seed that needs no stand-in.
     """
     for seed in range(200):
-        if all(any(0 <= dataset._split_draw(n, seed) < 0.2 for n in names)
-               and any(0.2 <= dataset._split_draw(n, seed) < 0.4 for n in names)
+        if all(any(0 <= splits._split_draw(n, seed) < 0.2 for n in names)
+               and any(0.2 <= splits._split_draw(n, seed) < 0.4 for n in names)
                for names in groups):
             return seed
     raise AssertionError("no seed in 0..199 draws every split")

@@ -17,7 +17,8 @@ from models.core.settings import DataSettings
 from models.data import scores
 from models.data.corpus import Cache, Collection, convert_cached, read_index
 from models.data.data_root import NAMED_CORPORA, named_summary, quartet_style
-from models.data.dataset import SKIP_NOT_CONVERTED, SPLITS, build_dataset, load_manifest
+from models.data.dataset import build_dataset
+from models.data.manifest import SPLITS, load_manifest
 from models.data.roles import (
     ACCOMPANIMENT,
     ANY,
@@ -31,6 +32,7 @@ from models.data.roles import (
     piece_info,
 )
 from models.data.scores import JOURNAL_NAME, Journal, convert_unit
+from models.data.sources import SKIP_NOT_CONVERTED
 
 pytest.importorskip("music21", reason="score files are converted by music21 (train extra)")
 
