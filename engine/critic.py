@@ -15,7 +15,12 @@ likelihood, which is the model's mean log-probability per token):
 - **register**: semitones of the bar's mean pitch beyond ``register_width`` of the call's
   mean pitch, per octave, negated;
 - **rhythmic echo**: cosine similarity of the bar's onsets on a sixteenth grid with the
-  call's onset distribution on the same grid (where in the bar the call plays), minus 1.
+  call's onset distribution on the same grid (where in the bar the call plays), minus 1;
+- **variety**: a bar of three notes or more that dwells on one pitch (its commonest pitch
+  carries more of its notes than half, or than the call's own commonest pitch carries of
+  the call) loses twice the excess share: the key's pull towards the tonic and the
+  likelihood's towards repeating both favour an answer of the tonic eight times, which
+  keeps the key and the rhythm perfectly and is no melody (docs/jam.md).
 
 No style classifier term: the classifier lives in ``models.analysis`` (scikit-learn
 features over whole segments), which the live engine may not import, and its features
@@ -51,6 +56,7 @@ class CriticWeights:
         density: weight of the density match.
         register: weight of the register match.
         rhythm: weight of the rhythmic echo of the call.
+        variety: weight of the penalty on a bar that dwells on one pitch.
     """
 
     log_likelihood: float = 1.0
@@ -58,6 +64,7 @@ class CriticWeights:
     density: float = 1.0
     register: float = 1.0
     rhythm: float = 1.0
+    variety: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,8 @@ class CallProfile:
         onset_grid: the call's onsets per sixteenth of the bar, normalised (``None``: no
             rhythm term).
         bar_length: beats per bar.
+        pitch_dwell: the share of the call's notes on its commonest pitch (0 without a
+            call): a bar may dwell on one pitch as much as this, or half, without penalty.
     """
 
     key: Key | None
@@ -80,6 +89,7 @@ class CallProfile:
     notes_per_bar: float | None
     onset_grid: np.ndarray | None
     bar_length: float
+    pitch_dwell: float = 0.0
 
     @classmethod
     def of(cls, request: GenerateRequest) -> CallProfile:
@@ -99,7 +109,8 @@ class CallProfile:
         grid = onset_grid(seed, length) if seed else None
         if grid is not None:
             grid = grid / max(float(np.linalg.norm(grid)), _EPS)
-        return cls(key, center, steering.register_width, per_bar, grid, length)
+        return cls(key, center, steering.register_width, per_bar, grid, length,
+                   dwell_share(seed))
 
 
 @dataclass(frozen=True)
@@ -129,11 +140,22 @@ def onset_grid(notes: Sequence[Note], bar_length: float) -> np.ndarray:
     return grid
 
 
+def dwell_share(notes: Sequence[Note]) -> float:
+    """The share of ``notes`` on their commonest pitch (0 for none)."""
+    if not notes:
+        return 0.0
+    return float(np.bincount([n.pitch for n in notes]).max()) / len(notes)
+
+
+VARIETY_MIN_NOTES = 3  # fewer notes in a bar say nothing of dwelling on a pitch
+VARIETY_FREE_SHARE = 0.5  # a bar may put this share of its notes on one pitch freely
+
+
 def terms(candidate: BarCandidate, call: CallProfile) -> dict[str, float]:
     """Each term of the score (0 where the call gives nothing to compare with)."""
     notes = candidate.notes
     out = {"log_likelihood": candidate.log_prob / candidate.tokens if candidate.tokens else 0.0,
-           "key": 0.0, "density": 0.0, "register": 0.0, "rhythm": 0.0}
+           "key": 0.0, "density": 0.0, "register": 0.0, "rhythm": 0.0, "variety": 0.0}
     if call.key is not None and notes:
         scale = np.zeros(12, dtype=bool)
         scale[list(call.key.scale)] = True
@@ -153,6 +175,9 @@ def terms(candidate: BarCandidate, call: CallProfile) -> dict[str, float]:
             out["rhythm"] = float(mine @ call.onset_grid / max(np.linalg.norm(mine), _EPS)) - 1.0
         else:
             out["rhythm"] = -1.0  # an empty bar echoes nothing
+    if len(notes) >= VARIETY_MIN_NOTES:
+        free = max(VARIETY_FREE_SHARE, call.pitch_dwell)
+        out["variety"] = -2.0 * max(0.0, dwell_share(notes) - free)
     return out
 
 
@@ -161,7 +186,7 @@ def score(candidate: BarCandidate, call: CallProfile, weights: CriticWeights) ->
     parts = terms(candidate, call)
     return (weights.log_likelihood * parts["log_likelihood"] + weights.key * parts["key"]
             + weights.density * parts["density"] + weights.register * parts["register"]
-            + weights.rhythm * parts["rhythm"])
+            + weights.rhythm * parts["rhythm"] + weights.variety * parts["variety"])
 
 
 def best(candidates: Sequence[BarCandidate], call: CallProfile,

@@ -33,13 +33,13 @@ from bridge.requests import generate_request
 from bridge.seed import SeedWindow
 from engine.decoder import StyleDecoder
 from engine.streams import decoder_facts
-from models.analysis.music_stats import mean_pitch, rhythmic_similarity
+from models.analysis.music_stats import is_monotone, mean_pitch, rhythmic_similarity
 from models.core import protocol
 from models.core.meter import bar_length
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest
 from models.core.settings import Settings
-from models.core.tonality import estimate_key
+from models.core.tonality import estimate_key, scale_share
 
 NEAR_SILENT_PER_BAR = 1.0  # an answer with fewer notes per bar is no answer
 DENSITY_BAND = (0.5, 2.0)  # answer/call notes per bar counted as "following the density"
@@ -299,14 +299,19 @@ def score_answer(call: Sequence[Note], answer: Sequence[Note], *, bar_length: fl
 
     Returns:
         ``call_key``/``answer_key`` (names or ``None``), ``key_agreement`` (1 same tonic
-        and mode, 0 not, ``None`` when either has no key), ``call_per_bar`` and
+        and mode, 0 not or when the answer has too few pitch classes for a key, ``None``
+        when the call has no key or the answer no notes), ``in_scale`` (duration share of
+        the answer in the call key's scale), ``monotone`` (the answer dwells on one pitch:
+        ``models.analysis.music_stats.is_monotone``), ``call_per_bar`` and
         ``answer_per_bar`` (notes per bar), ``density_ratio`` (answer/call), ``in_density``
         (ratio within ``DENSITY_BAND``), ``register_distance`` (semitones between mean
         pitches), ``rhythm`` (``models.analysis.music_stats.rhythmic_similarity``) and
         ``near_silent`` (fewer than ``NEAR_SILENT_PER_BAR`` notes per bar).
     """
     call_key, answer_key = estimate_key(call), estimate_key(answer)
-    agreement = (None if call_key is None or answer_key is None else
+    # An answer of one pitch class states no key: it does not keep the call's (before,
+    # such answers were left out, and the tonic repeated counted as a key kept).
+    agreement = (None if call_key is None or not answer else 0.0 if answer_key is None else
                  float((call_key.tonic, call_key.mode) == (answer_key.tonic, answer_key.mode)))
     call_per_bar = len(call) / max(call_bars, 1)
     answer_per_bar = len(answer) / max(answer_bars, 1)
@@ -316,6 +321,8 @@ def score_answer(call: Sequence[Note], answer: Sequence[Note], *, bar_length: fl
         "call_key": None if call_key is None else call_key.name,
         "answer_key": None if answer_key is None else answer_key.name,
         "key_agreement": agreement,
+        "in_scale": None if call_key is None else scale_share(answer, call_key),
+        "monotone": is_monotone(answer),
         "call_per_bar": call_per_bar,
         "answer_per_bar": answer_per_bar,
         "density_ratio": ratio,
@@ -435,8 +442,8 @@ def summarise_records(records: Sequence[dict[str, Any]], real_recall: float | No
                       ) -> dict[str, Any]:
     """The issue's measures over some answers (one style's, one family's...).
 
-    ``key_kept``, ``in_density``, ``near_silent``, ``style_ok`` and ``lead_ok`` are shares
-    (0-1); ``silent_to_busy`` counts near-silent answers to calls with at least 2 notes
+    ``key_kept``, ``in_scale``, ``monotone``, ``in_density``, ``near_silent``, ``style_ok``
+    and ``lead_ok`` are shares (0-1); ``silent_to_busy`` counts near-silent answers to calls with at least 2 notes
     per bar (the target is 0); ``fidelity`` is ``style_ok`` over the classifier's recall
     on real held-out music of the style (the target is 0.8).
     """
@@ -449,6 +456,8 @@ def summarise_records(records: Sequence[dict[str, Any]], real_recall: float | No
     leads = [r["lead_ms"] for r in done if r.get("lead_ms") is not None]
     out.update(
         key_kept=_mean([r["key_agreement"] for r in done]),
+        in_scale=_mean([r.get("in_scale") for r in done]),
+        monotone=_mean([float(r["monotone"]) for r in done if "monotone" in r]),
         in_density=_mean([None if r["in_density"] is None else float(r["in_density"])
                           for r in done]),
         density_ratio_median=float(np.median(ratios)) if ratios else None,
@@ -484,7 +493,8 @@ def summarise(records: Sequence[dict[str, Any]], real_recall: dict[str, float]
 
 
 _COLUMNS = (  # header, key, format: shares as percentages
-    ("n", "answers", "{:d}"), ("key%", "key_kept", "pct"), ("dens%", "in_density", "pct"),
+    ("n", "answers", "{:d}"), ("key%", "key_kept", "pct"), ("scale%", "in_scale", "pct"),
+    ("mono%", "monotone", "pct"), ("dens%", "in_density", "pct"),
     ("ratio", "density_ratio_median", "{:.2f}"), ("silent%", "near_silent", "pct"),
     ("reg", "register_distance", "{:.1f}"), ("rhythm", "rhythm", "{:.2f}"),
     ("style%", "style_ok", "pct"), ("fid", "fidelity", "{:.2f}"),

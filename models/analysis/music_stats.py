@@ -215,3 +215,18 @@ def rhythmic_similarity(call: Sequence[Note], answer: Sequence[Note],
 def mean_pitch(notes: Sequence[Note]) -> float | None:
     """The passage's register: its mean MIDI pitch (``None`` without notes)."""
     return float(np.mean([n.pitch for n in notes])) if notes else None
+
+
+MONOTONE_SHARE = 0.6  # one pitch carrying this share of a passage's notes is a pedal
+MONOTONE_MIN_NOTES = 4  # shorter passages are not judged
+
+
+def is_monotone(notes: Sequence[Note]) -> bool:
+    """Whether a passage dwells on one pitch: at most two distinct pitches, or one pitch
+    carrying at least ``MONOTONE_SHARE`` of its notes (an answer of the tonic eight times
+    is no melody, however well it keeps the key and the call's rhythm). Passages of fewer
+    than ``MONOTONE_MIN_NOTES`` notes are not judged (``False``)."""
+    if len(notes) < MONOTONE_MIN_NOTES:
+        return False
+    counts = np.bincount([n.pitch for n in notes])
+    return bool(np.count_nonzero(counts) <= 2 or counts.max() >= MONOTONE_SHARE * len(notes))

@@ -208,7 +208,7 @@ class InteractionSettings:
     follow_dynamics: float = setting(0.7, low=0.0, high=1.0)
     status_interval_s: float = setting(1.0, low=0.0, high=60.0)
     key_follow: bool = setting(True)
-    key_strength: float = setting(1.5, low=0.0, high=20.0)
+    key_strength: float = setting(0.5, low=0.0, high=20.0)
     key_margin: float = setting(0.1, low=0.0, high=1.0)
     register_follow: bool = setting(True)
     register_width: float = setting(7.0, low=0.0, high=127.0)

@@ -114,6 +114,17 @@ def estimate_key(notes: Sequence[Note]) -> Key | None:
     return Key(tonic, mode, corr)
 
 
+def scale_share(notes: Sequence[Note], key: Key) -> float | None:
+    """Duration share of ``notes`` whose pitch class is in ``key``'s scale (``None``: no
+    notes). Unlike comparing key estimates, it does not count an answer in the call's
+    scale as a change of key when it dwells on the relative minor or a mode of it."""
+    total = sum(n.duration for n in notes)
+    if total <= 0:
+        return None
+    scale = {(key.tonic + degree) % 12 for degree in SCALES[key.mode]}
+    return sum(n.duration for n in notes if n.pitch % 12 in scale) / total
+
+
 class KeyTracker:
     """The player's key as it goes, with hysteresis and a lock.
 
@@ -158,9 +169,12 @@ def pitch_class_bias(key: Key, strength: float) -> np.ndarray:
     The key's profile standardised (mean 0, spread 1) times ``strength``: in-scale pitch
     classes gain, the tonic and fifth most, out-of-scale ones lose. Soft by design: a
     chromatic passing note stays possible; the hard scale constraint is separate.
-    (A flat scale penalty was tried too: at strength 2 and 4 it kept the key of 19-55 % of
-    the jam harness's answers, where the profile keeps 77-100 %; the profile's cost is
-    that it also pulls towards the tonic; see docs/jam.md.)
+
+    The tonic gains about 2 x ``strength`` over the second degree, so the strength must
+    stay low: at 1.5 (the answers' default until the jam harness counted it) half the
+    answers were the tonic over and over. A flat scale penalty with a small tonic-triad
+    gain avoids that too, but under a melody it made the accompaniment less consonant
+    (pop 0.75-0.79 against 0.82): docs/jam.md, "The tonic pull".
     """
     profile = np.roll(PROFILES[key.mode], key.tonic)
     return strength * (profile - profile.mean()) / profile.std()

@@ -66,3 +66,24 @@ def test_the_likelihood_decides_between_equal_fits():
     unlikely = _bar([60, 64, 67, 65], log_prob=-20.0, tokens=10)
     likely = _bar([60, 64, 67, 65], log_prob=-5.0, tokens=10)
     assert best([unlikely, likely], call, CriticWeights())[0] == 1
+
+
+def test_the_critic_prefers_a_moving_bar_to_the_tonic_four_times_though_it_is_likelier():
+    """The pedal keeps the key and the rhythm as well and the model finds it likelier per
+    token (repeating is easy to predict); the variety term still keeps the tune."""
+    call = _call(key=parse_key("C major"))
+    pedal = _bar([60, 60, 60, 60], log_prob=-2.0)
+    tune = _bar([64, 62, 60, 62], log_prob=-3.0)
+    assert terms(pedal, call)["variety"] == pytest.approx(-1.0)
+    assert terms(tune, call)["variety"] == 0.0
+    assert best([pedal, tune], call, CriticWeights())[0] == 1
+    assert best([pedal, tune], call, CriticWeights(variety=0.0))[0] == 0
+
+
+def test_a_call_that_dwells_on_one_pitch_may_be_answered_in_kind():
+    drone = tuple(Note(float(i), 0.9, (67, 67, 67, 72)[i % 4], 80) for i in range(8))
+    call = CallProfile.of(GenerateRequest(seed=drone, start_beat=8.0))
+    assert call.pitch_dwell == 0.75
+    assert terms(_bar([67, 67, 67, 65]), call)["variety"] == 0.0  # as much as the call
+    assert terms(_bar([67, 67, 67, 67]), call)["variety"] == pytest.approx(-0.5)
+    assert terms(_bar([67, 67]), call)["variety"] == 0.0  # too few notes to judge

@@ -69,6 +69,32 @@ def test_a_silent_answer_is_flagged_near_silent():
     assert one["near_silent"] is True
 
 
+def test_an_answer_on_the_tonic_eight_times_is_monotone_however_well_it_keeps_the_key():
+    """The shipped defaults once answered C C C C C C C C to the C-major call: every note
+    in the key and on the call's beats, so only this score shows what a player hears."""
+    pedal = _line([60, 62, 60, 60, 60, 62, 60, 60])
+    scores = score_answer(C_MAJOR, pedal, bar_length=4.0, call_bars=2, answer_bars=2)
+    assert scores["monotone"] is True and scores["in_scale"] == 1.0
+    tonic_only = score_answer(C_MAJOR, _line([60] * 8), bar_length=4.0, call_bars=2,
+                              answer_bars=2)
+    assert tonic_only["answer_key"] is None and tonic_only["key_agreement"] == 0.0
+    tune = _line([64, 65, 64, 60, 62, 64, 62, 60])  # returns to the tonic, moves between
+    assert score_answer(C_MAJOR, tune, bar_length=4.0, call_bars=2,
+                        answer_bars=2)["monotone"] is False
+    one_pitch_most = _line([67, 67, 67, 67, 67, 64, 65, 62])  # 5 of 8 on G
+    assert score_answer(C_MAJOR, one_pitch_most, bar_length=4.0, call_bars=2,
+                        answer_bars=2)["monotone"] is True
+
+
+def test_the_scale_share_counts_the_relative_minor_as_the_calls_key():
+    a_minor_in_c = _line([69, 71, 72, 74, 76, 74, 72, 69])  # reads as A minor, C's notes
+    scores = score_answer(C_MAJOR, a_minor_in_c, bar_length=4.0, call_bars=2, answer_bars=2)
+    assert scores["key_agreement"] == 0.0 and scores["in_scale"] == 1.0
+    half_out = _line([60, 61, 62, 63])  # C# and D# outside C major: half the time
+    assert score_answer(C_MAJOR, half_out, bar_length=4.0, call_bars=2,
+                        answer_bars=2)["in_scale"] == pytest.approx(0.5)
+
+
 def test_density_ratio_and_register_distance_are_exact():
     answer = _line([48, 50, 52, 53], step=2.0)  # 4 notes in 2 bars, an octave lower
     scores = score_answer(C_MAJOR, answer, bar_length=4.0, call_bars=2, answer_bars=2)
@@ -251,6 +277,7 @@ def test_the_cli_writes_one_record_per_call_and_repeat(tiny_onnx_model, tmp_path
 
 def test_summary_shares():
     records = [{"style": "s", "family": "f", "key_agreement": k, "in_density": d,
+                "in_scale": 1.0 if k else 0.5, "monotone": k == 0.0,
                 "density_ratio": 1.0, "near_silent": s, "call_per_bar": 4.0,
                 "register_distance": 2.0, "rhythm": 0.5, "log_likelihood": -1.0,
                 "lead_ms": 500.0, "lead_beats": 1.0, "answer_per_bar": 3.0,
@@ -259,6 +286,7 @@ def test_summary_shares():
                                   (None, True, False, "t"), (1.0, True, False, "s"))]
     stats = summarise_records(records, real_recall=0.5)
     assert stats["key_kept"] == pytest.approx(2 / 3)
+    assert stats["in_scale"] == 0.75 and stats["monotone"] == 0.25
     assert stats["in_density"] == 0.75 and stats["near_silent"] == 0.25
     assert stats["silent_to_busy"] == 1
     assert stats["style_ok"] == 0.5 and stats["fidelity"] == 1.0
