@@ -9,6 +9,10 @@ likelihood, which is the model's mean log-probability per token):
   no masks) of the candidate's tokens: the one the model finds most natural;
 - **key fit**: the duration-weighted share of the bar's notes in the call's key (the
   steering's key, or the key estimated from the seed when none is steered), minus 1;
+- **tonal centre**: the correlation of the bar's duration-weighted pitch classes with the
+  call key's Krumhansl profile, minus 1 (0 for fewer than two pitch classes; a bar that leans on the key's tonic and fifth
+  scores higher than one in the same scale that leans on its second degree); a choice
+  among candidates, where a bias on every token pulled answers onto the tonic alone;
 - **density**: ``-|log2|`` of the bar's notes over the call's notes per bar (scaled to
   the part of the bar the candidate fills), with half a note added to both so an empty
   bar is a finite, large penalty;
@@ -40,7 +44,7 @@ import numpy as np
 from models.core.meter import bar_length as meter_bar_length
 from models.core.notes import Note
 from models.core.protocol.messages import GenerateRequest
-from models.core.tonality import Key, estimate_key
+from models.core.tonality import PROFILES, Key, estimate_key, pitch_class_histogram
 
 GRID_PER_BEAT = 4  # sixteenths: the onset grid of the rhythmic echo
 _EPS = 1e-6
@@ -53,6 +57,7 @@ class CriticWeights:
     Attributes:
         log_likelihood: weight of the mean log-probability per token.
         key: weight of the key fit.
+        tonal: weight of the tonal centre.
         density: weight of the density match.
         register: weight of the register match.
         rhythm: weight of the rhythmic echo of the call.
@@ -61,10 +66,11 @@ class CriticWeights:
 
     log_likelihood: float = 1.0
     key: float = 2.0
+    tonal: float = 3.0
     density: float = 1.0
     register: float = 1.0
     rhythm: float = 1.0
-    variety: float = 1.0
+    variety: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,17 @@ def dwell_share(notes: Sequence[Note]) -> float:
     return float(np.bincount([n.pitch for n in notes]).max()) / len(notes)
 
 
+def tonal_fit(notes: Sequence[Note], key: Key) -> float:
+    """Correlation (-1..1) of the notes' duration-weighted pitch classes with ``key``'s
+    profile, as the key estimate correlates them; 1 (no penalty) when fewer than two pitch
+    classes sound: no centre to judge (a one-note bar is not worse than silence, and a
+    bar dwelling on one pitch is the variety term's)."""
+    hist = pitch_class_histogram(notes)
+    if np.count_nonzero(hist) < 2:
+        return 1.0
+    return float(np.corrcoef(hist, np.roll(PROFILES[key.mode], key.tonic))[0, 1])
+
+
 VARIETY_MIN_NOTES = 3  # fewer notes in a bar say nothing of dwelling on a pitch
 VARIETY_FREE_SHARE = 0.5  # a bar may put this share of its notes on one pitch freely
 
@@ -155,13 +172,14 @@ def terms(candidate: BarCandidate, call: CallProfile) -> dict[str, float]:
     """Each term of the score (0 where the call gives nothing to compare with)."""
     notes = candidate.notes
     out = {"log_likelihood": candidate.log_prob / candidate.tokens if candidate.tokens else 0.0,
-           "key": 0.0, "density": 0.0, "register": 0.0, "rhythm": 0.0, "variety": 0.0}
+           "key": 0.0, "tonal": 0.0, "density": 0.0, "register": 0.0, "rhythm": 0.0, "variety": 0.0}
     if call.key is not None and notes:
         scale = np.zeros(12, dtype=bool)
         scale[list(call.key.scale)] = True
         weights = np.array([n.duration for n in notes], dtype=np.float64)
         inside = scale[np.array([n.pitch % 12 for n in notes])]
         out["key"] = float(weights[inside].sum() / max(weights.sum(), _EPS)) - 1.0
+        out["tonal"] = tonal_fit(notes, call.key) - 1.0
     if call.notes_per_bar is not None:
         target = call.notes_per_bar * min(1.0, candidate.span / call.bar_length)
         out["density"] = -abs(math.log2((len(notes) + 0.5) / (target + 0.5)))
@@ -185,6 +203,7 @@ def score(candidate: BarCandidate, call: CallProfile, weights: CriticWeights) ->
     """The weighted sum of the terms: higher is better."""
     parts = terms(candidate, call)
     return (weights.log_likelihood * parts["log_likelihood"] + weights.key * parts["key"]
+            + weights.tonal * parts["tonal"]
             + weights.density * parts["density"] + weights.register * parts["register"]
             + weights.rhythm * parts["rhythm"] + weights.variety * parts["variety"])
 

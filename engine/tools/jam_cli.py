@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "[sampling], [engine] as melodyd would use them)")
     parser.add_argument("--critic-weights", default=None, metavar="TERM=W,...",
                         help="best-of-N critic weights to try instead of the engine's "
-                             "(terms: log_likelihood, key, density, register, rhythm, "
-                             "variety); "
+                             "(terms: log_likelihood, key, tonal, density, register, "
+                             "rhythm, variety); "
                              "with [sampling] candidates > 1 in --config")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE",
                         help="write the summary and every answer here")

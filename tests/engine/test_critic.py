@@ -77,7 +77,7 @@ def test_the_critic_prefers_a_moving_bar_to_the_tonic_four_times_though_it_is_li
     assert terms(pedal, call)["variety"] == pytest.approx(-1.0)
     assert terms(tune, call)["variety"] == 0.0
     assert best([pedal, tune], call, CriticWeights())[0] == 1
-    assert best([pedal, tune], call, CriticWeights(variety=0.0))[0] == 0
+    assert best([pedal, tune], call, CriticWeights(variety=0.0, tonal=0.0))[0] == 0
 
 
 def test_a_call_that_dwells_on_one_pitch_may_be_answered_in_kind():
@@ -87,3 +87,17 @@ def test_a_call_that_dwells_on_one_pitch_may_be_answered_in_kind():
     assert terms(_bar([67, 67, 67, 65]), call)["variety"] == 0.0  # as much as the call
     assert terms(_bar([67, 67, 67, 67]), call)["variety"] == pytest.approx(-0.5)
     assert terms(_bar([67, 67]), call)["variety"] == 0.0  # too few notes to judge
+
+
+def test_between_two_bars_in_the_scale_the_critic_prefers_the_one_centred_on_the_key():
+    """Both bars use only C major's notes; the one leaning on D and F reads as D minor,
+    the one on C, E and G as C major: the tonal term tells them apart (the key term
+    cannot), and the choice is the critic's, with no pull on every token."""
+    call = _call(key=parse_key("C major"))
+    d_minor = _bar([62, 65, 69, 62], log_prob=-3.0)
+    c_major = _bar([64, 67, 72, 60], log_prob=-3.0)
+    assert terms(d_minor, call)["key"] == terms(c_major, call)["key"] == 0.0
+    assert terms(c_major, call)["tonal"] > terms(d_minor, call)["tonal"]
+    assert best([d_minor, c_major], call, CriticWeights())[0] == 1
+    assert best([d_minor, c_major], call, CriticWeights(tonal=0.0))[0] == 0  # a tie: first
+    assert terms(_bar([60, 60, 60]), call)["tonal"] == 0.0  # one pitch class: not judged
