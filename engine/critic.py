@@ -10,9 +10,10 @@ likelihood, which is the model's mean log-probability per token):
 - **key fit**: the duration-weighted share of the bar's notes in the call's key (the
   steering's key, or the key estimated from the seed when none is steered), minus 1;
 - **tonal centre**: the correlation of the bar's duration-weighted pitch classes with the
-  call key's Krumhansl profile, minus 1 (0 for fewer than two pitch classes; a bar that leans on the key's tonic and fifth
-  scores higher than one in the same scale that leans on its second degree); a choice
-  among candidates, where a bias on every token pulled answers onto the tonic alone;
+  call key's Krumhansl profile, minus 1 (0 for fewer than two pitch classes): a bar that
+  leans on the key's tonic and fifth scores higher than one in the same scale that leans
+  on its second degree; a choice among candidates, where a bias on every token pulled
+  answers onto the tonic alone;
 - **density**: ``-|log2|`` of the bar's notes over the call's notes per bar (scaled to
   the part of the bar the candidate fills), with half a note added to both so an empty
   bar is a finite, large penalty;
