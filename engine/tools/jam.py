@@ -444,8 +444,8 @@ def summarise_records(records: Sequence[dict[str, Any]], real_recall: float | No
 
     ``key_kept``, ``in_scale``, ``monotone``, ``in_density``, ``near_silent``, ``style_ok``
     and ``lead_ok`` are shares (0-1); ``silent_to_busy`` counts near-silent answers to
-    calls with at least 2 notes per bar (the target is 0); ``fidelity`` is ``style_ok`` over the classifier's recall
-    on real held-out music of the style (the target is 0.8).
+    calls with at least 2 notes per bar (the target is 0); ``fidelity`` is ``style_ok``
+    over the classifier's recall on real held-out music of the style (the target is 0.8).
     """
     done = [r for r in records if "error" not in r]
     out: dict[str, Any] = {"answers": len(done), "errors": len(records) - len(done)}
