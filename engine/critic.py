@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.core.meter import bar_length as meter_bar_length
-from models.core.notes import Note
+from models.core.notes import ACCOMPANIMENT, Note
 from models.core.protocol.messages import GenerateRequest
 from models.core.tonality import PROFILES, Key, estimate_key, pitch_class_histogram
 
@@ -88,6 +88,10 @@ class CallProfile:
         bar_length: beats per bar.
         pitch_dwell: the share of the call's notes on its commonest pitch (0 without a
             call): a bar may dwell on one pitch as much as this, or half, without penalty.
+        centre: the key whose tonal centre a bar is scored on (``None``: no tonal term):
+            the call's key for an answer; none for accompaniment, whose harmony follows
+            the melody's chords (a pull towards the tonic chord once froze it on one
+            chord for whole phrases, docs/accompany.md; the term was measured on answers).
     """
 
     key: Key | None
@@ -97,6 +101,7 @@ class CallProfile:
     onset_grid: np.ndarray | None
     bar_length: float
     pitch_dwell: float = 0.0
+    centre: Key | None = None
 
     @classmethod
     def of(cls, request: GenerateRequest) -> CallProfile:
@@ -116,8 +121,9 @@ class CallProfile:
         grid = onset_grid(seed, length) if seed else None
         if grid is not None:
             grid = grid / max(float(np.linalg.norm(grid)), _EPS)
+        centre = None if request.constraints.role == ACCOMPANIMENT else key
         return cls(key, center, steering.register_width, per_bar, grid, length,
-                   dwell_share(seed))
+                   dwell_share(seed), centre)
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,8 @@ def terms(candidate: BarCandidate, call: CallProfile) -> dict[str, float]:
         weights = np.array([n.duration for n in notes], dtype=np.float64)
         inside = scale[np.array([n.pitch % 12 for n in notes])]
         out["key"] = float(weights[inside].sum() / max(weights.sum(), _EPS)) - 1.0
-        out["tonal"] = tonal_fit(notes, call.key) - 1.0
+    if call.centre is not None and notes:
+        out["tonal"] = tonal_fit(notes, call.centre) - 1.0
     if call.notes_per_bar is not None:
         target = call.notes_per_bar * min(1.0, candidate.span / call.bar_length)
         out["density"] = -abs(math.log2((len(notes) + 0.5) / (target + 0.5)))

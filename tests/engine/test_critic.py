@@ -101,3 +101,16 @@ def test_between_two_bars_in_the_scale_the_critic_prefers_the_one_centred_on_the
     assert best([d_minor, c_major], call, CriticWeights())[0] == 1
     assert best([d_minor, c_major], call, CriticWeights(tonal=0.0))[0] == 0  # a tie: first
     assert terms(_bar([60, 60, 60]), call)["tonal"] == 0.0  # one pitch class: not judged
+
+
+def test_accompaniment_bars_are_not_scored_on_the_tonal_centre():
+    """Under a melody the harmony follows its chords: the tonal term is the answers'."""
+    from models.core.protocol.messages import Constraints  # noqa: PLC0415
+
+    request = GenerateRequest(seed=C_MAJOR_CALL, start_beat=8.0,
+                              steering=Steering(key=parse_key("C major")),
+                              constraints=Constraints(role="accompaniment"))
+    call = CallProfile.of(request)
+    assert call.key is not None and call.centre is None
+    assert terms(_bar([62, 65, 69, 62]), call)["tonal"] == 0.0
+    assert terms(_bar([62, 65, 69, 62]), _call(key=parse_key("C major")))["tonal"] < 0.0
