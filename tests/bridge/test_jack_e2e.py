@@ -492,6 +492,34 @@ def test_trading_bars_answers_on_the_bar_line_right_after_the_call(start_melodyd
     assert abs(ons[0].t - line) <= tolerance, (ons[0].t - line, daemon.log()[-3000:])
 
 
+def test_an_answer_asked_ahead_is_dropped_when_the_phrase_goes_on(start_melodyd, probe_for,
+                                                                  tiny_onnx_model):
+    """With 2 beats of silence the answer to a phrase released at beat 1.4 is asked for at
+    2.5 (1.5 beats before the bar line at 4, before the silence is complete at 3.4); the
+    phrase goes on at 3: that answer never sounds, and the longer phrase is answered on
+    the bar line after its own silence (8)."""
+    config = E2E_CONFIG + "silence_beats = 2.0\nrequest_ahead_beats = 1.5\n"
+    daemon = start_melodyd(["--model", str(tiny_onnx_model), "--bpm", "120"],
+                           config_text=config)
+    daemon.wait_for_log("engine at .* is up")
+    probe = probe_for(native=False)
+    origin, spb = daemon.origin, 0.5
+    phrase = [(0.0, 0.4, 60, 90), (1.0, 0.4, 64, 90), (3.0, 0.4, 67, 90)]
+    for _ in range(MAX_TRIES):  # a random model may end its answer at once: play again
+        start = next_bar_start(time.monotonic(), origin, spb)
+        probe.play(phrase, start, spb)
+        assert wait_until(lambda s=start: time.monotonic() > s + 12 * spb, 20)
+        text = daemon.log()
+        if note_ons(probe.messages(), since=start + 8 * spb - SLACK_S):
+            break
+    assert "the phrase goes on: dropping response" in text, text[-3000:]
+    # Nothing between the first answer's line (4) and the real one's (8), a note from 8 on.
+    early = [r for r in note_ons(probe.messages(), since=start + 3.5 * spb)
+             if r.t < start + 8 * spb - SLACK_S]
+    assert not early, [(r.t - start) / spb for r in early]
+    assert note_ons(probe.messages(), since=start + 8 * spb - SLACK_S), text[-3000:]
+
+
 # Four bars of melody (beats from the first bar line), all at or above C5: the
 # accompaniment is asked for under the lowest lead note of the last bar.
 MELODY = [(float(beat), 0.9, pitch, 90) for beat, pitch in enumerate(
