@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.core.meter import bar_length as meter_bar_length
-from models.core.notes import ACCOMPANIMENT, Note
+from models.core.notes import ACCOMPANIMENT, Note, dwell_share
 from models.core.protocol.messages import GenerateRequest
-from models.core.tonality import PROFILES, Key, estimate_key, pitch_class_histogram
+from models.core.tonality import Key, estimate_key, key_correlation, scale_share
 
 GRID_PER_BEAT = 4  # sixteenths: the onset grid of the rhythmic echo
 _EPS = 1e-6
@@ -153,22 +153,13 @@ def onset_grid(notes: Sequence[Note], bar_length: float) -> np.ndarray:
     return grid
 
 
-def dwell_share(notes: Sequence[Note]) -> float:
-    """The share of ``notes`` on their commonest pitch (0 for none)."""
-    if not notes:
-        return 0.0
-    return float(np.bincount([n.pitch for n in notes]).max()) / len(notes)
-
-
 def tonal_fit(notes: Sequence[Note], key: Key) -> float:
     """Correlation (-1..1) of the notes' duration-weighted pitch classes with ``key``'s
     profile, as the key estimate correlates them; 1 (no penalty) when fewer than two pitch
     classes sound: no centre to judge (a one-note bar is not worse than silence, and a
     bar dwelling on one pitch is the variety term's)."""
-    hist = pitch_class_histogram(notes)
-    if np.count_nonzero(hist) < 2:
-        return 1.0
-    return float(np.corrcoef(hist, np.roll(PROFILES[key.mode], key.tonic))[0, 1])
+    correlation = key_correlation(notes, key)
+    return 1.0 if correlation is None else correlation
 
 
 VARIETY_MIN_NOTES = 3  # fewer notes in a bar say nothing of dwelling on a pitch
@@ -181,11 +172,7 @@ def terms(candidate: BarCandidate, call: CallProfile) -> dict[str, float]:
     out = {"log_likelihood": candidate.log_prob / candidate.tokens if candidate.tokens else 0.0,
            "key": 0.0, "tonal": 0.0, "density": 0.0, "register": 0.0, "rhythm": 0.0, "variety": 0.0}
     if call.key is not None and notes:
-        scale = np.zeros(12, dtype=bool)
-        scale[list(call.key.scale)] = True
-        weights = np.array([n.duration for n in notes], dtype=np.float64)
-        inside = scale[np.array([n.pitch % 12 for n in notes])]
-        out["key"] = float(weights[inside].sum() / max(weights.sum(), _EPS)) - 1.0
+        out["key"] = (scale_share(notes, call.key) or 0.0) - 1.0
     if call.centre is not None and notes:
         out["tonal"] = tonal_fit(notes, call.centre) - 1.0
     if call.notes_per_bar is not None:
@@ -209,11 +196,8 @@ def terms(candidate: BarCandidate, call: CallProfile) -> dict[str, float]:
 
 def score(candidate: BarCandidate, call: CallProfile, weights: CriticWeights) -> float:
     """The weighted sum of the terms: higher is better."""
-    parts = terms(candidate, call)
-    return (weights.log_likelihood * parts["log_likelihood"] + weights.key * parts["key"]
-            + weights.tonal * parts["tonal"]
-            + weights.density * parts["density"] + weights.register * parts["register"]
-            + weights.rhythm * parts["rhythm"] + weights.variety * parts["variety"])
+    # Every term is named as its weight is, so a new term needs no line here.
+    return sum(getattr(weights, name) * value for name, value in terms(candidate, call).items())
 
 
 def best(candidates: Sequence[BarCandidate], call: CallProfile,

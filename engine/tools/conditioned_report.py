@@ -342,10 +342,6 @@ def render_report(results: dict[str, Any]) -> str:
         "",
         *_primes_section(results),
         "",
-        "## Für Elise in every style",
-        "",
-        "The prime is blue, the continuation orange (first sample of each style).",
-        "",
         *fur_elise_section(results),
     ]
     if caveats:

@@ -137,9 +137,10 @@ def confusion_section(classifier: dict[str, Any], unit: str = "") -> list[str]:
 
 
 def fur_elise_section(results: dict[str, Any]) -> list[str]:
-    """The prime's piano roll, then each style's continuation of it (roll, MIDI, how to
-    listen): the part of the page every evaluation shares."""
-    lines = []
+    """The section's heading, the prime's piano roll, then each style's continuation of it
+    (roll, MIDI, how to listen): the part of the page every evaluation shares."""
+    lines = ["## Für Elise in every style", "",
+             "The prime is blue, the continuation orange (first sample of each style).", ""]
     prime_png = results.get("fur_elise_prime_png")
     if prime_png:
         lines += [f"![Für Elise, the prime]({prime_png})", ""]
@@ -220,10 +221,6 @@ def render_report(results: dict[str, Any]) -> str:
         "model is heard continuing its own idiom and foreign ones, on music it never saw.",
         "",
         *_primes_section(results.get("primes", [])),
-        "",
-        "## Für Elise in every style",
-        "",
-        "The prime is blue, the continuation orange (first sample of each style).",
         "",
         *fur_elise_section(results),
         *caveats,

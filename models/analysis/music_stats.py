@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.core.notes import Note
+from models.core.notes import Note, dwell_share
 from models.core.tonality import Key, estimate_key, pitch_class_histogram
 
 # Durations and inter-onset intervals are binned on a log2 scale in half-octave steps,
@@ -228,5 +228,4 @@ def is_monotone(notes: Sequence[Note]) -> bool:
     than ``MONOTONE_MIN_NOTES`` notes are not judged (``False``)."""
     if len(notes) < MONOTONE_MIN_NOTES:
         return False
-    counts = np.bincount([n.pitch for n in notes])
-    return bool(np.count_nonzero(counts) <= 2 or counts.max() >= MONOTONE_SHARE * len(notes))
+    return len({n.pitch for n in notes}) <= 2 or dwell_share(notes) >= MONOTONE_SHARE

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,3 +50,11 @@ class Note:
     def shifted(self, beats: float) -> Note:
         """The same note moved by ``beats`` on the timeline."""
         return Note(self.onset + beats, self.duration, self.pitch, self.velocity, self.role)
+
+
+def dwell_share(notes: Sequence[Note]) -> float:
+    """The share of ``notes`` on their commonest pitch (0 for none): how much a passage
+    dwells on one pitch (the critic's variety term, the jam harness's monotony)."""
+    if not notes:
+        return 0.0
+    return Counter(n.pitch for n in notes).most_common(1)[0][1] / len(notes)

@@ -97,8 +97,21 @@ def key_correlations(notes: Sequence[Note]) -> dict[tuple[int, str], float] | No
     hist = pitch_class_histogram(notes)
     if np.count_nonzero(hist) < 2:
         return None
-    return {(tonic, mode): float(np.corrcoef(hist, np.roll(profile, tonic))[0, 1])
-            for mode, profile in PROFILES.items() for tonic in range(12)}
+    return {(tonic, mode): _correlation(hist, tonic, mode)
+            for mode in PROFILES for tonic in range(12)}
+
+
+def key_correlation(notes: Sequence[Note], key: Key) -> float | None:
+    """Correlation of the passage with ``key`` alone (``key_correlations``' entry for it,
+    without the other 23), or ``None`` when fewer than two pitch classes sound."""
+    hist = pitch_class_histogram(notes)
+    if np.count_nonzero(hist) < 2:
+        return None
+    return _correlation(hist, key.tonic, key.mode)
+
+
+def _correlation(hist: np.ndarray, tonic: int, mode: str) -> float:
+    return float(np.corrcoef(hist, np.roll(PROFILES[mode], tonic))[0, 1])
 
 
 def estimate_key(notes: Sequence[Note]) -> Key | None:
@@ -121,7 +134,7 @@ def scale_share(notes: Sequence[Note], key: Key) -> float | None:
     total = sum(n.duration for n in notes)
     if total <= 0:
         return None
-    scale = {(key.tonic + degree) % 12 for degree in SCALES[key.mode]}
+    scale = set(key.scale)
     return sum(n.duration for n in notes if n.pitch % 12 in scale) / total
 
 
