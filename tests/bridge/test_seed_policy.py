@@ -163,12 +163,19 @@ def test_a_silence_ending_a_beat_before_the_line_is_answered_a_beat_and_a_half_a
     assert trigger is not None and trigger.start_beat == 4.0
 
 
-def test_a_note_before_the_silence_is_complete_drops_the_answer_asked_ahead():
+def _asked_ahead() -> tuple[SeedWindow, CallResponsePolicy]:
+    """A phrase whose silence completes at 3, answered without barge-in and asked for
+    ahead at 2.5, for the bar line at 4."""
     window = SeedWindow(4, 4.0)
     policy = CallResponsePolicy(1.0, 2, "bar", 4.0, barge_in=False, request_ahead_beats=1.5)
-    play(window, [(0.0, 2.0, 60)])  # silence complete at 3
+    play(window, [(0.0, 2.0, 60)])
     policy.on_player_note(0.0)
-    assert policy.due(2.5, window, 0.1) is not None  # asked ahead, for bar line 4
+    assert policy.due(2.5, window, 0.1) is not None
+    return window, policy
+
+
+def test_a_note_before_the_silence_is_complete_drops_the_answer_asked_ahead():
+    window, policy = _asked_ahead()
     # The phrase goes on at 2.8: the answer is dropped before it sounds, even without
     # barge-in, and the phrase is answered after its real end.
     play(window, [(2.8, 0.5, 62)])
@@ -181,11 +188,7 @@ def test_a_note_before_the_silence_is_complete_drops_the_answer_asked_ahead():
 
 
 def test_a_note_after_the_silence_is_complete_keeps_the_answer_asked_ahead():
-    window = SeedWindow(4, 4.0)
-    policy = CallResponsePolicy(1.0, 2, "bar", 4.0, barge_in=False, request_ahead_beats=1.5)
-    play(window, [(0.0, 2.0, 60)])
-    policy.on_player_note(0.0)
-    assert policy.due(2.5, window, 0.1) is not None
+    window, policy = _asked_ahead()
     # 3.5: the silence was complete at 3; the note is a pick-up before the answer's line.
     assert policy.on_player_note(3.5) is False and policy.answering
 
