@@ -188,7 +188,7 @@ def test_a_note_before_the_silence_is_complete_drops_the_answer_asked_ahead():
 
 
 def test_a_note_after_the_silence_is_complete_keeps_the_answer_asked_ahead():
-    window, policy = _asked_ahead()
+    _window, policy = _asked_ahead()
     # 3.5: the silence was complete at 3; the note is a pick-up before the answer's line.
     assert policy.on_player_note(3.5) is False and policy.answering
 
