@@ -156,6 +156,10 @@ class KVPool:
         self._free.append(slot)
         self._free.sort()
 
+    def busy_rows(self) -> int:
+        """How many rows are held now."""
+        return self.rows - len(self._free)
+
     def used_rows(self) -> int:
         """One past the highest row in use (0 when none is)."""
         free = set(self._free)

@@ -11,17 +11,26 @@ How many candidates a bar gets shrinks with the time left before the bar must be
 (``candidates.ready_ms`` and ``bpm``), from the measured cost of a step at each batch
 size, so a bar is never late for its candidates; with one candidate nothing is forked and
 the generation streams each note as it is sampled, token for token as without best-of-N.
+The estimate can be wrong (a dense call answered densely takes twice the tokens of the
+bars before it), so a bar still undecided when one more step would pass its deadline is
+decided then among the candidates that finished it, or continued by the furthest one
+alone (``BestOfN.cut_if_late``): the estimate saves work, the cut keeps the time.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from engine.cache import KVPool
 from engine.critic import BarCandidate, CallProfile, CriticWeights, best
 from engine.generation import Generation
+
+
+# A bar is cut this many steps before its deadline: a step can take longer than its
+# average (another process on the core), and the notes leave after the step that cut.
+CUT_MARGIN_STEPS = 3
 
 
 class BestOfN:
@@ -33,13 +42,19 @@ class BestOfN:
         step_seconds: measured seconds of a step by rows (moving averages).
         bar_tokens: the tokens a bar takes (a moving average of the most of a bar's
             candidates).
+        cuts: bars decided at their deadline before every candidate finished.
+        clock: seconds on ``time.perf_counter``'s scale (the generations' own clock;
+            tests move it).
     """
 
-    def __init__(self, pool: KVPool) -> None:
+    def __init__(self, pool: KVPool,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.pool = pool
+        self.clock = clock
         self.weights = CriticWeights()
         self.step_seconds: dict[int, float] = {}
         self.bar_tokens = 32.0
+        self.cuts = 0
 
     def step_cost(self, rows: int) -> float:
         """Estimated seconds of one step of ``rows`` rows, from the steps measured so far.
@@ -63,6 +78,20 @@ class BestOfN:
         old = self.step_seconds.get(rows)
         self.step_seconds[rows] = seconds if old is None else 0.8 * old + 0.2 * seconds
 
+    def deadline(self, gen: Generation) -> float | None:
+        """When (``time.perf_counter`` seconds) the bar ``gen`` is in must be decided:
+        ``candidates.ready_ms`` after the request for its first bar, a bar's time later
+        for each later one; ``None`` without a tempo and a ``ready_ms`` (offline)."""
+        wanted = gen.request.candidates
+        if wanted.bpm is None or wanted.ready_ms is None:
+            return None
+        request = gen.request
+        detok = gen.grammar.detok
+        bar_beat = detok.bar_start + detok.offset
+        beat = max(request.start_beat, bar_beat)
+        return (gen._started + wanted.ready_ms / 1000.0
+                + (beat - request.start_beat) * 60.0 / wanted.bpm)
+
     def candidates_for(self, gen: Generation, other_rows: int = 0) -> int:
         """How many candidates the bar that ``gen`` starts now gets.
 
@@ -74,16 +103,14 @@ class BestOfN:
         wanted = gen.request.candidates
         if wanted.n <= 1 or gen.forcing is not None:
             return 1
-        if wanted.bpm is None or wanted.ready_ms is None:
+        deadline = self.deadline(gen)
+        if deadline is None:
             return wanted.n
         request = gen.request
         detok = gen.grammar.detok
-        seconds_per_beat = 60.0 / wanted.bpm
         bar_beat = detok.bar_start + detok.offset
         beat = max(request.start_beat, bar_beat)
-        deadline = (gen._started + wanted.ready_ms / 1000.0
-                    + (beat - request.start_beat) * seconds_per_beat)
-        left = deadline - time.perf_counter()
+        left = deadline - self.clock()
         # A bar entered mid-way (the answer's first) takes about its share of the tokens.
         share = min(1.0, max(0.0, bar_beat + request.bar_length - beat) / request.bar_length)
         tokens = max(1.0, self.bar_tokens * share)
@@ -142,23 +169,61 @@ class BestOfN:
                     branch.twin.slot = self.pool.acquire()
                     self.pool.copy_row(gen.twin.slot, branch.twin.slot)
             branches.append(branch)
+        gen.bar_deadline = self.deadline(gen)
         gen.slot = None  # the first candidate holds it now (and the twin, with a morph)
         gen.twin = None
         gen.branches = branches
 
-    def resolve(self, gen: Generation) -> None:
-        """Every candidate finished its bar: keep the critic's choice, drop the others."""
+    def resolve(self, gen: Generation, among: Sequence[int] | None = None) -> None:
+        """Keep the critic's choice of the candidates that finished their bar (``among``:
+        these indices only, the others are dropped unfinished), drop the others."""
         branches = gen.branches
         assert branches is not None and gen.call is not None
+        indices = list(range(len(branches))) if among is None else list(among)
         bar_beat = gen.grammar.detok.bar_start + gen.grammar.detok.offset
         span = bar_beat + gen.request.bar_length - max(gen.request.start_beat, bar_beat)
-        candidates = [BarCandidate(b._notes, b.log_prob - gen._fork_log_prob,
-                                   b.tokens - gen._fork_tokens, span) for b in branches]
-        winner, scores = best(candidates, gen.call, self.weights)
-        longest = max(c.tokens for c in candidates)
+        before = [*gen.played, *gen._held]
+        candidates = [BarCandidate(branches[i]._notes, branches[i].log_prob - gen._fork_log_prob,
+                                   branches[i].tokens - gen._fork_tokens, span, before)
+                      for i in indices]
+        pick, scores = best(candidates, gen.call, self.weights)
+        self._learn_bar_tokens(gen)
+        gen.choices.append((len(candidates), indices[pick], scores))
+        self.adopt(gen, indices[pick])
+
+    def cut_if_late(self, gen: Generation, rows: int) -> bool:
+        """Decide a forked bar now if ``CUT_MARGIN_STEPS`` more steps of ``rows`` rows
+        would end past its deadline, whatever the estimate that chose its N said.
+
+        The critic chooses among the candidates that have finished the bar; with none
+        finished, the one furthest into the bar goes on alone and streams its notes from
+        now on, as one candidate would have. The bar's first notes are then out by the
+        deadline even when the bar runs far longer than ``bar_tokens`` (a dense call
+        answered densely). Returns whether the bar was cut.
+        """
+        branches = gen.branches
+        deadline = gen.bar_deadline
+        if branches is None or deadline is None:
+            return False
+        if self.clock() + CUT_MARGIN_STEPS * self.step_cost(rows) <= deadline:
+            return False
+        finished = [i for i, b in enumerate(branches) if b.done or b.parked]
+        if finished:
+            self.resolve(gen, among=finished)
+        else:
+            furthest = max(range(len(branches)), key=lambda i: branches[i].tokens)
+            self._learn_bar_tokens(gen)
+            gen.choices.append((1, furthest, []))
+            self.adopt(gen, furthest)
+        self.cuts += 1
+        return True
+
+    def _learn_bar_tokens(self, gen: Generation) -> None:
+        """Fold the most tokens of the bar's candidates (finished or not: a lower bound
+        for an unfinished one) into ``bar_tokens``."""
+        assert gen.branches is not None
+        longest = max(b.tokens for b in gen.branches) - gen._fork_tokens
         self.bar_tokens = 0.7 * self.bar_tokens + 0.3 * max(longest, 1)
-        gen.choices.append((len(branches), winner, scores))
-        self.adopt(gen, winner)
 
     def adopt(self, gen: Generation, winner: int) -> None:
         """Continue ``gen`` from one of its candidates; release the others' rows."""

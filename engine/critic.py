@@ -23,9 +23,13 @@ likelihood, which is the model's mean log-probability per token):
   call's onset distribution on the same grid (where in the bar the call plays), minus 1;
 - **variety**: a bar of three notes or more that dwells on one pitch (its commonest pitch
   carries more of its notes than half, or than the call's own commonest pitch carries of
-  the call) loses twice the excess share: the key's pull towards the tonic and the
-  likelihood's towards repeating both favour an answer of the tonic eight times, which
-  keeps the key and the rhythm perfectly and is no melody (docs/jam.md).
+  the call) loses twice the excess share, and so does a bar that makes the answer so far
+  (the bars before it and this one) dwell so; an answer of four notes or more that has
+  used only one or two pitches to a call of more loses 1 more: the key's pull towards
+  the tonic and the likelihood's towards repeating both favour an answer of the tonic
+  eight times (or of tonic and fifth in turn), which keeps the key and the rhythm
+  perfectly and is no melody, and a sparse answer's bar of two notes cannot show it on
+  its own (docs/jam.md).
 
 No style classifier term: the classifier lives in ``models.analysis`` (scikit-learn
 features over whole segments), which the live engine may not import, and its features
@@ -88,6 +92,7 @@ class CallProfile:
         bar_length: beats per bar.
         pitch_dwell: the share of the call's notes on its commonest pitch (0 without a
             call): a bar may dwell on one pitch as much as this, or half, without penalty.
+        pitches: how many distinct pitches the call has (0 without a call).
         centre: the key whose tonal centre a bar is scored on (``None``: no tonal term):
             the call's key for an answer; none for accompaniment, whose harmony follows
             the melody's chords (a pull towards the tonic chord once froze it on one
@@ -102,6 +107,7 @@ class CallProfile:
     bar_length: float
     pitch_dwell: float = 0.0
     centre: Key | None = None
+    pitches: int = 0
 
     @classmethod
     def of(cls, request: GenerateRequest) -> CallProfile:
@@ -123,7 +129,7 @@ class CallProfile:
             grid = grid / max(float(np.linalg.norm(grid)), _EPS)
         centre = None if request.constraints.role == ACCOMPANIMENT else key
         return cls(key, center, steering.register_width, per_bar, grid, length,
-                   dwell_share(seed), centre)
+                   dwell_share(seed), centre, len({n.pitch for n in seed}))
 
 
 @dataclass(frozen=True)
@@ -135,12 +141,14 @@ class BarCandidate:
         log_prob: the sum of its tokens' log-probabilities under the model.
         tokens: how many tokens it sampled.
         span: beats of the bar it fills (less than a bar for an answer starting mid-bar).
+        before: the answer's notes before this bar (the bars already decided).
     """
 
     notes: Sequence[Note]
     log_prob: float
     tokens: int
     span: float
+    before: Sequence[Note] = ()
 
 
 def onset_grid(notes: Sequence[Note], bar_length: float) -> np.ndarray:
@@ -164,6 +172,23 @@ def tonal_fit(notes: Sequence[Note], key: Key) -> float:
 
 VARIETY_MIN_NOTES = 3  # fewer notes in a bar say nothing of dwelling on a pitch
 VARIETY_FREE_SHARE = 0.5  # a bar may put this share of its notes on one pitch freely
+# An answer of this many notes on one or two pitches is a pedal or a trill, not a line.
+VARIETY_FEW_PITCHES_NOTES = 4
+VARIETY_FEW_PITCHES = 2
+
+
+def variety(candidate: BarCandidate, call: CallProfile) -> float:
+    """The variety term (0 at best, negative for a bar that dwells; see the module)."""
+    free = max(VARIETY_FREE_SHARE, call.pitch_dwell)
+    bar = candidate.notes
+    phrase = [*candidate.before, *bar]
+    excess = 0.0
+    for passage in (bar, phrase):
+        if len(passage) >= VARIETY_MIN_NOTES:
+            excess = max(excess, dwell_share(passage) - free)
+    few = (len(phrase) >= VARIETY_FEW_PITCHES_NOTES
+           and len({n.pitch for n in phrase}) <= VARIETY_FEW_PITCHES < call.pitches)
+    return -2.0 * excess - (1.0 if few else 0.0)
 
 
 def terms(candidate: BarCandidate, call: CallProfile) -> dict[str, float]:
@@ -188,9 +213,7 @@ def terms(candidate: BarCandidate, call: CallProfile) -> dict[str, float]:
             out["rhythm"] = float(mine @ call.onset_grid / max(np.linalg.norm(mine), _EPS)) - 1.0
         else:
             out["rhythm"] = -1.0  # an empty bar echoes nothing
-    if len(notes) >= VARIETY_MIN_NOTES:
-        free = max(VARIETY_FREE_SHARE, call.pitch_dwell)
-        out["variety"] = -2.0 * max(0.0, dwell_share(notes) - free)
+    out["variety"] = variety(candidate, call)
     return out
 
 

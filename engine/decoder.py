@@ -275,11 +275,15 @@ class StyleDecoder:
                     gen.twin.pending = gen.pending  # the twin reads what its owner drew
             self._forward(running + twins)
         for gen in active:
-            if gen.branches is not None and all(b.done or b.parked for b in gen.branches):
-                assert self.best_of_n is not None  # only key/value models fork
+            if gen.branches is None:
+                continue
+            assert self.best_of_n is not None  # only key/value models fork
+            if all(b.done or b.parked for b in gen.branches):
                 self.best_of_n.resolve(gen)
-                if gen.done:
-                    self._retire(gen)
+            elif not self.best_of_n.cut_if_late(gen, len(rows)):
+                continue
+            if gen.done:
+                self._retire(gen)
         if self.best_of_n is not None and rows and not prefilling:
             self.best_of_n.observe(len(rows), time.perf_counter() - began)
 

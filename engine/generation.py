@@ -70,6 +70,7 @@ class Generation:
         # (engine.forcing; offline harmonization), or None.
         self.forcing: LeadForcing | None = None
         self._notes: list[Note] = []
+        self.played: list[Note] = []  # the notes drained so far (best-of-N's variety term)
         self._started = time.perf_counter()
         self._finished: float | None = None
         # Decoding state: the stream the cache holds, the cache (None while it lives in
@@ -96,6 +97,7 @@ class Generation:
         self.at_bar_start = True
         self.choices: list[tuple[int, int, list[float]]] = []
         self.call: CallProfile | None = None
+        self.bar_deadline: float | None = None  # when the forked bar must be decided
         self._held: list[Note] = []
         self._fork_tokens = 0
         self._fork_log_prob = 0.0
@@ -119,6 +121,7 @@ class Generation:
         if self.branches is not None:
             return []
         notes, self._notes = self._notes, []
+        self.played.extend(notes)
         return notes
 
     def _finish(self, reason: str) -> None:

@@ -256,6 +256,8 @@ class Decoded:
         first_onset: that first streamed batch's earliest onset (beats).
         total_s: wall seconds of the whole answer.
         candidates: candidates of each bar decided by best-of-N (empty: none was).
+        cut_bars: bars decided at their deadline before every candidate had finished
+            (``engine.candidates.BestOfN.cut_if_late``).
     """
 
     notes: list[Note]
@@ -266,6 +268,7 @@ class Decoded:
     first_onset: float | None
     total_s: float
     candidates: list[int] = field(default_factory=list)
+    cut_bars: int = 0
 
 
 def decode(decoder: StyleDecoder, request: GenerateRequest, session: str,
@@ -276,6 +279,7 @@ def decode(decoder: StyleDecoder, request: GenerateRequest, session: str,
         EngineError: the model fails or cannot encode the request.
     """
     started = time.perf_counter()
+    cuts = decoder.best_of_n.cuts if decoder.best_of_n is not None else 0
     gen = decoder.start(session, request, request_id)
     notes: list[Note] = []
     first_s = first_onset = None
@@ -289,7 +293,8 @@ def decode(decoder: StyleDecoder, request: GenerateRequest, session: str,
     return Decoded(notes, gen.reason or "", gen.tokens,
                    gen.log_prob / gen.tokens if gen.tokens else None,
                    first_s, first_onset, time.perf_counter() - started,
-                   [n for n, _, _ in gen.choices])
+                   [n for n, _, _ in gen.choices],
+                   (decoder.best_of_n.cuts - cuts) if decoder.best_of_n is not None else 0)
 
 
 # ----------------------------------------------------------------- scoring
@@ -401,7 +406,7 @@ def answer_call(decoder: StyleDecoder, style: str, call: Call, config: JamConfig
                   seed_notes=len(requested.seed), bars=requested.trigger.bars,
                   reason=decoded.reason, tokens=decoded.tokens, notes=len(answer),
                   log_likelihood=decoded.log_likelihood, decode_ms=1000.0 * decoded.total_s,
-                  candidates=decoded.candidates)
+                  candidates=decoded.candidates, cut_bars=decoded.cut_bars)
     record.update(lead_time(decoded, requested, call.bpm))
     record.update(score_answer(call.notes, answer, bar_length=call.bar_length,
                                call_bars=call.bars, answer_bars=requested.trigger.bars))
@@ -443,7 +448,8 @@ def summarise_records(records: Sequence[dict[str, Any]], real_recall: float | No
     """The issue's measures over some answers (one style's, one family's...).
 
     ``key_kept``, ``in_scale``, ``monotone``, ``in_density``, ``near_silent``, ``style_ok``
-    and ``lead_ok`` are shares (0-1); ``silent_to_busy`` counts near-silent answers to
+    and ``lead_ok`` are shares (0-1); ``cut_bars`` counts bars best-of-N decided at their
+    deadline before every candidate finished; ``silent_to_busy`` counts near-silent answers to
     calls with at least 2 notes per bar (the target is 0); ``fidelity`` is ``style_ok``
     over the classifier's recall on real held-out music of the style (the target is 0.8).
     """
@@ -470,7 +476,8 @@ def summarise_records(records: Sequence[dict[str, Any]], real_recall: float | No
         lead_ms_median=float(np.median(leads)) if leads else None,
         lead_ok=_mean([None if r.get("lead_beats") is None else float(r["lead_beats"] >= 1.0)
                        for r in done]),
-        notes_per_bar=_mean([r["answer_per_bar"] for r in done]))
+        notes_per_bar=_mean([r["answer_per_bar"] for r in done]),
+        cut_bars=sum(r.get("cut_bars", 0) for r in done))
     if judged:
         ok = float(np.mean([r["style_verdict"] == r["style"] for r in done]))
         out["style_ok"] = ok
@@ -500,6 +507,7 @@ _COLUMNS = (  # header, key, format: shares as percentages
     ("style%", "style_ok", "pct"), ("fid", "fidelity", "{:.2f}"),
     ("loglik", "log_likelihood", "{:.2f}"), ("lead_min", "lead_ms_min", "{:.0f}"),
     ("lead_med", "lead_ms_median", "{:.0f}"), ("lead>=1b%", "lead_ok", "pct"),
+    ("cut", "cut_bars", "{:d}"),
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -141,3 +142,81 @@ def test_cancel_mid_bar_keeps_a_consistent_cache(model):
     assert decoder.pool.used_rows() == 0
     again = decoder.start("s", _request(Candidates(1)))
     assert again.reused_tokens > 0
+
+
+class _MovableClock:
+    """``time.perf_counter`` plus an offset a test moves (the deadline passes at once)."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.perf_counter() + self.ahead
+
+
+def _forked_with_time_to_spare(model) -> tuple[StyleDecoder, _MovableClock, object]:
+    """A decoder whose first bar forks into 4 (the estimate says there is time)."""
+    decoder = _decoder(model)
+    clock = _MovableClock()
+    decoder.best_of_n.clock = clock
+    decoder.best_of_n.step_seconds = {1: 1e-6, 4: 1e-6}
+    decoder.best_of_n.observe = lambda rows, seconds: None
+    gen = decoder.start("s", _request(Candidates(4, 120.0, 60_000.0), bars=2))
+    decoder.step([gen])
+    assert gen.branches is not None and len(gen.branches) == 4
+    return decoder, clock, gen
+
+
+def test_a_bar_past_its_deadline_goes_on_with_the_furthest_candidate(model):
+    decoder, clock, gen = _forked_with_time_to_spare(model)
+    assert not any(b.parked or b.done for b in gen.branches)
+    tokens = [b.tokens for b in gen.branches]
+    furthest = gen.branches[int(np.argmax(tokens))]
+    clock.ahead = 3600.0  # the estimate was wrong: the deadline has passed
+    decoder.step([gen])
+    # No candidate finished the bar: the furthest goes on alone, and its bar streams as
+    # it is sampled (before the bar is complete), as one candidate would have.
+    assert gen.branches is None
+    assert gen.choices == [(1, tokens.index(max(tokens)), [])]
+    assert gen.stream[:len(furthest.stream)] == furthest.stream
+    assert decoder.best_of_n.cuts == 1
+    assert decoder.pool.busy_rows() == 1  # the three others gave their rows back
+    streamed_mid_bar = False
+    while not gen.done:
+        decoder.step([gen])
+        fresh = gen.drain_notes()
+        streamed_mid_bar |= bool(fresh) and not gen.at_bar_start and gen.branches is None
+    assert streamed_mid_bar
+    assert gen.reason == "complete"
+    assert decoder.pool.used_rows() == 0
+
+
+def test_a_bar_past_its_deadline_is_chosen_among_the_candidates_that_finished_it(model):
+    decoder, clock, gen = _forked_with_time_to_spare(model)
+    for _ in range(512):
+        finished = [i for i, b in enumerate(gen.branches) if b.parked or b.done]
+        if finished and len(finished) < len(gen.branches):
+            break
+        decoder.step([gen])
+        assert gen.branches is not None, "every candidate ended on one step: try a seed"
+    else:
+        pytest.fail("no candidate finished its bar before the others")
+    call = critic.CallProfile.of(gen.request)
+    span = 4.0
+    scores = [critic.score(critic.BarCandidate(gen.branches[i]._notes,
+                                               gen.branches[i].log_prob - gen._fork_log_prob,
+                                               gen.branches[i].tokens - gen._fork_tokens, span),
+                           call, decoder.best_of_n.weights) for i in finished]
+    clock.ahead = 3600.0
+    decoder.step([gen])
+    assert gen.branches is None
+    n, winner, kept_scores = gen.choices[0]
+    # Only the finished candidates were compared, and the critic's best of them won.
+    assert n == len(finished)
+    assert winner == finished[int(np.argmax(scores))]
+    assert kept_scores == pytest.approx(scores)
+    assert decoder.pool.busy_rows() == 1
+    rest = decoder.decode_until_done([gen])[0]
+    assert gen.reason == "complete"
+    assert any(note.onset >= 16.0 for note in rest)
+    assert decoder.pool.used_rows() == 0

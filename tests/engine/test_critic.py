@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from engine.critic import BarCandidate, CallProfile, CriticWeights, best, terms
@@ -74,7 +76,8 @@ def test_the_critic_prefers_a_moving_bar_to_the_tonic_four_times_though_it_is_li
     call = _call(key=parse_key("C major"))
     pedal = _bar([60, 60, 60, 60], log_prob=-2.0)
     tune = _bar([64, 62, 60, 62], log_prob=-3.0)
-    assert terms(pedal, call)["variety"] == pytest.approx(-1.0)
+    # Twice the share over half on one pitch, and 1 for a line of one pitch to a call of six.
+    assert terms(pedal, call)["variety"] == pytest.approx(-2.0)
     assert terms(tune, call)["variety"] == 0.0
     assert best([pedal, tune], call, CriticWeights())[0] == 1
     assert best([pedal, tune], call, CriticWeights(variety=0.0, tonal=0.0))[0] == 0
@@ -87,6 +90,30 @@ def test_a_call_that_dwells_on_one_pitch_may_be_answered_in_kind():
     assert terms(_bar([67, 67, 67, 65]), call)["variety"] == 0.0  # as much as the call
     assert terms(_bar([67, 67, 67, 67]), call)["variety"] == pytest.approx(-0.5)
     assert terms(_bar([67, 67]), call)["variety"] == 0.0  # too few notes to judge
+
+
+def test_a_sparse_answer_is_judged_on_its_bars_so_far():
+    """Two notes a bar say nothing of dwelling on their own: the tonic twice after the
+    tonic twice is a pedal all the same, seen over the answer so far."""
+    call = _call(key=parse_key("C major"))
+    first_bar = [Note(8.0, 0.9, 60, 80), Note(10.0, 0.9, 60, 80)]
+    again = BarCandidate([Note(12.0, 0.9, 60, 80), Note(14.0, 0.9, 60, 80)], -1.0, 4, 4.0,
+                         first_bar)
+    onwards = BarCandidate([Note(12.0, 0.9, 64, 80), Note(14.0, 0.9, 62, 80)], -3.0, 4, 4.0,
+                           first_bar)
+    assert terms(dataclasses.replace(again, before=()), call)["variety"] == 0.0
+    assert terms(again, call)["variety"] == pytest.approx(-2.0)
+    assert terms(onwards, call)["variety"] == 0.0
+    assert best([again, onwards], call, CriticWeights())[0] == 1
+
+
+def test_two_pitches_in_turn_answer_only_a_call_of_two():
+    fifths = _bar([65, 72, 72, 65])  # no pitch over half of the bar, but no line either
+    assert terms(fifths, _call(key=parse_key("C major")))["variety"] == pytest.approx(-1.0)
+    swing = tuple(Note(float(i), 0.9, (67, 72)[i % 2], 80) for i in range(8))
+    call = CallProfile.of(GenerateRequest(seed=swing, start_beat=8.0))
+    assert call.pitches == 2
+    assert terms(_bar([67, 72, 72, 67]), call)["variety"] == 0.0
 
 
 def test_between_two_bars_in_the_scale_the_critic_prefers_the_one_centred_on_the_key():

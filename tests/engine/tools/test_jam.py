@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import mido
 import pytest
@@ -258,6 +259,30 @@ def test_repeats_differ_and_a_seed_repeats(tiny_decoder):
     assert first["answer"] == again["answer"]
     assert first["sampling_seed"] == 7 and other["sampling_seed"] == 8
     assert (first["tokens"], first["answer"]) != (other["tokens"], other["answer"])
+
+
+def test_an_answer_counts_the_bars_decided_at_their_deadline(tiny_onnx_model):
+    decoder = StyleDecoder(load_model(tiny_onnx_model))
+    looks: list[float] = []
+
+    def late_after_the_first_look() -> float:
+        # The first bar's N is chosen with time to spare; from then on its deadline has
+        # passed (the bar ran longer than the estimate said).
+        looks.append(0.0)
+        return time.perf_counter() + (0.0 if len(looks) == 1 else 3600.0)
+
+    decoder.best_of_n.clock = late_after_the_first_look
+    decoder.best_of_n.step_seconds = {1: 1e-6, 4: 1e-6}
+    decoder.best_of_n.observe = lambda rows, seconds: None
+    settings = Settings()
+    settings = dataclasses.replace(
+        settings, sampling=dataclasses.replace(settings.sampling, candidates=4))
+    record = answer_call(decoder, "tiny", CALLS["c_major"],
+                         JamConfig(repeats=1, settings=settings), repeat=0)
+    assert record["cut_bars"] == 1
+    assert len(record["candidates"]) == 1  # the second bar had no time to fork at all
+    summary = summarise_records([record, {**record, "cut_bars": 2}], None)
+    assert summary["cut_bars"] == 3
 
 
 def test_the_cli_writes_one_record_per_call_and_repeat(tiny_onnx_model, tmp_path, capsys):
