@@ -37,6 +37,7 @@ from pathlib import Path
 
 from bridge.engine_child import stop_process
 from bridge.jack_rig import JackServer, Probe
+from models.core.settings import Settings
 
 POSITIONS_PER_BEAT = 12
 STOP_S = 15.0  # melodyd's grace to stop after SIGTERM
@@ -60,6 +61,7 @@ response_bars = {bars}
 accompany_stop_bars = {stop_bars}
 [sampling]
 max_polyphony = {polyphony}
+candidates = {candidates}
 """
 
 
@@ -145,6 +147,7 @@ def launch(args: argparse.Namespace, workdir: Path, name: str,
     """Start melodyd on the bench's JACK server; its log goes to ``workdir/name.log``."""
     config = workdir / "bench.toml"
     config.write_text(CONFIG.format(bars=args.bars, polyphony=args.polyphony,
+                                    candidates=args.candidates,
                                     stop_bars=ACCOMPANY_STOP_BARS,
                                     output_latency_ms=args.output_latency_ms,
                                     jack_client=args.jack_client))
@@ -389,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phrases", type=int, default=8)
     parser.add_argument("--bars", type=int, default=2, help="answer length in bars")
     parser.add_argument("--polyphony", type=int, default=4, help="[sampling] max_polyphony")
+    parser.add_argument("--candidates", type=int, default=Settings().sampling.candidates,
+                        help="[sampling] candidates (best-of-N) for melodyd (default: "
+                             "config.toml's)")
     parser.add_argument("--period", type=int, default=64, help="JACK period in frames")
     parser.add_argument("--output-latency-ms", type=float, default=0.0,
                         help="[midi] output_latency_ms for melodyd (send this much early)")

@@ -27,7 +27,6 @@ from engine.cache import KVPool
 from engine.critic import BarCandidate, CallProfile, CriticWeights, best
 from engine.generation import Generation
 
-
 # A bar is cut this many steps before its deadline: a step can take longer than its
 # average (another process on the core), and the notes leave after the step that cut.
 CUT_MARGIN_STEPS = 3

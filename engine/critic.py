@@ -31,9 +31,11 @@ likelihood, which is the model's mean log-probability per token):
   perfectly and is no melody, and a sparse answer's bar of two notes cannot show it on
   its own (docs/jam.md).
 
-No style classifier term: the classifier lives in ``models.analysis`` (scikit-learn
-features over whole segments), which the live engine may not import, and its features
-need more than one bar; the harness judges style on the whole answer instead.
+No style classifier term: the classifier lives in ``models.analysis`` (a logistic
+regression over statistics of whole 2-bar segments), which the live engine may not import
+(docs/architecture.md), and one bar is too little for its features; the harness judges
+style on the whole answer instead, and a critic that chose by the judge's own verdict would
+make the harness's fidelity figure say nothing.
 
 Pure numpy, torch-free, a few microseconds per candidate.
 """

@@ -249,7 +249,7 @@ class SamplingSettings:
     pitch_max: int = setting(108, low=0, high=127)
     scale: tuple[int, ...] = setting(())
     max_polyphony: int = setting(0, low=0, high=16)
-    candidates: int = setting(4, low=1, high=protocol_limits.MAX_CANDIDATES)
+    candidates: int = setting(8, low=1, high=protocol_limits.MAX_CANDIDATES)
     candidates_lead_beats: float = setting(1.0, low=0.0, high=16.0)
 
     def check(self) -> None:
