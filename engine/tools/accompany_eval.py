@@ -55,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give melodyd each POP909 song's labelled chords as hints "
                              "(at [interaction] chord_strength), as a player would with "
                              "--chords")
+    parser.add_argument("--live", action="store_true",
+                        help="accompany as accompany mode does live: each bar from the "
+                             "melody before it only (not forced, best-of-N by "
+                             "[sampling] candidates) instead of with its own melody known")
     parser.add_argument("--pop909", type=Path, metavar="DIR",
                         help="POP909 folder with songs/NNN/chord_midi.txt, for the chord "
                              "agreement of POP909 pieces (default: [data] data_root/pop909, "
@@ -233,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             made = harmonize(decoder, lead, settings=settings, style=style,
                              time_signature=signature, seed=args.seed + 100 * number,
-                             bars=args.bars, chords=hints)
+                             bars=args.bars, chords=hints, live=args.live)
             bar_seconds.append((time.perf_counter() - started) / args.bars)
             real_pairs.append((lead, real))
             made_pairs.append((lead, made))

@@ -52,7 +52,7 @@ def hints_between(chords: Sequence[ChordHint], start: float,
 def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settings,
               style: str, time_signature: tuple[int, int], seed: int | None = None,
               bars: int | None = None, chords: Sequence[ChordHint] = (),
-              on_bar: Callable[[int], None] | None = None) -> list[Note]:
+              on_bar: Callable[[int], None] | None = None, live: bool = False) -> list[Note]:
     """The accompaniment of ``melody`` (onsets >= 0), bar by bar from bar 0.
 
     Args:
@@ -67,6 +67,11 @@ def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settin
             labelled chords; each bar gets those sounding in it, at ``[interaction]
             chord_strength``, instead of the ``[interaction] chords`` loop.
         on_bar: called with each finished bar's index (progress).
+        live: accompany as accompany mode does live, where a bar's own melody is not
+            played yet when its request leaves: each bar hears and stays under only the
+            melody before it, and nothing is forced (so ``[sampling] candidates`` applies,
+            without a deadline); offline (``False``) the bar's melody is written into the
+            stream and heard.
 
     Raises:
         EngineError: the model has no role tokens, or a request cannot be encoded.
@@ -88,12 +93,13 @@ def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settin
         this_bar = [n for n in melody if start <= n.onset < end]
         lead = [n for n in melody if start - window <= n.onset < start]
         own = [n for n in played if start - window <= n.onset < start]
-        # Offline the bar's own melody is known: hear it with the bars before.
-        heard = ear.steering(lead + this_bar, length)
+        # Offline the bar's own melody is known: hear it with the bars before. Live it is
+        # not played yet: the daemon hears the window and stays under all of it.
+        heard = ear.steering(lead if live else lead + this_bar, length)
         request = accompaniment_request(
             settings, style=style, facts=facts, temperature=settings.sampling.temperature,
-            lead=lead, own=own, recent_lead=this_bar or lead[-8:], heard=heard,
-            time_signature=time_signature, start_beat=start, bars=1)
+            lead=lead, own=own, recent_lead=lead if live else (this_bar or lead[-8:]),
+            heard=heard, time_signature=time_signature, start_beat=start, bars=1)
         if chords:
             request = dataclasses.replace(request, steering=dataclasses.replace(
                 request.steering, chords=hints_between(chords, start, end),
@@ -101,7 +107,7 @@ def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settin
         if seed is not None:
             request = dataclasses.replace(
                 request, sampling=dataclasses.replace(request.sampling, seed=seed + bar))
-        generation = decoder.start("harmonize", request, lead=this_bar)
+        generation = decoder.start("harmonize", request, lead=() if live else this_bar)
         (notes,) = decoder.decode_until_done([generation])
         played += [n for n in notes if start <= n.onset < end]
         if on_bar is not None:

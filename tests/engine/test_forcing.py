@@ -113,6 +113,35 @@ def test_harmonize_accompanies_bar_by_bar_under_the_melody(decoder):
         assert not bar or note.pitch < min(bar)
 
 
+def test_live_harmonize_hears_only_the_melody_before_each_bar(decoder, monkeypatch):
+    """As accompany mode live: a bar's own melody is neither written into the stream nor
+    heard, and the bar gets best-of-N's candidates like any live request."""
+    asked: list[tuple[GenerateRequest, tuple[Note, ...]]] = []
+    original = decoder.start
+
+    def spy(session, request, request_id=None, *, lead=(), prefill=True):
+        asked.append((request, tuple(lead)))
+        return original(session, request, request_id, lead=lead, prefill=prefill)
+
+    monkeypatch.setattr(decoder, "start", spy)
+    settings = Settings()
+    notes = harmonize(decoder, MELODY, settings=settings, style="pop", time_signature=(4, 4),
+                      seed=3, live=True)
+    assert notes and all(n.role == "accompaniment" and 0.0 <= n.onset < 16.0 for n in notes)
+    assert [lead for _, lead in asked] == [()] * 4  # nothing forced
+    assert [r.candidates.n for r, _ in asked] == [settings.sampling.candidates] * 4
+    # Bar 1 is asked for before anything was played; bar 2 hears bar 1 only.
+    assert not any(n.role == "lead" for n in asked[0][0].seed)
+    assert asked[0][0].steering.notes_per_bar is None
+    assert {n.pitch for n in asked[1][0].seed if n.role == "lead"} == {72, 74, 76, 77}
+    offline: list[GenerateRequest] = []
+    monkeypatch.setattr(decoder, "start", lambda session, request, request_id=None, *,
+                        lead=(), prefill=True: offline.append(request) or original(
+                            session, request, request_id, lead=lead, prefill=prefill))
+    harmonize(decoder, MELODY, settings=settings, style="pop", time_signature=(4, 4), seed=3)
+    assert offline[0].steering.notes_per_bar is not None  # offline bar 1 hears itself
+
+
 def test_each_bar_gets_the_chord_hints_sounding_in_it():
     hints = (ChordHint(0.0, (0, 4, 7)), ChordHint(6.0, (5, 9, 0)), ChordHint(8.0, ()))
     assert hints_between(hints, 0.0, 4.0) == (ChordHint(0.0, (0, 4, 7)),)
