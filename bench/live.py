@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--polyphony", type=int, default=4, help="[sampling] max_polyphony")
     parser.add_argument("--candidates", type=int, default=Settings().sampling.candidates,
                         help="[sampling] candidates (best-of-N) for melodyd (default: "
-                             "config.toml's)")
+                             "melodyd's built-in default, as in config.toml)")
     parser.add_argument("--period", type=int, default=64, help="JACK period in frames")
     parser.add_argument("--output-latency-ms", type=float, default=0.0,
                         help="[midi] output_latency_ms for melodyd (send this much early)")

@@ -272,7 +272,7 @@ class Daemon:
                 temperature=self.temperature, lead=self.seed.notes(beat, start=start),
                 own=own, recent_lead=player, heard=heard,
                 time_signature=self.clock.time_signature, start_beat=trigger.start_beat,
-                bars=trigger.bars)
+                bars=trigger.bars, now_beat=beat, bpm=self.clock.bpm)
         else:
             request = generate_request(
                 self._request_settings(), style=self.style, facts=facts,

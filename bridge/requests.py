@@ -100,7 +100,8 @@ def accompaniment_request(settings: Settings, *, style: str, facts: Mapping[str,
                           temperature: float, lead: Sequence[Note], own: Sequence[Note],
                           recent_lead: Sequence[Note], heard: Steering,
                           time_signature: TimeSignature, start_beat: float,
-                          bars: int) -> GenerateRequest:
+                          bars: int, now_beat: float | None = None,
+                          bpm: float | None = None) -> GenerateRequest:
     """What accompany mode (and ``melody harmonize``) asks of a model with role tokens.
 
     Args:
@@ -116,11 +117,14 @@ def accompaniment_request(settings: Settings, *, style: str, facts: Mapping[str,
         time_signature: the clock's time signature.
         start_beat: the bar to accompany.
         bars: how many bars.
+        now_beat: the beat the request leaves at and ``bpm`` the tempo (live): each bar's
+            deadline for best-of-N, as ``generate_request`` has them; ``None`` offline.
     """
     request = generate_request(settings, style=style, facts=facts, temperature=temperature,
                                seed=with_roles(lead, own), time_signature=time_signature,
                                start_beat=start_beat, bars=bars,
-                               steering=accompaniment_steering(heard, settings.interaction))
+                               steering=accompaniment_steering(heard, settings.interaction),
+                               now_beat=now_beat, bpm=bpm)
     return dataclasses.replace(request, constraints=accompaniment_constraints(
         request.constraints, recent_lead, settings.interaction))
 

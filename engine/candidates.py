@@ -12,9 +12,10 @@ How many candidates a bar gets shrinks with the time left before the bar must be
 size, so a bar is never late for its candidates; with one candidate nothing is forked and
 the generation streams each note as it is sampled, token for token as without best-of-N.
 The estimate can be wrong (a dense call answered densely takes twice the tokens of the
-bars before it), so a bar still undecided when one more step would pass its deadline is
-decided then among the candidates that finished it, or continued by the furthest one
-alone (``BestOfN.cut_if_late``): the estimate saves work, the cut keeps the time.
+bars before it), so a bar still undecided when ``CUT_MARGIN_STEPS`` more steps would pass
+its deadline is decided then among the candidates that finished it, or continued by the
+one furthest into the bar alone (``BestOfN.cut_if_late``): the estimate saves work, the
+cut keeps the time.
 """
 
 from __future__ import annotations
@@ -115,7 +116,9 @@ class BestOfN:
         tokens = max(1.0, self.bar_tokens * share)
         rows_each = 2 if gen.twin is not None else 1
         for n in range(wanted.n, 1, -1):
-            if tokens * self.step_cost(n * rows_each + other_rows) <= left:
+            # The bar must end before the cut's margin does, or it would be cut even when
+            # the estimate was right.
+            if (tokens + CUT_MARGIN_STEPS) * self.step_cost(n * rows_each + other_rows) <= left:
                 return n
         return 1
 
@@ -194,9 +197,11 @@ class BestOfN:
         """Decide a forked bar now if ``CUT_MARGIN_STEPS`` more steps of ``rows`` rows
         would end past its deadline, whatever the estimate that chose its N said.
 
-        The critic chooses among the candidates that have finished the bar; with none
-        finished, the one furthest into the bar goes on alone and streams its notes from
-        now on, as one candidate would have. The bar's first notes are then out by the
+        The critic chooses among the candidates that have finished the bar (or the
+        answer); with none finished, the one whose notes reached furthest into the bar
+        goes on alone and streams its notes from now on, as one candidate would have; a
+        candidate that ended the answer early (EOS, the token limit) is chosen only when
+        every one did. The bar's first notes are then out by the
         deadline even when the bar runs far longer than ``bar_tokens`` (a dense call
         answered densely). Returns whether the bar was cut.
         """
@@ -206,14 +211,23 @@ class BestOfN:
             return False
         if self.clock() + CUT_MARGIN_STEPS * self.step_cost(rows) <= deadline:
             return False
-        finished = [i for i, b in enumerate(branches) if b.done or b.parked]
+        # Finished: parked on the bar's end, or done with the answer. One that ended the
+        # answer early (EOS, the token limit) is left out while another goes on: the
+        # cut must not end a whole answer on a partial bar the full choice would rank last.
+        finished = [i for i, b in enumerate(branches)
+                    if b.parked or (b.done and b.reason == "complete")]
+        going = [i for i, b in enumerate(branches) if not b.done and not b.parked]
         if finished:
             self.resolve(gen, among=finished)
-        else:
-            furthest = max(range(len(branches)), key=lambda i: branches[i].tokens)
+        elif going:
+            # The candidates step together, so each has sampled as many tokens; the one
+            # whose notes reached furthest into the bar has the least left to decode.
+            furthest = max(going, key=lambda i: branches[i].grammar.detok.time)
             self._learn_bar_tokens(gen)
             gen.choices.append((1, furthest, []))
             self.adopt(gen, furthest)
+        else:
+            self.resolve(gen)  # every candidate ended early: the critic's choice of them
         self.cuts += 1
         return True
 

@@ -94,7 +94,8 @@ class CallProfile:
         bar_length: beats per bar.
         pitch_dwell: the share of the call's notes on its commonest pitch (0 without a
             call): a bar may dwell on one pitch as much as this, or half, without penalty.
-        pitches: how many distinct pitches the call has (0 without a call).
+        pitches: how many distinct pitches the call has (0 without a call, and for
+            accompaniment: no few-pitches penalty).
         centre: the key whose tonal centre a bar is scored on (``None``: no tonal term):
             the call's key for an answer; none for accompaniment, whose harmony follows
             the melody's chords (a pull towards the tonic chord once froze it on one
@@ -129,9 +130,12 @@ class CallProfile:
         grid = onset_grid(seed, length) if seed else None
         if grid is not None:
             grid = grid / max(float(np.linalg.norm(grid)), _EPS)
-        centre = None if request.constraints.role == ACCOMPANIMENT else key
+        accompaniment = request.constraints.role == ACCOMPANIMENT
+        # An accompaniment's bass on root and fifth is idiom, not a pedal: the few-pitches
+        # rule is the answers' (its call would count melody and accompaniment together).
+        pitches = 0 if accompaniment else len({n.pitch for n in seed})
         return cls(key, center, steering.register_width, per_bar, grid, length,
-                   dwell_share(seed), centre, len({n.pitch for n in seed}))
+                   dwell_share(seed), None if accompaniment else key, pitches)
 
 
 @dataclass(frozen=True)

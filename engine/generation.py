@@ -38,8 +38,10 @@ class Generation:
         notes_emitted: notes produced so far.
         log_prob: sum of the model's log-probabilities (temperature 1, no masks) of the
             sampled tokens kept (``log_prob / tokens`` is the answer's log-likelihood).
-        choices: per bar decided by best-of-N, ``(candidates, winner, scores)``; bars
-            sampled with one candidate are not listed.
+        choices: per bar decided by best-of-N, ``(candidates compared, winner's index
+            among all the bar's candidates, scores)``; bars sampled with one candidate are
+            not listed, and a bar cut at its deadline with none finished is listed as
+            ``(1, the one that went on, [])``.
     """
 
     def __init__(self, gen_id: str, session_key: Hashable, request: GenerateRequest, *,

@@ -56,9 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(at [interaction] chord_strength), as a player would with "
                              "--chords")
     parser.add_argument("--live", action="store_true",
-                        help="accompany as accompany mode does live: each bar from the "
-                             "melody before it only (not forced, best-of-N by "
-                             "[sampling] candidates) instead of with its own melody known")
+                        help="accompany as accompany mode does live: each bar asked "
+                             "for a bar ahead, from the melody before the previous bar "
+                             "(not forced, best-of-N by [sampling] candidates) instead of "
+                             "with its own melody known")
     parser.add_argument("--pop909", type=Path, metavar="DIR",
                         help="POP909 folder with songs/NNN/chord_midi.txt, for the chord "
                              "agreement of POP909 pieces (default: [data] data_root/pop909, "
@@ -264,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_chord_rows(chord_rows))
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "chords": chord_rows,
-                                         "bars": args.bars, "pieces": args.pieces},
+                                         "bars": args.bars, "pieces": args.pieces,
+                                         "live": args.live},
                                         indent=1) + "\n")
     return 0
 

@@ -4,8 +4,10 @@
 bar is one request built by ``bridge.requests.accompaniment_request`` (what accompany
 mode sends live: the melody as ``lead``, what was played as ``accompaniment``, limits and
 steering under the lead) and decoded with the bar's own melody written into the stream
-(``engine.forcing``), which offline is known before the bar is played. Live, only the
-bars already played are known; that is the one difference.
+(``engine.forcing``), which offline is known before the bar is played. Live, a bar is
+asked for a bar ahead, so only the melody before the previous bar is known, nothing is
+forced and best-of-N applies: ``harmonize(..., live=True)`` decodes that way, to measure
+what accompany mode plays (``melody accompany-eval --live``).
 """
 
 from __future__ import annotations
@@ -67,9 +69,10 @@ def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settin
             labelled chords; each bar gets those sounding in it, at ``[interaction]
             chord_strength``, instead of the ``[interaction] chords`` loop.
         on_bar: called with each finished bar's index (progress).
-        live: accompany as accompany mode does live, where a bar's own melody is not
-            played yet when its request leaves: each bar hears and stays under only the
-            melody before it, and nothing is forced (so ``[sampling] candidates`` applies,
+        live: accompany as accompany mode does live, where each bar is asked for at the
+            bar line before the one it starts on (``bridge.policy.AccompanyPolicy`` keeps
+            one bar queued ahead): a bar hears and stays under only the melody before the
+            previous bar, and nothing is forced (so ``[sampling] candidates`` applies,
             without a deadline); offline (``False``) the bar's melody is written into the
             stream and heard.
 
@@ -91,7 +94,9 @@ def harmonize(decoder: StyleDecoder, melody: Sequence[Note], *, settings: Settin
     for bar in range(bars):
         start, end = bar * length, (bar + 1) * length
         this_bar = [n for n in melody if start <= n.onset < end]
-        lead = [n for n in melody if start - window <= n.onset < start]
+        # Live, the request leaves a bar ahead: the melody is known up to that bar line.
+        known = start - length if live else start
+        lead = [n for n in melody if start - window <= n.onset < known]
         own = [n for n in played if start - window <= n.onset < start]
         # Offline the bar's own melody is known: hear it with the bars before. Live it is
         # not played yet: the daemon hears the window and stays under all of it.

@@ -395,6 +395,11 @@ def test_accompany_with_a_role_model_asks_for_accompaniment_under_the_lead(rig):
     assert {(72, "lead"), (76, "lead"), (79, "lead")} <= roles
     # The fake's answer notes came back as melodyd's own: they are the accompaniment now.
     assert any(role == "accompaniment" for _pitch, role in roles)
+    # Each bar has its deadline, as an answer has: best-of-N fits its candidates to it.
+    wanted = request["candidates"]
+    assert wanted["n"] == daemon.settings.sampling.candidates
+    assert wanted["bpm"] == pytest.approx(clock.bpm)
+    assert wanted["ready_ms"] is not None and wanted["ready_ms"] >= 0
 
 
 @pytest.mark.parametrize("rig", [{"roles": True}], indirect=True)

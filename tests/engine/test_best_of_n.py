@@ -8,8 +8,10 @@ import time
 import numpy as np
 import pytest
 
+from engine import candidates as candidates_module
 from engine import critic
 from engine.decoder import StyleDecoder
+from engine.generation import Generation
 from engine.model import load_model
 from models.core.notes import Note
 from models.core.protocol.messages import Candidates, GenerateRequest, SamplingParams, Steering
@@ -154,7 +156,7 @@ class _MovableClock:
         return time.perf_counter() + self.ahead
 
 
-def _forked_with_time_to_spare(model) -> tuple[StyleDecoder, _MovableClock, object]:
+def _forked_with_time_to_spare(model) -> tuple[StyleDecoder, _MovableClock, Generation]:
     """A decoder whose first bar forks into 4 (the estimate says there is time)."""
     decoder = _decoder(model)
     clock = _MovableClock()
@@ -167,26 +169,33 @@ def _forked_with_time_to_spare(model) -> tuple[StyleDecoder, _MovableClock, obje
     return decoder, clock, gen
 
 
-def test_a_bar_past_its_deadline_goes_on_with_the_furthest_candidate(model):
+def test_a_bar_past_its_deadline_goes_on_with_the_candidate_furthest_into_it(model):
     decoder, clock, gen = _forked_with_time_to_spare(model)
+    # The candidates step together (as many tokens each) but their notes reach different
+    # places in the bar.
+    for _ in range(64):
+        times = [b.grammar.detok.time for b in gen.branches]
+        if len(set(times)) > 1:
+            break
+        decoder.step([gen])
+    assert len(set(times)) > 1, "the candidates never parted: try a seed"
     assert not any(b.parked or b.done for b in gen.branches)
-    tokens = [b.tokens for b in gen.branches]
-    furthest = gen.branches[int(np.argmax(tokens))]
+    furthest = gen.branches[int(np.argmax(times))]
     clock.ahead = 3600.0  # the estimate was wrong: the deadline has passed
-    decoder.step([gen])
-    # No candidate finished the bar: the furthest goes on alone, and its bar streams as
-    # it is sampled (before the bar is complete), as one candidate would have.
+    assert decoder.best_of_n.cut_if_late(gen, rows=4)
+    # No candidate finished the bar: the furthest goes on alone, and the rest of its bar
+    # streams as it is sampled, as one candidate would have.
     assert gen.branches is None
-    assert gen.choices == [(1, tokens.index(max(tokens)), [])]
-    assert gen.stream[:len(furthest.stream)] == furthest.stream
+    assert gen.choices == [(1, int(np.argmax(times)), [])]
+    assert gen.stream == furthest.stream
     assert decoder.best_of_n.cuts == 1
     assert decoder.pool.busy_rows() == 1  # the three others gave their rows back
-    streamed_mid_bar = False
+    gen.drain_notes()  # what it had sampled so far, at once
+    first_bar_later = []
     while not gen.done:
         decoder.step([gen])
-        fresh = gen.drain_notes()
-        streamed_mid_bar |= bool(fresh) and not gen.at_bar_start and gen.branches is None
-    assert streamed_mid_bar
+        first_bar_later += [n for n in gen.drain_notes() if n.onset < 16.0]
+    assert first_bar_later, "the first bar's later notes came one step at a time"
     assert gen.reason == "complete"
     assert decoder.pool.used_rows() == 0
 
@@ -194,7 +203,7 @@ def test_a_bar_past_its_deadline_goes_on_with_the_furthest_candidate(model):
 def test_a_bar_past_its_deadline_is_chosen_among_the_candidates_that_finished_it(model):
     decoder, clock, gen = _forked_with_time_to_spare(model)
     for _ in range(512):
-        finished = [i for i, b in enumerate(gen.branches) if b.parked or b.done]
+        finished = [i for i, b in enumerate(gen.branches) if b.parked]
         if finished and len(finished) < len(gen.branches):
             break
         decoder.step([gen])
@@ -208,7 +217,7 @@ def test_a_bar_past_its_deadline_is_chosen_among_the_candidates_that_finished_it
                                                gen.branches[i].tokens - gen._fork_tokens, span),
                            call, decoder.best_of_n.weights) for i in finished]
     clock.ahead = 3600.0
-    decoder.step([gen])
+    assert decoder.best_of_n.cut_if_late(gen, rows=4)
     assert gen.branches is None
     n, winner, kept_scores = gen.choices[0]
     # Only the finished candidates were compared, and the critic's best of them won.
@@ -220,3 +229,36 @@ def test_a_bar_past_its_deadline_is_chosen_among_the_candidates_that_finished_it
     assert gen.reason == "complete"
     assert any(note.onset >= 16.0 for note in rest)
     assert decoder.pool.used_rows() == 0
+
+
+def test_a_cut_does_not_end_the_answer_on_a_candidate_that_stopped_early(model):
+    decoder, clock, gen = _forked_with_time_to_spare(model)
+    early = gen.branches[2]
+    early.done, early.reason = True, "eos"  # as if it had drawn EOS mid-bar
+    clock.ahead = 3600.0
+    assert decoder.best_of_n.cut_if_late(gen, rows=4)
+    assert gen.choices[0][:2] != (1, 2) and not gen.done
+    assert decoder.decode_until_done([gen]) and gen.reason == "complete"
+
+
+def test_the_critic_sees_the_answers_bars_before_the_one_it_chooses(model, monkeypatch):
+    """The variety term judges a bar with the answer so far: the second bar's candidates
+    carry the first bar's streamed notes."""
+    decoder = _decoder(model)
+    seen: list[list[critic.BarCandidate]] = []
+    original = candidates_module.best
+
+    def spy(candidates, call, weights):
+        seen.append(list(candidates))
+        return original(candidates, call, weights)
+
+    monkeypatch.setattr(candidates_module, "best", spy)
+    gen = decoder.start("s", _request(Candidates(4), bars=2))
+    streamed: list[Note] = []
+    for (fresh,) in decoder.iter_steps([gen]):
+        streamed += fresh
+    assert len(seen) == 2
+    first_bar = [n for n in streamed if n.onset < 16.0]
+    assert first_bar
+    assert all(list(c.before) == [] for c in seen[0])
+    assert all(list(c.before) == first_bar for c in seen[1])

@@ -141,3 +141,7 @@ def test_accompaniment_bars_are_not_scored_on_the_tonal_centre():
     assert call.key is not None and call.centre is None
     assert terms(_bar([62, 65, 69, 62]), call)["tonal"] == 0.0
     assert terms(_bar([62, 65, 69, 62]), _call(key=parse_key("C major")))["tonal"] < 0.0
+    # A bass on root and fifth is accompaniment's idiom, not an answer's pedal.
+    root_fifth = _bar([48, 55, 48, 55])
+    assert terms(root_fifth, call)["variety"] == 0.0
+    assert terms(root_fifth, _call(key=parse_key("C major")))["variety"] == pytest.approx(-1.0)

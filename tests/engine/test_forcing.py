@@ -114,8 +114,9 @@ def test_harmonize_accompanies_bar_by_bar_under_the_melody(decoder):
 
 
 def test_live_harmonize_hears_only_the_melody_before_each_bar(decoder, monkeypatch):
-    """As accompany mode live: a bar's own melody is neither written into the stream nor
-    heard, and the bar gets best-of-N's candidates like any live request."""
+    """As accompany mode live: a bar is asked for a bar ahead, so neither its own melody
+    nor the previous bar's is heard or written into the stream, and the bar gets
+    best-of-N's candidates like any live request."""
     asked: list[tuple[GenerateRequest, tuple[Note, ...]]] = []
     original = decoder.start
 
@@ -130,10 +131,12 @@ def test_live_harmonize_hears_only_the_melody_before_each_bar(decoder, monkeypat
     assert notes and all(n.role == "accompaniment" and 0.0 <= n.onset < 16.0 for n in notes)
     assert [lead for _, lead in asked] == [()] * 4  # nothing forced
     assert [r.candidates.n for r, _ in asked] == [settings.sampling.candidates] * 4
-    # Bar 1 is asked for before anything was played; bar 2 hears bar 1 only.
-    assert not any(n.role == "lead" for n in asked[0][0].seed)
-    assert asked[0][0].steering.notes_per_bar is None
-    assert {n.pitch for n in asked[1][0].seed if n.role == "lead"} == {72, 74, 76, 77}
+    # Each bar is asked for a bar ahead: bars 1 and 2 before anything was played, bar 3
+    # hearing bar 1 only.
+    for request, _ in asked[:2]:
+        assert not any(n.role == "lead" for n in request.seed)
+        assert request.steering.notes_per_bar is None
+    assert {n.pitch for n in asked[2][0].seed if n.role == "lead"} == {72, 74, 76, 77}
     offline: list[GenerateRequest] = []
     monkeypatch.setattr(decoder, "start", lambda session, request, request_id=None, *,
                         lead=(), prefill=True: offline.append(request) or original(
