@@ -25,7 +25,8 @@ likelihood, which is the model's mean log-probability per token):
   carries more of its notes than half, or than the call's own commonest pitch carries of
   the call) loses twice the excess share, and so does a bar that makes the answer so far
   (the bars before it and this one) dwell so; an answer of four notes or more that has
-  used only one or two pitches to a call of more loses 1 more: the key's pull towards
+  used only one or two pitches to a call of more loses 1 more (answers only: an
+  accompaniment's bass on root and fifth is idiom, not a pedal): the key's pull towards
   the tonic and the likelihood's towards repeating both favour an answer of the tonic
   eight times (or of tonic and fifth in turn), which keeps the key and the rhythm
   perfectly and is no melody, and a sparse answer's bar of two notes cannot show it on

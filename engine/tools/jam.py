@@ -11,9 +11,9 @@ goes to the live decoder (``allow_eos`` as the server has it), in process, one a
 time as in a jam, timed on the wall clock.
 
 Every answer is scored against its call (``score_answer``) and the scores are summarised
-per style and per call family (``summarise``). Call-and-response is the mode measured now;
-``simulate`` already drives either policy, so accompany mode (issue 17) adds its scoring
-on the triggers it returns.
+per style and per call family (``summarise``). Call-and-response is the mode measured
+here; accompaniment is ``melody accompany-eval``'s (``--live`` decodes it as accompany
+mode does), though ``simulate`` drives either policy.
 """
 
 from __future__ import annotations
@@ -359,7 +359,8 @@ class JamConfig:
     Attributes:
         repeats: answers per call and style (sampling seeds ``seed``, ``seed + 1``, ...).
         seed: the first sampling seed.
-        mode: ``call`` (accompany mode's scoring comes with issue 17).
+        mode: ``call`` (accompaniment is measured by ``melody accompany-eval``, with
+            ``--live`` as accompany mode plays it).
     """
 
     repeats: int = 3
