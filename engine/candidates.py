@@ -33,6 +33,14 @@ from engine.generation import Generation
 CUT_MARGIN_STEPS = 3
 
 
+def bar_entry(gen: Generation) -> tuple[float, float]:
+    """The bar line of the bar ``gen`` is in, and the beat the answer enters that bar (its
+    start, for an answer starting mid-bar; the line otherwise)."""
+    detok = gen.grammar.detok
+    line = detok.bar_start + detok.offset
+    return line, max(gen.request.start_beat, line)
+
+
 class BestOfN:
     """Forks, times and resolves the candidates of one decoder's generations.
 
@@ -85,12 +93,9 @@ class BestOfN:
         wanted = gen.request.candidates
         if wanted.bpm is None or wanted.ready_ms is None:
             return None
-        request = gen.request
-        detok = gen.grammar.detok
-        bar_beat = detok.bar_start + detok.offset
-        beat = max(request.start_beat, bar_beat)
+        _, entry = bar_entry(gen)
         return (gen._started + wanted.ready_ms / 1000.0
-                + (beat - request.start_beat) * 60.0 / wanted.bpm)
+                + (entry - gen.request.start_beat) * 60.0 / wanted.bpm)
 
     def candidates_for(self, gen: Generation, other_rows: int = 0) -> int:
         """How many candidates the bar that ``gen`` starts now gets.
@@ -106,13 +111,11 @@ class BestOfN:
         deadline = self.deadline(gen)
         if deadline is None:
             return wanted.n
-        request = gen.request
-        detok = gen.grammar.detok
-        bar_beat = detok.bar_start + detok.offset
-        beat = max(request.start_beat, bar_beat)
+        length = gen.request.bar_length
+        line, entry = bar_entry(gen)
         left = deadline - self.clock()
         # A bar entered mid-way (the answer's first) takes about its share of the tokens.
-        share = min(1.0, max(0.0, bar_beat + request.bar_length - beat) / request.bar_length)
+        share = min(1.0, max(0.0, line + length - entry) / length)
         tokens = max(1.0, self.bar_tokens * share)
         rows_each = 2 if gen.twin is not None else 1
         for n in range(wanted.n, 1, -1):
@@ -182,8 +185,8 @@ class BestOfN:
         branches = gen.branches
         assert branches is not None and gen.call is not None
         indices = list(range(len(branches))) if among is None else list(among)
-        bar_beat = gen.grammar.detok.bar_start + gen.grammar.detok.offset
-        span = bar_beat + gen.request.bar_length - max(gen.request.start_beat, bar_beat)
+        line, entry = bar_entry(gen)
+        span = line + gen.request.bar_length - entry
         before = [*gen.played, *gen._held]
         candidates = [BarCandidate(branches[i]._notes, branches[i].log_prob - gen._fork_log_prob,
                                    branches[i].tokens - gen._fork_tokens, span, before)

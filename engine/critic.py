@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.core.meter import bar_length as meter_bar_length
-from models.core.notes import ACCOMPANIMENT, Note, dwell_share
+from models.core.notes import ACCOMPANIMENT, FEW_PITCHES, Note, dwell_share, on_few_pitches
 from models.core.protocol.messages import GenerateRequest
 from models.core.tonality import Key, estimate_key, key_correlation, scale_share
 
@@ -179,9 +179,6 @@ def tonal_fit(notes: Sequence[Note], key: Key) -> float:
 
 VARIETY_MIN_NOTES = 3  # fewer notes in a bar say nothing of dwelling on a pitch
 VARIETY_FREE_SHARE = 0.5  # a bar may put this share of its notes on one pitch freely
-# An answer of this many notes on one or two pitches is a pedal or a trill, not a line.
-VARIETY_FEW_PITCHES_NOTES = 4
-VARIETY_FEW_PITCHES = 2
 
 
 def variety(candidate: BarCandidate, call: CallProfile) -> float:
@@ -193,8 +190,7 @@ def variety(candidate: BarCandidate, call: CallProfile) -> float:
     for passage in (bar, phrase):
         if len(passage) >= VARIETY_MIN_NOTES:
             excess = max(excess, dwell_share(passage) - free)
-    few = (len(phrase) >= VARIETY_FEW_PITCHES_NOTES
-           and len({n.pitch for n in phrase}) <= VARIETY_FEW_PITCHES < call.pitches)
+    few = on_few_pitches(phrase) and call.pitches > FEW_PITCHES
     return -2.0 * excess - (1.0 if few else 0.0)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.core.notes import Note, dwell_share
+from models.core.notes import FEW_PITCHES_MIN_NOTES, Note, dwell_share, on_few_pitches
 from models.core.tonality import Key, estimate_key, pitch_class_histogram
 
 # Durations and inter-onset intervals are binned on a log2 scale in half-octave steps,
@@ -218,14 +218,14 @@ def mean_pitch(notes: Sequence[Note]) -> float | None:
 
 
 MONOTONE_SHARE = 0.6  # one pitch carrying this share of a passage's notes is a pedal
-MONOTONE_MIN_NOTES = 4  # shorter passages are not judged
 
 
 def is_monotone(notes: Sequence[Note]) -> bool:
-    """Whether a passage dwells on one pitch: at most two distinct pitches, or one pitch
-    carrying at least ``MONOTONE_SHARE`` of its notes (an answer of the tonic eight times
-    is no melody, however well it keeps the key and the call's rhythm). Passages of fewer
-    than ``MONOTONE_MIN_NOTES`` notes are not judged (``False``)."""
-    if len(notes) < MONOTONE_MIN_NOTES:
+    """Whether a passage dwells on one pitch: at most two distinct pitches
+    (``models.core.notes.on_few_pitches``), or one pitch carrying at least
+    ``MONOTONE_SHARE`` of its notes (an answer of the tonic eight times is no melody,
+    however well it keeps the key and the call's rhythm). Passages of fewer than
+    ``FEW_PITCHES_MIN_NOTES`` notes are not judged (``False``)."""
+    if len(notes) < FEW_PITCHES_MIN_NOTES:
         return False
-    return len({n.pitch for n in notes}) <= 2 or dwell_share(notes) >= MONOTONE_SHARE
+    return on_few_pitches(notes) or dwell_share(notes) >= MONOTONE_SHARE

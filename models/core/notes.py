@@ -52,6 +52,19 @@ class Note:
         return Note(self.onset + beats, self.duration, self.pitch, self.velocity, self.role)
 
 
+# A passage of this many notes or more on FEW_PITCHES pitches or fewer is a pedal or a
+# trill, not a line (the jam harness's monotony, the critic's variety term).
+FEW_PITCHES = 2
+FEW_PITCHES_MIN_NOTES = 4
+
+
+def on_few_pitches(notes: Sequence[Note]) -> bool:
+    """Whether a passage of ``FEW_PITCHES_MIN_NOTES`` notes or more uses only
+    ``FEW_PITCHES`` distinct pitches or fewer (shorter passages: ``False``)."""
+    return (len(notes) >= FEW_PITCHES_MIN_NOTES
+            and len({n.pitch for n in notes}) <= FEW_PITCHES)
+
+
 def dwell_share(notes: Sequence[Note]) -> float:
     """The share of ``notes`` on their commonest pitch (0 for none): how much a passage
     dwells on one pitch (the critic's variety term, the jam harness's monotony)."""
