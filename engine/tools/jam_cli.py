@@ -149,10 +149,10 @@ def run_jam(args: argparse.Namespace) -> dict[str, Any]:
         JamConfig,
         answer_call,
         classifier_verdict,
-        summarise,
         synthetic_calls,
     )
     from engine.tools.jam_music import load_real_music  # noqa: PLC0415
+    from engine.tools.jam_summary import summarise  # noqa: PLC0415
     from models.core.settings import load_settings  # noqa: PLC0415
 
     if not 1 <= args.repeats <= 100:
@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
         ToolError: bad flags.
         EngineError: a model cannot be loaded or fails.
     """
-    from engine.tools.jam import format_table  # noqa: PLC0415
+    from engine.tools.jam_summary import format_table  # noqa: PLC0415
 
     results = run_jam(args)
     print(format_table(results["summary"]))

@@ -26,9 +26,9 @@ from engine.tools.jam import (
     request_for,
     score_answer,
     simulate,
-    summarise_records,
     synthetic_calls,
 )
+from engine.tools.jam_summary import summarise_records
 from models.analysis.music_stats import onset_histogram, rhythmic_similarity
 from models.core import protocol
 from models.core.notes import Note
