@@ -33,8 +33,6 @@ from models.data.sources import (
     SKIP_TOO_LARGE,
     SKIP_TOO_MANY_TOKENS,
 )
-from models.data.splits import split_pieces
-from models.data.transpose import parse_transpose
 
 TPQ = 480
 
@@ -162,33 +160,6 @@ def test_the_same_seed_gives_the_same_split_and_bytes(midi_folder: Path, tmp_pat
     assert other["content_hash"] != first["content_hash"]
 
 
-def test_split_pieces_ignores_input_order() -> None:
-    names = [f"piece{i}.mid" for i in range(30)]
-    shuffled = names[::-1]
-    assert split_pieces(names, 0.1, 0.1, 3) == split_pieces(shuffled, 0.1, 0.1, 3)
-
-
-def test_datasets_sharing_pieces_agree_on_their_splits() -> None:
-    # The base dataset holds every corpus, a style dataset a part of it: a style's test
-    # piece must be a test piece of the base too, or the base model trained on it.
-    everything = [f"{corpus}/piece{i:03d}.mid" for corpus in ("bach", "folk", "chopin")
-                  for i in range(400)]
-    base = split_pieces(everything, 0.1, 0.1, 0)
-    for corpus in ("bach", "folk", "chopin"):
-        style = split_pieces([n for n in everything if n.startswith(corpus)], 0.1, 0.1, 0)
-        for split in SPLITS:
-            assert set(style[split]) <= set(base[split]), (corpus, split)
-    counts = {split: len(names) for split, names in base.items()}
-    assert 90 <= counts["test"] <= 150 and 90 <= counts["validation"] <= 150, counts
-
-
-def test_a_small_dataset_still_holds_out_a_piece_of_each_split() -> None:
-    for count in (3, 5, 8):
-        splits = split_pieces([f"p{i}" for i in range(count)], 0.1, 0.1, 0)
-        assert len(splits["test"]) >= 1 and len(splits["validation"]) >= 1, splits
-        assert sum(map(len, splits.values())) == count
-
-
 def test_transposition_only_adds_train_sequences(midi_folder: Path, tmp_path: Path) -> None:
     plain = build(midi_folder, tmp_path / "plain")
     augmented = build(midi_folder, tmp_path / "aug", transpose_min=-2, transpose_max=3)
@@ -288,19 +259,6 @@ def test_token_dataset_rejects_an_unknown_split(midi_folder: Path, tmp_path: Pat
     build(midi_folder, tmp_path / "out")
     with pytest.raises(DataError, match="valid"):
         TokenDataset(tmp_path / "out", "valid")
-
-
-@pytest.mark.parametrize(("text", "expected"), [
-    ("-5..6", (-5, 6)), ("0..0", (0, 0)), ("3", (-3, 3)), ("-12..12", (-12, 12)),
-])
-def test_parse_transpose(text: str, expected: tuple[int, int]) -> None:
-    assert parse_transpose(text) == expected
-
-
-@pytest.mark.parametrize("text", ["5..-6", "a..b", "-13..0", "1..2", "-5:6"])
-def test_parse_transpose_rejects_bad_ranges(text: str) -> None:
-    with pytest.raises(DataError, match=text.replace(".", r"\.")):
-        parse_transpose(text)
 
 
 def test_cli_builds_and_prints_split_sizes(bad_folder: Path, tmp_path: Path,
